@@ -1,0 +1,183 @@
+//! Types and constants shared by the eBPF programs (`gateway-ebpf`) and the daemon
+//! (`gateway-user`).
+//!
+//! Every map key and value here is `#[repr(C)]` with explicit padding so that the kernel and
+//! user space agree on the layout byte for byte. Conventions:
+//!
+//! * IP addresses are stored as `[u32; 4]` **in network byte order** (exactly as the kernel
+//!   hands them to `bpf_sock_addr.user_ip6` / `bpf_sock_ops.local_ip6`); an IPv4 address is
+//!   kept in word 0 with the other words zero and `family == AF_INET`.
+//! * Ports are stored **in host byte order** as `u16` in user-visible structures; the kernel
+//!   side converts when it reads `user_port` (network order in the low 16 bits).
+//! * `Pod` is implemented only behind the `user` feature so this crate stays `no_std` for the
+//!   eBPF target.
+#![no_std]
+
+/// `AF_INET` as used by the kernel context structs.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6` as used by the kernel context structs.
+pub const AF_INET6: u16 = 10;
+
+/// Where connect4 sends governed IPv4 connections, as address bytes (network order).
+pub const PROXY_IPV4: [u8; 4] = [127, 0, 0, 1];
+/// Where connect6 sends governed IPv6 connections (`::1`), as address bytes.
+pub const PROXY_IPV6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// Default TCP port of the proxy listener (DESIGN.md, command line contract).
+pub const DEFAULT_LISTEN_PORT: u16 = 15001;
+
+/// Socket mark the daemon puts on its own upstream sockets. connect4/6 never redirect a
+/// socket carrying it, so the proxy cannot loop through itself even when its cgroup is inside
+/// the governed tree.
+pub const BYPASS_MARK: u32 = 0x5247_0001; // "RG" 0001
+
+/// Map names, shared by the eBPF object and the loader (also the bpffs pin file names).
+pub mod maps {
+    /// `Array<Config>`, one entry: the instance's settings.
+    pub const CONFIG: &str = "RG_CONFIG";
+    /// `LruHashMap<u64 socket cookie, OrigDst>`: written by connect4/6, read by
+    /// getpeername4/6 and sockops, removed when the socket closes.
+    pub const SOCKETS: &str = "RG_SOCKETS";
+    /// `LruHashMap<PeerKey, OrigDst>`: published by sockops when a redirected connection is
+    /// established; the proxy removes the entry when it accepts the connection.
+    pub const ORIG_DST: &str = "RG_ORIG_DST";
+    /// `LpmTrie<DstKey, u8>`: destinations that are never redirected.
+    pub const EXCLUDE: &str = "RG_EXCLUDE";
+    /// `LpmTrie<DenyKey, u8>`: destinations refused in the kernel with `EPERM`.
+    pub const DENY: &str = "RG_DENY";
+    /// `PerCpuArray<u64>`: counters indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "RG_COUNTERS";
+}
+
+/// Program names in the eBPF object (distinct from their section names on purpose: a function
+/// named like its section fails to link, DESIGN.md "Toolchain facts").
+pub mod programs {
+    pub const CONNECT4: &str = "rg_connect4";
+    pub const CONNECT6: &str = "rg_connect6";
+    pub const GETPEERNAME4: &str = "rg_getpeername4";
+    pub const GETPEERNAME6: &str = "rg_getpeername6";
+    pub const SOCKOPS: &str = "rg_sockops";
+    /// All programs attached to a governed cgroup, in attach order.
+    pub const ALL: [&str; 5] = [SOCKOPS, GETPEERNAME4, GETPEERNAME6, CONNECT4, CONNECT6];
+}
+
+/// Capacity of the socket and original-destination maps. LRU maps: if something ever escapes
+/// the explicit deletes (a connect that fails before the SYN is sent) the oldest entry goes,
+/// never a live one under normal load.
+pub const MAX_TRACKED_SOCKETS: u32 = 65_536;
+/// Capacity of the exclusion and deny tries.
+pub const MAX_PREFIXES: u32 = 4_096;
+
+/// The instance configuration, entry 0 of [`maps::CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Proxy listen port, host byte order. 0 means "not configured": connects are refused.
+    pub listen_port: u16,
+    pub _pad0: u16,
+    /// Bit flags, see [`config_flags`].
+    pub flags: u32,
+}
+
+pub mod config_flags {
+    /// The deny trie holds entries; skip the lookups otherwise.
+    pub const DENY_ACTIVE: u32 = 1 << 0;
+}
+
+/// Where a redirected connection was going and who opened it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// Original destination address, network byte order (see crate docs).
+    pub addr: [u32; 4],
+    /// Original destination port, host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6` of the original destination.
+    pub family: u16,
+    /// Thread group id (the process id) of the caller of connect().
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// cgroup v2 id (the cgroup directory's inode number) of the caller.
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns()` at connect(), used by the daemon to sweep stale entries.
+    pub connect_ns: u64,
+}
+
+/// Key of [`maps::ORIG_DST`]: the client side of the redirected connection, i.e. the peer
+/// address the proxy sees on `accept()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    /// Client address, network byte order; IPv4 (also IPv4-mapped IPv6) in word 0.
+    pub addr: [u32; 4],
+    /// Client port, host byte order.
+    pub port: u16,
+    pub family: u16,
+}
+
+/// LPM data of the exclusion trie: `family`, `port` (0 = any port) are matched exactly by
+/// always including them in the prefix; `addr` by the CIDR prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DstKey {
+    /// Big-endian so that the LPM trie compares it bit by bit like the address.
+    pub family_be: u16,
+    /// Big-endian port; 0 = any.
+    pub port_be: u16,
+    /// Address, network byte order.
+    pub addr: [u32; 4],
+}
+
+/// Number of prefix bits of [`DstKey`] before the address starts.
+pub const DST_KEY_FIXED_BITS: u32 = 32;
+
+/// LPM data of the deny trie: a [`DstKey`] scoped to one cgroup id (0 = every governed cgroup).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyKey {
+    /// Big-endian cgroup id; 0 = any. Bytes, not `u64`, so the key stays 4-byte aligned
+    /// and directly follows the trie's `prefixlen` without padding.
+    pub cgroup_id_be: [u8; 8],
+    pub dst: DstKey,
+}
+
+/// Number of prefix bits of [`DenyKey`] before the address starts.
+pub const DENY_KEY_FIXED_BITS: u32 = 64 + DST_KEY_FIXED_BITS;
+
+/// Indexes into [`maps::COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Redirected = 0,
+    Excluded = 1,
+    Denied = 2,
+    Bypassed = 3,
+    NotConfigured = 4,
+    MapFull = 5,
+    Published = 6,
+    PeerRewritten = 7,
+}
+
+/// Number of counters in [`maps::COUNTERS`].
+pub const COUNTER_COUNT: u32 = 8;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these types are `#[repr(C)]`, `Copy`, contain only integers and have no
+    // implicit padding (every gap is an explicit `_pad` field), so any bit pattern is valid.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::DstKey {}
+    unsafe impl aya::Pod for super::DenyKey {}
+}
+
+// Layout checks, so a field change that introduces implicit padding fails the build.
+const _: () = {
+    assert!(core::mem::size_of::<Config>() == 8);
+    assert!(core::mem::size_of::<OrigDst>() == 48);
+    assert!(core::mem::size_of::<PeerKey>() == 20);
+    assert!(core::mem::size_of::<DstKey>() == 20);
+    assert!(core::mem::size_of::<DenyKey>() == 28);
+};

@@ -1,0 +1,511 @@
+//! The daemon (`react-gateway run`): checks the host, opens the store, binds the proxy, loads
+//! and attaches the kernel programs, serves the control socket, and shuts down gracefully.
+//!
+//! Order matters for fail-closed behaviour: the proxy listens *before* programs are attached
+//! (no governed connect ever meets a closed port on first start), and on exit the pinned
+//! programs stay attached unless `--detach-on-exit`, so connects fail while no daemon runs.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::{
+    cgroup::{self, CgroupNames},
+    cli::RunArgs,
+    control::{self, Request},
+    host,
+    proxy::{self, ProxyContext},
+    record::Recorder,
+    redirect::{DstPrefix, RedirectError, Redirector},
+    state::{DEFAULT_CGROUP, DEFAULT_POLICY_DIR, Instance, StateDir},
+    store::Store,
+};
+
+/// How often stale original-destination entries are swept, and how old they must be.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+const SWEEP_AGE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Redirect(#[from] RedirectError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("{0}")]
+    Listen(std::io::Error),
+    #[error("another daemon already runs with state dir {0}")]
+    Locked(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// `--config FILE`: the same settings as the flags of `run`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub policy_dir: Option<PathBuf>,
+    pub listen_port: Option<u16>,
+    pub cgroup: Option<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    pub detach_on_exit: Option<bool>,
+    pub shutdown_grace: Option<String>,
+}
+
+/// The resolved settings of one daemon.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub state: StateDir,
+    pub store_url: String,
+    pub policy_dir: PathBuf,
+    pub listen_port: u16,
+    pub cgroup: String,
+    pub exclude: Vec<DstPrefix>,
+    pub detach_on_exit: bool,
+    pub shutdown_grace: Duration,
+    pub accept_nat_redirect: bool,
+}
+
+impl Settings {
+    /// Reads `--config` (if any), then lets flags override it; validates everything.
+    pub fn resolve(
+        state: StateDir,
+        store: Option<String>,
+        args: RunArgs,
+    ) -> Result<Self, AppError> {
+        let config: DaemonConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| AppError::Config(format!("{}: {e}", path.display())))?;
+                toml::from_str(&text)
+                    .map_err(|e| AppError::Config(format!("{}: {e}", path.display())))?
+            }
+            None => DaemonConfig::default(),
+        };
+        let mut exclude = Vec::new();
+        for text in config.exclude.iter().chain(&args.exclude) {
+            exclude.push(text.parse::<DstPrefix>().map_err(AppError::Config)?);
+        }
+        let grace = match (args.shutdown_grace, config.shutdown_grace) {
+            (Some(d), _) => d.into(),
+            (None, Some(text)) => humantime::parse_duration(&text)
+                .map_err(|e| AppError::Config(format!("shutdown_grace {text:?}: {e}")))?,
+            (None, None) => Duration::from_secs(10),
+        };
+        let cgroup = cgroup::relative_name(
+            args.cgroup
+                .or(config.cgroup)
+                .as_deref()
+                .unwrap_or(DEFAULT_CGROUP),
+        )?;
+        let listen_port = args
+            .listen_port
+            .or(config.listen_port)
+            .unwrap_or(gateway_common::DEFAULT_LISTEN_PORT);
+        if listen_port == 0 {
+            return Err(AppError::Config("listen port must be 1-65535".into()));
+        }
+        Ok(Self {
+            store_url: store.unwrap_or_else(|| state.default_store_url()),
+            state,
+            policy_dir: args
+                .policy_dir
+                .or(config.policy_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY_DIR)),
+            listen_port,
+            cgroup,
+            exclude,
+            detach_on_exit: args.detach_on_exit || config.detach_on_exit.unwrap_or(false),
+            shutdown_grace: grace,
+            accept_nat_redirect: args.accept_iptables_redirect,
+        })
+    }
+}
+
+/// The running daemon, as seen by the control socket.
+struct Daemon {
+    settings: Settings,
+    host: host::Host,
+    started: Instant,
+    redirector: Mutex<Redirector>,
+    proxy: Arc<ProxyContext>,
+}
+
+impl control::Handler for Daemon {
+    async fn handle(&self, request: Request) -> Result<serde_json::Value, String> {
+        match request {
+            Request::Status => Ok(self.status()),
+            Request::Attach { path } => {
+                let (_, rel) =
+                    cgroup::resolve(&self.host.cgroup2, &path).map_err(|e| e.to_string())?;
+                self.redirector
+                    .lock()
+                    .map_err(|e| e.to_string())?
+                    .attach(&rel)
+                    .map_err(|e| e.to_string())?;
+                if let Ok(mut roots) = self.proxy.roots.write() {
+                    roots.push(rel.clone());
+                }
+                Ok(serde_json::json!({ "attached": format!("/{rel}") }))
+            }
+            Request::Detach { path } => {
+                let (_, rel) =
+                    cgroup::resolve(&self.host.cgroup2, &path).map_err(|e| e.to_string())?;
+                if rel == self.settings.cgroup {
+                    return Err(format!(
+                        "/{rel} is this daemon's governed parent; stop the daemon with --detach-on-exit instead"
+                    ));
+                }
+                self.redirector
+                    .lock()
+                    .map_err(|e| e.to_string())?
+                    .detach(&rel)
+                    .map_err(|e| e.to_string())?;
+                if let Ok(mut roots) = self.proxy.roots.write() {
+                    roots.retain(|r| *r != rel);
+                }
+                Ok(serde_json::json!({ "detached": format!("/{rel}") }))
+            }
+        }
+    }
+}
+
+impl Daemon {
+    fn status(&self) -> serde_json::Value {
+        let (attached, kernel) = match self.redirector.lock() {
+            Ok(r) => (r.attached(), Some(r.stats())),
+            Err(_) => (Vec::new(), None),
+        };
+        let p = &self.proxy.stats;
+        let r = self.proxy.recorder.stats();
+        serde_json::json!({
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "state_dir": self.settings.state.root(),
+            "store": redact_url(&self.settings.store_url),
+            "listen": [format!("127.0.0.1:{}", self.settings.listen_port), format!("[::1]:{}", self.settings.listen_port)],
+            "cgroup": format!("/{}", self.settings.cgroup),
+            "cgroup2_mount": self.host.cgroup2,
+            "attached": attached.iter().map(|a| format!("/{a}")).collect::<Vec<_>>(),
+            "excluded": self.settings.exclude.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "policy": {
+                "mode": "record-only",
+                "dir": self.settings.policy_dir,
+                "note": "no policy engine loaded: every governed connection is relayed and recorded",
+            },
+            "proxy": {
+                "accepted": p.accepted.load(Ordering::Relaxed),
+                "active": p.active.load(Ordering::Relaxed),
+                "sessions": p.sessions.load(Ordering::Relaxed),
+                "unattributed": p.unattributed.load(Ordering::Relaxed),
+                "upstream_errors": p.upstream_errors.load(Ordering::Relaxed),
+            },
+            "recorder": {
+                "backlog": r.queued.load(Ordering::Relaxed),
+                "written": r.written.load(Ordering::Relaxed),
+                "write_errors": r.write_errors.load(Ordering::Relaxed),
+            },
+            "kernel": kernel,
+        })
+    }
+}
+
+/// Hides a password in a store URL (`postgres://user:secret@host/db`).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***@{}", &url[..scheme], &url[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(settings: Settings) -> Result<(), AppError> {
+    let host = host::check()?;
+    settings.state.create()?;
+    let _lock = lock_state(settings.state.root())?;
+    raise_fd_limit();
+
+    let cgroup_dir = host.cgroup2.join(&settings.cgroup);
+    cgroup::ensure(&cgroup_dir)?;
+
+    let store = Store::open(&settings.store_url).await?;
+    let (recorder, writer) = Recorder::spawn(store);
+
+    // Listen before attaching: governed connects must never meet a closed port on first start.
+    let listeners = proxy::bind(settings.listen_port).map_err(AppError::Listen)?;
+
+    let pin_dir = settings.state.pin_dir(&host.bpffs);
+    let (mut redirector, logger) = Redirector::load(&pin_dir, &host.cgroup2, settings.listen_port)?;
+    redirector.set_exclusions(&settings.exclude)?;
+    redirector.attach(&settings.cgroup)?;
+    // Cgroups attached with `react-gateway attach` before a restart: attach the new generation.
+    let mut roots = vec![settings.cgroup.clone()];
+    for rel in redirector.attached() {
+        if rel == settings.cgroup {
+            continue;
+        }
+        if host.cgroup2.join(&rel).is_dir() {
+            redirector.attach(&rel)?;
+            roots.push(rel);
+        } else {
+            tracing::warn!(cgroup = %rel, "previously attached cgroup is gone; dropping its pins");
+            let _ = redirector.detach(&rel);
+        }
+    }
+    settings.state.write_instance(&Instance {
+        cgroup: settings.cgroup.clone(),
+        cgroup2_mount: host.cgroup2.clone(),
+        listen_port: settings.listen_port,
+        pin_dir: pin_dir.clone(),
+        pid: std::process::id(),
+    })?;
+    if let Some(logger) = logger {
+        forward_kernel_logs(logger);
+    }
+
+    let orig_dst = redirector.orig_dst();
+    let ctx = Arc::new(ProxyContext {
+        orig_dst: orig_dst.clone(),
+        recorder,
+        names: CgroupNames::new(host.cgroup2.clone()),
+        roots: RwLock::new(roots),
+        accept_nat_redirect: settings.accept_nat_redirect,
+        connect_timeout: Duration::from_secs(10),
+        stats: proxy::ProxyStats::default(),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (cut_tx, cut_rx) = watch::channel(false);
+
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            let removed = orig_dst.sweep(SWEEP_AGE);
+            if removed > 0 {
+                tracing::info!(
+                    removed,
+                    "swept original-destination entries nobody accepted"
+                );
+            }
+        }
+    });
+
+    let control_path = settings.state.control_socket();
+    let control_listener = control::bind(&control_path)?;
+    let daemon = Arc::new(Daemon {
+        settings: settings.clone(),
+        host,
+        started: Instant::now(),
+        redirector: Mutex::new(redirector),
+        proxy: Arc::clone(&ctx),
+    });
+    let control_task = tokio::spawn(control::serve(
+        control_listener,
+        Arc::clone(&daemon),
+        shutdown_rx.clone(),
+    ));
+    let proxy_task = tokio::spawn(proxy::serve(
+        listeners,
+        Arc::clone(&ctx),
+        shutdown_rx,
+        cut_rx,
+    ));
+
+    tracing::info!(
+        port = settings.listen_port,
+        cgroup = %cgroup_dir.display(),
+        state_dir = %settings.state.root().display(),
+        "react-gateway running (record-only: no policy loaded)"
+    );
+    wait_for_signal().await;
+
+    tracing::info!(grace = ?settings.shutdown_grace, "shutting down: no new connections");
+    let _ = shutdown_tx.send(true);
+    let _ = proxy_task.await;
+    let _ = control_task.await;
+    sweeper.abort();
+    let deadline = Instant::now() + settings.shutdown_grace;
+    while ctx.stats.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = ctx.stats.active.load(Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!(
+            sessions = left,
+            "grace period over; cutting sessions still open"
+        );
+        let _ = cut_tx.send(true);
+        let cut_deadline = Instant::now() + Duration::from_secs(2);
+        while ctx.stats.active.load(Ordering::Relaxed) > 0 && Instant::now() < cut_deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // Sessions are over: the writer drains what is queued and exits.
+    ctx.recorder.close();
+    let backlog_flushed = tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .is_ok();
+    if !backlog_flushed {
+        tracing::error!("store did not drain within 30 s; some records may be missing");
+    }
+    let _ = std::fs::remove_file(&control_path);
+    if settings.detach_on_exit {
+        // Control connections may still hold the daemon; the pins are what keeps programs
+        // attached, so removing them is enough.
+        std::fs::remove_dir_all(&pin_dir)
+            .map_err(|e| AppError::Redirect(RedirectError::Unpin(pin_dir.clone(), e)))?;
+        tracing::info!("programs detached and pins removed (--detach-on-exit)");
+    } else {
+        tracing::info!("programs stay attached: governed connects fail until the daemon is back");
+    }
+    drop(daemon);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; running until killed");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// One daemon per state dir: an exclusive `flock` held for the daemon's lifetime.
+fn lock_state(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, AppError> {
+    let path = root.join("daemon.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| AppError::Config(format!("{}: {e}", path.display())))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| AppError::Locked(root.to_path_buf()))
+}
+
+/// A proxy holds two sockets per session: lift the soft fd limit to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Forwards aya-log records of the kernel programs into `tracing` (through the `log` bridge).
+/// A small thread polls the log ring buffer: kernel-side logging is rare (errors only), so
+/// this keeps the async runtime free of a raw-fd registration.
+fn forward_kernel_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    use std::os::fd::AsFd as _;
+    let spawned = std::thread::Builder::new()
+        .name("kernel-log".into())
+        .spawn(move || {
+            loop {
+                let ready = {
+                    let mut fds = [nix::poll::PollFd::new(
+                        logger.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16))
+                };
+                match ready {
+                    Ok(_) => logger.flush(),
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "kernel log forwarding stopped");
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "kernel log forwarding unavailable");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_hide_passwords() {
+        assert_eq!(
+            redact_url("postgres://gw:s3cret@db:5432/rg"),
+            "postgres://gw:***@db:5432/rg"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/x.db"),
+            "sqlite:///var/lib/x.db"
+        );
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("rg-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.toml");
+        std::fs::write(
+            &file,
+            "listen_port = 16000\ncgroup = \"agents\"\nexclude = [\"127.0.0.53/32:53\"]\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            config: Some(file.clone()),
+            policy_dir: None,
+            listen_port: Some(17000),
+            cgroup: None,
+            exclude: vec![],
+            detach_on_exit: false,
+            shutdown_grace: None,
+            accept_iptables_redirect: false,
+        };
+        let s = Settings::resolve(StateDir::new(&dir), None, args).unwrap();
+        assert_eq!(
+            (s.listen_port, s.cgroup.as_str(), s.exclude.len()),
+            (17000, "agents", 1)
+        );
+        std::fs::write(&file, "listen_port = 16000\nbogus = 1\n").unwrap();
+        let args = RunArgs {
+            config: Some(file),
+            policy_dir: None,
+            listen_port: None,
+            cgroup: None,
+            exclude: vec![],
+            detach_on_exit: false,
+            shutdown_grace: None,
+            accept_iptables_redirect: false,
+        };
+        let err = Settings::resolve(StateDir::new(&dir), None, args)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

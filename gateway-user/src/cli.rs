@@ -1,0 +1,117 @@
+//! The command line (DESIGN.md "Command line", a contract): flags, environment variables and
+//! subcommands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::state::{DEFAULT_CGROUP, DEFAULT_EXEC_CGROUP, DEFAULT_POLICY_DIR, DEFAULT_STATE_DIR};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "react-gateway",
+    version,
+    about = "Govern the network traffic of AI agents on a Linux host"
+)]
+pub struct Cli {
+    /// CA, keys, SQLite store, control socket (DIR/control.sock).
+    #[arg(long, global = true, env = "REACT_GATEWAY_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Session store: sqlite://PATH (default sqlite://STATE_DIR/gateway.db) or postgres://…
+    #[arg(long, global = true, env = "REACT_GATEWAY_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// Machine-readable output for listing commands.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Run(RunArgs),
+    /// Run CMD inside the governed cgroup.
+    Exec(ExecArgs),
+    /// Govern an existing cgroup (e.g. a systemd slice).
+    Attach {
+        /// cgroup path, absolute under the cgroup2 mount or relative to it.
+        path: String,
+    },
+    /// Stop governing a cgroup.
+    Detach { path: String },
+    /// Daemon health, attached cgroups, policy, counters.
+    Status,
+    /// Browse recorded sessions.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Daemon configuration file (TOML); command-line flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Policy directory.
+    #[arg(long, value_name = "DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// Proxy listen port on 127.0.0.1 and ::1 [default: 15001].
+    #[arg(long, value_name = "N")]
+    pub listen_port: Option<u16>,
+    /// Governed parent cgroup, relative to the cgroup2 mount [default: react-gateway].
+    #[arg(long, value_name = "NAME")]
+    pub cgroup: Option<String>,
+    /// Destinations never redirected: CIDR[:PORT], repeatable (e.g. 127.0.0.53/32:53).
+    #[arg(long, value_name = "CIDR[:PORT]")]
+    pub exclude: Vec<String>,
+    /// Remove the programs on exit (default: keep them pinned so governed connects fail closed).
+    #[arg(long)]
+    pub detach_on_exit: bool,
+    /// How long in-flight sessions may run on after SIGTERM [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_grace: Option<humantime::Duration>,
+    /// Also relay connections sent here by an iptables REDIRECT (benchmarks; no identity).
+    #[arg(long, hide = true)]
+    pub accept_iptables_redirect: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Child cgroup of the governed parent to run in (created if missing).
+    #[arg(long, default_value = DEFAULT_EXEC_CGROUP, value_name = "SUB")]
+    pub cgroup: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List sessions (oldest first).
+    List(ListArgs),
+    /// One session with its events.
+    Show { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// uid:N, pid:N, a cgroup path (matches its subtree) or an executable path.
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Policy target name.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// RFC 3339 time (2026-11-21T17:00:00Z) or a duration back from now (1h, 30m).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// ok | blocked | denied | tls_rejected | approval_denied | error
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Show at most the newest N sessions.
+    #[arg(long)]
+    pub limit: Option<u32>,
+}
+
+/// Defaults of `run` (also the keys of `--config`).
+pub const DEFAULT_CGROUP_NAME: &str = DEFAULT_CGROUP;
+pub const DEFAULT_POLICY: &str = DEFAULT_POLICY_DIR;

@@ -1,0 +1,32 @@
+//! react-gateway: a node daemon that governs the network traffic of AI agents.
+//!
+//! eBPF programs attached to the agents' cgroups send every outbound TCP connection to a
+//! local proxy, which recovers the original destination and the kernel-attested identity of
+//! the caller, relays the connection and records it as a session.
+//!
+//! # Layout
+//!
+//! * [`host`] — checks of the environment (root, kernel, cgroup2, bpffs).
+//! * [`state`] — the state directory and what lives in it.
+//! * [`cgroup`] — cgroup v2 paths, creation, ids → names.
+//! * [`redirect`] — loading, pinning and attaching the kernel programs; their maps.
+//! * [`proxy`] — accept, original destination lookup, upstream connect, relay.
+//! * [`session`] — the session model (`sessions list --json` contract).
+//! * [`store`] / [`record`] — the sqlx store and the batched recorder in front of it.
+//! * [`control`] — the control socket (`status`, `attach`, `detach`).
+//! * [`exec`] — running a command inside a governed cgroup.
+//! * [`app`] — the daemon: wiring, startup order, graceful shutdown.
+//! * [`cli`] — the command line contract.
+
+pub mod app;
+pub mod cgroup;
+pub mod cli;
+pub mod control;
+pub mod exec;
+pub mod host;
+pub mod proxy;
+pub mod record;
+pub mod redirect;
+pub mod session;
+pub mod state;
+pub mod store;

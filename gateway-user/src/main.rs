@@ -1,0 +1,308 @@
+//! `react-gateway`: the command-line entry point. Exit codes (DESIGN.md): 0 success, 1 a check
+//! failed, 2 usage or environment error with a one-line reason.
+
+use std::{io::Write as _, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use gateway_user::{
+    app::{self, AppError, Settings},
+    cli::{Cli, Command, ListArgs, SessionsCommand},
+    control::{self, Request},
+    exec,
+    session::{Event, Outcome, Session},
+    state::StateDir,
+    store::{ListFilter, Store},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let state = StateDir::new(&cli.state_dir);
+    if let Command::Exec(args) = &cli.command {
+        // No runtime and no threads: move into the cgroup and exec right away.
+        let error = exec::exec(&state, &args.cgroup, &args.command);
+        eprintln!("react-gateway exec: {error}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("react-gateway: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli, state)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("react-gateway: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// aya warns at length that the kernel rejects the object's BTF (a known rustc/aya-log naming
+/// issue, DESIGN.md "Toolchain facts"); the programs load without it, so that is not news.
+const DEFAULT_LOG_FILTER: &str = "info,aya::bpf=error";
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REACT_GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let json = std::env::var("REACT_GATEWAY_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
+    let store_url = cli
+        .store
+        .clone()
+        .unwrap_or_else(|| state.default_store_url());
+    match cli.command {
+        Command::Run(args) => {
+            let settings = Settings::resolve(state, cli.store, args)?;
+            match app::run(settings).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(
+                    error @ (AppError::Host(_)
+                    | AppError::Locked(_)
+                    | AppError::Config(_)
+                    | AppError::Listen(_)),
+                ) => {
+                    eprintln!("react-gateway: {error}");
+                    Ok(ExitCode::from(2))
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
+        Command::Exec(_) => unreachable!("handled before the runtime starts"),
+        Command::Attach { path } => control_call(&state, &Request::Attach { path }, cli.json).await,
+        Command::Detach { path } => control_call(&state, &Request::Detach { path }, cli.json).await,
+        Command::Status => {
+            let data = control::call(&state.control_socket(), &Request::Status).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                print_status(&data);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions(SessionsCommand::List(args)) => {
+            let store = Store::open_existing(&store_url).await?;
+            let sessions = store.list(&list_filter(args)?).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&sessions)?);
+            } else {
+                print_sessions(&sessions)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions(SessionsCommand::Show { id }) => {
+            let store = Store::open_existing(&store_url).await?;
+            let Some((session, events)) = store.show(&id).await? else {
+                eprintln!("react-gateway: no session {id}");
+                return Ok(ExitCode::from(1));
+            };
+            if cli.json {
+                let mut value = serde_json::to_value(&session)?;
+                value["events"] = serde_json::to_value(&events)?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print_session(&session, &events);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn control_call(state: &StateDir, request: &Request, json: bool) -> anyhow::Result<ExitCode> {
+    let data = control::call(&state.control_socket(), request).await?;
+    if json {
+        println!("{data}");
+    } else if let Some(map) = data.as_object() {
+        for (key, value) in map {
+            println!("{key}: {}", value.as_str().unwrap_or(&value.to_string()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_filter(args: ListArgs) -> anyhow::Result<ListFilter> {
+    let since = match args.since {
+        Some(text) if humantime::parse_rfc3339_weak(&text).is_ok() => Some(
+            gateway_user::session::timestamp(humantime::parse_rfc3339_weak(&text)?),
+        ),
+        Some(text) => {
+            let back = humantime::parse_duration(&text).with_context(|| {
+                format!("--since {text:?}: expected an RFC 3339 time or a duration like 1h")
+            })?;
+            Some(gateway_user::session::timestamp(
+                std::time::SystemTime::now() - back,
+            ))
+        }
+        None => None,
+    };
+    let outcome = match args.outcome {
+        Some(text) => Some(Outcome::parse(&text).with_context(|| format!("--outcome {text:?}: expected ok, blocked, denied, tls_rejected, approval_denied or error"))?),
+        None => None,
+    };
+    Ok(ListFilter {
+        identity: args.identity,
+        target: args.target,
+        since,
+        outcome,
+        limit: args.limit,
+    })
+}
+
+fn print_status(data: &serde_json::Value) {
+    let get = |path: &str| {
+        data.pointer(path).map_or_else(
+            || "-".to_string(),
+            |v| v.as_str().map_or_else(|| v.to_string(), str::to_string),
+        )
+    };
+    println!(
+        "react-gateway {} (pid {}), up {}s",
+        get("/version"),
+        get("/pid"),
+        get("/uptime_secs")
+    );
+    println!(
+        "  listen      {}",
+        data["listen"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
+    println!(
+        "  cgroup      {} (attached: {})",
+        get("/cgroup"),
+        data["attached"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
+    println!(
+        "  policy      {} — {}",
+        get("/policy/mode"),
+        get("/policy/note")
+    );
+    println!(
+        "  store       {} (backlog {}, written {}, errors {})",
+        get("/store"),
+        get("/recorder/backlog"),
+        get("/recorder/written"),
+        get("/recorder/write_errors")
+    );
+    println!(
+        "  sessions    {} total, {} active, {} upstream errors, {} unattributed",
+        get("/proxy/sessions"),
+        get("/proxy/active"),
+        get("/proxy/upstream_errors"),
+        get("/proxy/unattributed")
+    );
+    println!(
+        "  kernel      {} redirected, {} excluded, {} denied, {} tracked sockets",
+        get("/kernel/redirected"),
+        get("/kernel/excluded"),
+        get("/kernel/denied"),
+        get("/kernel/tracked_sockets")
+    );
+}
+
+fn print_sessions(sessions: &[Session]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<26}  {:<23}  {:<32}  {:<22}  {:<8}  {:<8}  {:>10}  {:>10}",
+        "ID", "STARTED", "IDENTITY", "DESTINATION", "PROTO", "OUTCOME", "UP", "DOWN"
+    )?;
+    for s in sessions {
+        let who = format!(
+            "{} {}",
+            s.identity.cgroup.as_deref().unwrap_or("-"),
+            s.identity
+                .exe
+                .as_deref()
+                .and_then(|e| e.rsplit('/').next())
+                .unwrap_or("-")
+        );
+        let dst = match s.destination.ip {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", s.destination.port),
+            ip @ std::net::IpAddr::V4(_) => format!("{ip}:{}", s.destination.port),
+        };
+        writeln!(
+            out,
+            "{:<26}  {:<23}  {:<32}  {:<22}  {:<8}  {:<8}  {:>10}  {:>10}",
+            s.id,
+            s.started_at.get(..23).unwrap_or(&s.started_at),
+            who,
+            dst,
+            s.protocol.as_str(),
+            s.outcome.map_or("open", Outcome::as_str),
+            s.bytes_up,
+            s.bytes_down
+        )?;
+    }
+    Ok(())
+}
+
+fn print_session(s: &Session, events: &[Event]) {
+    println!("session   {}", s.id);
+    println!("started   {}", s.started_at);
+    println!("ended     {}", s.ended_at.as_deref().unwrap_or("(open)"));
+    println!(
+        "identity  cgroup={} pid={} uid={} gid={} exe={}",
+        s.identity.cgroup.as_deref().unwrap_or("-"),
+        s.identity.pid.map_or("-".into(), |v| v.to_string()),
+        s.identity.uid.map_or("-".into(), |v| v.to_string()),
+        s.identity.gid.map_or("-".into(), |v| v.to_string()),
+        s.identity.exe.as_deref().unwrap_or("-")
+    );
+    println!(
+        "dest      {} port {}{}",
+        s.destination.ip,
+        s.destination.port,
+        s.destination
+            .host
+            .as_ref()
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default()
+    );
+    println!("protocol  {}", s.protocol.as_str());
+    println!("bytes     up {} / down {}", s.bytes_up, s.bytes_down);
+    println!(
+        "outcome   {}{}",
+        s.outcome.map_or("open", Outcome::as_str),
+        s.error
+            .as_ref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
+    );
+    for event in events {
+        println!(
+            "  {} {} {}",
+            event.at,
+            event.kind,
+            serde_json::Value::Object(event.data.clone())
+        );
+    }
+}

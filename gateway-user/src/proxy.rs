@@ -1,0 +1,251 @@
+//! The proxy: accepts the connections that connect4/6 redirected, recovers where each was
+//! going and who opened it (the kernel's `ORIG_DST` entry), connects upstream from a socket the
+//! kernel programs never redirect, relays, and records a session.
+//!
+//! Protocol handling (TLS, HTTP, PostgreSQL) plugs in here in later issues; today every
+//! connection is relayed as raw TCP.
+
+pub mod relay;
+
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use gateway_common::{BYPASS_MARK, OrigDst};
+use serde::Serialize;
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::watch,
+};
+
+use crate::{
+    cgroup::CgroupNames,
+    record::Recorder,
+    redirect::{OrigDstTable, ip_of},
+    session::{self, Destination, Event, Identity, Outcome, Protocol, Session},
+    store::Write,
+};
+
+/// Everything a connection handler needs, shared by all of them.
+pub struct ProxyContext {
+    pub orig_dst: OrigDstTable,
+    pub recorder: Recorder,
+    pub names: CgroupNames,
+    /// Governed cgroups (relative names), to resolve cgroup ids of exited processes.
+    pub roots: RwLock<Vec<String>>,
+    /// Accept connections that an iptables `REDIRECT` sent here (`SO_ORIGINAL_DST`), used by
+    /// the benchmark that compares eBPF with iptables. No kernel identity for those.
+    pub accept_nat_redirect: bool,
+    pub connect_timeout: Duration,
+    pub stats: ProxyStats,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ProxyStats {
+    pub accepted: AtomicU64,
+    pub active: AtomicU64,
+    pub sessions: AtomicU64,
+    pub unattributed: AtomicU64,
+    pub upstream_errors: AtomicU64,
+}
+
+/// Binds the proxy listeners: 127.0.0.1 and ::1 at `port`.
+pub fn bind(port: u16) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for addr in [
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+    ] {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket
+            .bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        listeners.push(socket.listen(4096)?);
+    }
+    Ok(listeners)
+}
+
+/// Serves until `shutdown` turns true; then stops accepting and returns. Sessions in flight
+/// keep running; they end on their own or when `cut` turns true.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    ctx: Arc<ProxyContext>,
+    shutdown: watch::Receiver<bool>,
+    cut: watch::Receiver<bool>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let (ctx, mut shutdown, cut) = (Arc::clone(&ctx), shutdown.clone(), cut.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                            tokio::spawn(handle(Arc::clone(&ctx), stream, peer, cut.clone()));
+                        }
+                        Err(error) => {
+                            // EMFILE and friends: keep serving, do not spin.
+                            tracing::warn!(%error, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    },
+                    _ = shutdown.changed() => break,
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+struct ActiveGuard<'a>(&'a ProxyStats);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn handle(
+    ctx: Arc<ProxyContext>,
+    client: TcpStream,
+    peer: SocketAddr,
+    mut cut: watch::Receiver<bool>,
+) {
+    ctx.stats.active.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(&ctx.stats);
+    let (destination, identity) = match ctx.orig_dst.take(peer) {
+        Some(orig) => (
+            SocketAddr::new(ip_of(orig.family, orig.addr), orig.port),
+            ctx.identity(&orig),
+        ),
+        None => match nat_original_dst(&ctx, &client) {
+            Some(dst) => (dst, Identity::default()),
+            None => {
+                // Not redirected by our programs (e.g. a local process dialling the proxy port
+                // directly): we do not know where it should go, so it goes nowhere.
+                ctx.stats.unattributed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, "connection without an original destination; closed");
+                return;
+            }
+        },
+    };
+    let _ = client.set_nodelay(true);
+    let mut session = Session {
+        id: session::new_id(),
+        started_at: session::now(),
+        ended_at: None,
+        identity,
+        destination: Destination {
+            ip: destination.ip(),
+            port: destination.port(),
+            host: None,
+        },
+        target: None,
+        protocol: Protocol::Tcp,
+        tls: None,
+        bytes_up: 0,
+        bytes_down: 0,
+        outcome: None,
+        rules: Vec::new(),
+        masked: std::collections::BTreeMap::new(),
+        error: None,
+    };
+    ctx.stats.sessions.fetch_add(1, Ordering::Relaxed);
+    ctx.recorder
+        .write(Write::Session(Box::new(session.clone())))
+        .await;
+    tracing::debug!(id = %session.id, %destination, pid = ?session.identity.pid, "session started");
+
+    match connect_upstream(destination, ctx.connect_timeout).await {
+        Ok(upstream) => {
+            let transfer = relay::relay(&client, &upstream, &mut cut).await;
+            session.bytes_up = transfer.up;
+            session.bytes_down = transfer.down;
+            session.outcome = Some(if transfer.error.is_some() {
+                Outcome::Error
+            } else {
+                Outcome::Ok
+            });
+            session.error = transfer.error;
+        }
+        Err(error) => {
+            ctx.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            let reason = format!("upstream {destination} unreachable: {error}");
+            tracing::info!(id = %session.id, %reason);
+            ctx.recorder
+                .write(Write::Event {
+                    session: session.id.clone(),
+                    seq: 0,
+                    event: Event::new("upstream_error", serde_json::json!({ "error": reason })),
+                })
+                .await;
+            session.outcome = Some(Outcome::Error);
+            session.error = Some(reason);
+        }
+    }
+    session.ended_at = Some(session::now());
+    ctx.recorder.write(Write::Session(Box::new(session))).await;
+}
+
+impl ProxyContext {
+    fn identity(&self, orig: &OrigDst) -> Identity {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", orig.tgid))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        let roots = self.roots.read().map(|r| r.clone()).unwrap_or_default();
+        Identity {
+            cgroup: self.names.name(orig.cgroup_id, orig.tgid, &roots),
+            pid: Some(orig.tgid),
+            uid: Some(orig.uid),
+            gid: Some(orig.gid),
+            exe,
+        }
+    }
+}
+
+fn nat_original_dst(ctx: &ProxyContext, client: &TcpStream) -> Option<SocketAddr> {
+    if !ctx.accept_nat_redirect {
+        return None;
+    }
+    let raw = nix::sys::socket::getsockopt(client, nix::sys::socket::sockopt::OriginalDst).ok()?;
+    let dst = SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr)),
+        u16::from_be(raw.sin_port),
+    ));
+    // Without a NAT rule the "original" destination is simply our own listener.
+    (Some(dst) != client.local_addr().ok()).then_some(dst)
+}
+
+/// Connects to the real destination from a socket carrying [`BYPASS_MARK`], which connect4/6
+/// never redirect: the proxy cannot loop through itself even inside a governed cgroup.
+async fn connect_upstream(dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = if dst.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Mark, &BYPASS_MARK)
+        .map_err(io::Error::from)?;
+    let stream = tokio::time::timeout(timeout, socket.connect(dst))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            )
+        })??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
