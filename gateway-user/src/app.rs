@@ -411,10 +411,14 @@ fn lock_state(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, AppError>
         .map_err(|_| AppError::Locked(root.to_path_buf()))
 }
 
-/// A proxy holds two sockets per session: lift the soft fd limit to the hard one.
+/// A proxy holds two sockets per session: 10,000 agents' connections need over 20,000
+/// descriptors. As root we may raise the hard limit up to `fs.nr_open`.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(1 << 20);
+    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let wanted = nr_open.min(1 << 20).max(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_err() {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }

@@ -1,0 +1,200 @@
+//! `cargo xtask demo`: the main job, end to end on this machine.
+//!
+//! Starts the daemon with a temporary state dir and its own governed cgroup, starts mock tool
+//! servers on 127.0.0.2 and [::1], runs unmodified `curl` and a Python agent inside the
+//! governed cgroup, prints what was intercepted and recorded, shows fail-closed behaviour with
+//! the daemon killed, and stops and removes everything it started.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{daemon_bin, free_port, workspace_root};
+
+struct Demo {
+    state: PathBuf,
+    cgroup: String,
+    port: u16,
+    daemon: Option<Child>,
+}
+
+impl Demo {
+    fn cli(&self) -> Command {
+        let mut cmd = Command::new(daemon_bin());
+        cmd.arg("--state-dir").arg(&self.state);
+        cmd
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.state.with_extension("log"))?;
+        let child = self
+            .cli()
+            .args(["run", "--cgroup", &self.cgroup, "--listen-port", &self.port.to_string(), "--policy-dir"])
+            .arg(self.state.join("no-policies"))
+            .stderr(log)
+            .spawn()
+            .context("cannot start react-gateway")?;
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.cli().arg("status").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+                return Ok(());
+            }
+            if let Some(child) = self.daemon.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!("react-gateway exited ({status}); log: {}", std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        bail!("react-gateway did not come up within 20 s")
+    }
+
+    fn stop(&mut self, signal: &str) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+
+    fn exec(&self, sub: &str, command: &[&str]) -> Result<std::process::Output> {
+        self.cli().args(["exec", "--cgroup", sub, "--"]).args(command).output().context("react-gateway exec")
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        self.stop("-TERM");
+        // Remove the pins (programs detach), the cgroups and the state dir we made.
+        if let Ok(text) = std::fs::read_to_string(self.state.join("instance.json"))
+            && let Some(pin_dir) = text.lines().find_map(|l| l.trim().strip_prefix("\"pin_dir\": \"")).map(|p| p.trim_end_matches(['"', ',']))
+        {
+            let _ = std::fs::remove_dir_all(pin_dir);
+        }
+        if let Some(mount) = cgroup2_mount() {
+            remove_cgroup_tree(&mount.join(&self.cgroup));
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+        let _ = std::fs::remove_file(self.state.with_extension("log"));
+    }
+}
+
+pub fn run() -> Result<()> {
+    let id = std::process::id();
+    let mut demo = Demo {
+        state: std::env::temp_dir().join(format!("react-gateway-demo-{id}")),
+        cgroup: format!("react-gateway-demo-{id}"),
+        port: free_port()?,
+        daemon: None,
+    };
+    let tools_v4 = mock_tools("127.0.0.2:0".parse()?)?;
+    let tools_v6 = mock_tools("[::1]:0".parse()?)?;
+
+    section("1. start the daemon (record-only: no policy files yet)");
+    demo.start()?;
+    let status = demo.cli().arg("status").output()?;
+    print!("{}", String::from_utf8_lossy(&status.stdout));
+
+    section("2. unmodified clients in the governed cgroup");
+    let url = format!("http://{tools_v4}/v1/tools/weather?city=Paris");
+    println!("$ react-gateway exec --cgroup agent-1 -- curl -sS {url}");
+    let out = demo.exec("agent-1", &["curl", "-sS", "-w", "\\n", &url])?;
+    print!("  curl: {}", String::from_utf8_lossy(&out.stdout));
+    let agent = workspace_root().join("xtask/assets/agent.py");
+    println!("$ react-gateway exec --cgroup agent-2 -- python3 agent.py");
+    let out = demo.exec("agent-2", &["python3", &agent.to_string_lossy(), &tools_v4.to_string(), &tools_v6.to_string()])?;
+    print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("the demo agent failed");
+    }
+
+    section("3. what was intercepted and recorded");
+    thread::sleep(Duration::from_millis(300));
+    let out = demo.cli().args(["sessions", "list"]).output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    let json = demo.cli().args(["--json", "sessions", "list", "--limit", "1"]).output()?;
+    println!("\nthe newest session as JSON (`sessions list --json`):\n{}", String::from_utf8_lossy(&json.stdout));
+
+    section("4. fail closed: kill -9 the daemon, then try again");
+    demo.stop("-KILL");
+    let out = demo.exec("agent-1", &["curl", "-sS", "--max-time", "3", &url])?;
+    println!("  curl with the daemon dead: exit {} — {}", out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).trim());
+    if out.status.success() {
+        bail!("a governed connection got through with the daemon dead");
+    }
+    demo.start()?;
+    let out = demo.exec("agent-1", &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url])?;
+    println!("  curl after restart: HTTP {}", String::from_utf8_lossy(&out.stdout));
+
+    section("done: stopping the daemon and removing the demo cgroups, pins and state");
+    Ok(())
+}
+
+fn section(title: &str) {
+    println!("\n=== {title}");
+}
+
+/// A tiny HTTP tool server on a loopback address; answers every request with JSON that names
+/// the path it was asked for. Runs until the demo process exits.
+fn mock_tools(addr: SocketAddr) -> Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || answer(stream));
+        }
+    });
+    Ok(local)
+}
+
+fn answer(stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(&stream);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; content_length.min(1 << 20)];
+    let _ = std::io::Read::read_exact(&mut reader, &mut body);
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let reply = format!("{{\"tool\":\"{}\",\"result\":\"ok\"}}", path.split('?').next().unwrap_or("/"));
+    let _ = write!(&stream, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}", reply.len());
+}
+
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split(' ').nth(4)?;
+        (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// Removes a cgroup and its children, deepest first (cgroup dirs are removed with rmdir).
+pub fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}

@@ -1,0 +1,69 @@
+//! Small process helpers shared by the xtask commands.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// Runs `cargo ARGS` in the workspace root with extra environment, failing on a non-zero exit.
+pub fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(workspace_root());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let status = cmd.status().with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn build_release() -> Result<()> {
+    cargo(&["build", "--release", "-p", "gateway-user"], &[])
+}
+
+pub fn daemon_bin() -> PathBuf {
+    workspace_root().join("target/release/react-gateway")
+}
+
+/// Runs a command to completion; returns whether it succeeded (output discarded).
+pub fn quiet(program: &str, args: &[&str]) -> bool {
+    Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Runs a command and returns its stdout, failing on a non-zero exit.
+pub fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn run_cmd(program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program).args(args).status().with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// A free TCP port on both 127.0.0.1 and ::1.
+pub fn free_port() -> Result<u16> {
+    for _ in 0..100 {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = v4.local_addr()?.port();
+        if std::net::TcpListener::bind(("::1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 and ::1")
+}
