@@ -201,6 +201,7 @@ impl Daemon {
             "cgroup": format!("/{}", self.settings.cgroup),
             "cgroup2_mount": self.host.cgroup2,
             "attached": attached.iter().map(|a| format!("/{a}")).collect::<Vec<_>>(),
+            "max_open_sessions": proxy::session_capacity(),
             "excluded": self.settings.exclude.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "policy": {
                 "mode": "record-only",
@@ -249,6 +250,13 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     cgroup::ensure(&cgroup_dir)?;
 
     let store = Store::open(&settings.store_url).await?;
+    let orphans = store.close_orphans(&crate::session::now()).await?;
+    if orphans > 0 {
+        tracing::warn!(
+            sessions = orphans,
+            "closed sessions left open by a previous daemon"
+        );
+    }
     let (recorder, writer) = Recorder::spawn(store);
 
     // Listen before attaching: governed connects must never meet a closed port on first start.
@@ -324,15 +332,18 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         Arc::clone(&daemon),
         shutdown_rx.clone(),
     ));
+    let capacity = proxy::session_capacity();
     let proxy_task = tokio::spawn(proxy::serve(
         listeners,
         Arc::clone(&ctx),
         shutdown_rx,
         cut_rx,
+        capacity,
     ));
 
     tracing::info!(
         port = settings.listen_port,
+        max_open_sessions = capacity,
         cgroup = %cgroup_dir.display(),
         state_dir = %settings.state.root().display(),
         "react-gateway running (record-only: no policy loaded)"
@@ -412,11 +423,17 @@ fn lock_state(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, AppError>
 }
 
 /// A proxy holds two sockets per session: 10,000 agents' connections need over 20,000
-/// descriptors. As root we may raise the hard limit up to `fs.nr_open`.
+/// descriptors. With CAP_SYS_RESOURCE we raise the hard limit up to `fs.nr_open`; without it,
+/// to the existing hard limit (admission control in the proxy covers the rest).
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(1 << 20);
-    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
     let wanted = nr_open.min(1 << 20).max(hard);
     if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_err() {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);

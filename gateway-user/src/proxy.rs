@@ -76,24 +76,59 @@ pub fn bind(port: u16) -> io::Result<Vec<TcpListener>> {
     Ok(listeners)
 }
 
+/// Descriptors kept free for everything that is not a session (store, maps, control socket).
+const FD_RESERVE: u64 = 128;
+
+/// How many sessions may be open at once: each holds two sockets, and running out of
+/// descriptors would fail sessions (EMFILE) instead of delaying them.
+pub fn session_capacity() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft.saturating_sub(FD_RESERVE) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
 /// Serves until `shutdown` turns true; then stops accepting and returns. Sessions in flight
 /// keep running; they end on their own or when `cut` turns true.
+///
+/// Admission control: at most `capacity` sessions are open at once. Past that the listeners
+/// stop accepting and new connections wait in the kernel's accept queue until a session ends,
+/// so a burst beyond the descriptor limit is delayed, never failed.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     ctx: Arc<ProxyContext>,
     shutdown: watch::Receiver<bool>,
     cut: watch::Receiver<bool>,
+    capacity: usize,
 ) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(capacity));
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
-        let (ctx, mut shutdown, cut) = (Arc::clone(&ctx), shutdown.clone(), cut.clone());
+        let (ctx, mut shutdown, cut, permits) = (
+            Arc::clone(&ctx),
+            shutdown.clone(),
+            cut.clone(),
+            Arc::clone(&permits),
+        );
         tasks.spawn(async move {
             loop {
+                let permit = tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.changed() => break,
+                };
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                            tokio::spawn(handle(Arc::clone(&ctx), stream, peer, cut.clone()));
+                            let (ctx, cut) = (Arc::clone(&ctx), cut.clone());
+                            tokio::spawn(async move {
+                                handle(ctx, stream, peer, cut).await;
+                                drop(permit);
+                            });
                         }
                         Err(error) => {
                             // EMFILE and friends: keep serving, do not spin.

@@ -209,6 +209,16 @@ impl Store {
         Ok(Some((session, events)))
     }
 
+    /// Closes sessions a previous daemon left open (it crashed or was killed): they end as
+    /// `error`, so no session stays "running" forever. Returns how many were closed.
+    pub async fn close_orphans(&self, ended_at: &str) -> Result<u64, StoreError> {
+        let result = sqlx::query("UPDATE sessions SET ended_at = ?, outcome = 'error', error = 'the daemon stopped before the session ended (crash or kill); bytes are as last recorded' WHERE ended_at IS NULL")
+            .bind(ended_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
     pub async fn count(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
             .fetch_one(&self.pool)

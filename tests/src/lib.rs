@@ -1,1 +1,412 @@
-//! placeholder
+//! Integration-test harness: a real daemon (the release binary `cargo xtask test` built), real
+//! cgroups, real clients run with `react-gateway exec`, real loopback servers.
+//!
+//! Every [`Gateway`] owns its state dir, governed cgroup, listen port and bpffs pins, all named
+//! after the test, and removes them on drop, so tests run in parallel and leave nothing behind.
+//! Privileged tests fail loudly when not root; `REACT_GATEWAY_SKIP_PRIVILEGED=1` is the only
+//! way to skip them, and says so.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The daemon binary: `REACT_GATEWAY_BIN`, else `target/release/react-gateway`.
+pub fn bin() -> PathBuf {
+    let path = std::env::var_os("REACT_GATEWAY_BIN").map_or_else(
+        || workspace().join("target/release/react-gateway"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} not found: run the tests with `cargo xtask test` (it builds the daemon)",
+        path.display()
+    );
+    path
+}
+
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+/// Whether privileged tests should run. Not root → panic, unless explicitly opted out.
+pub fn privileged() -> bool {
+    if std::env::var("REACT_GATEWAY_SKIP_PRIVILEGED").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: REACT_GATEWAY_SKIP_PRIVILEGED=1");
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests load eBPF programs and need root (set REACT_GATEWAY_SKIP_PRIVILEGED=1 to skip them explicitly)"
+    );
+    true
+}
+
+pub fn cgroup2_mount() -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .expect("no cgroup2 mount")
+}
+
+/// A TCP port free on both 127.0.0.1 and ::1.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = v4.local_addr().expect("addr").port();
+        if TcpListener::bind(("::1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port")
+}
+
+/// One daemon instance owned by a test.
+pub struct Gateway {
+    pub name: String,
+    pub state: PathBuf,
+    pub cgroup: String,
+    pub port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    pub fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    pub fn start_with(name: &str, extra: &[&str]) -> Self {
+        let id = format!("rg-test-{name}-{}", std::process::id());
+        let state = std::env::temp_dir().join(&id);
+        let _ = std::fs::remove_dir_all(&state);
+        let mut gateway = Self {
+            name: name.to_string(),
+            state,
+            cgroup: id,
+            port: free_port(),
+            extra: extra.iter().map(|s| (*s).to_string()).collect(),
+            child: None,
+        };
+        gateway.spawn();
+        gateway
+    }
+
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--state-dir").arg(&self.state);
+        cmd
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.state.with_extension("log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the daemon and waits until `status` answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = self
+            .cli()
+            .args([
+                "run",
+                "--cgroup",
+                &self.cgroup,
+                "--listen-port",
+                &self.port.to_string(),
+                "--shutdown-grace",
+                "3s",
+                "--policy-dir",
+            ])
+            .arg(self.state.join("no-policies"))
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start react-gateway");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self
+                .cli()
+                .arg("status")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("react-gateway exited early ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "react-gateway did not come up:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// Sends a signal and waits for the daemon to exit.
+    pub fn stop(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn cgroup_dir(&self) -> PathBuf {
+        cgroup2_mount().join(&self.cgroup)
+    }
+
+    pub fn pin_dir(&self) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(self.state.join("instance.json")).ok()?;
+        let value: Value = serde_json::from_str(&text).ok()?;
+        value["pin_dir"].as_str().map(PathBuf::from)
+    }
+
+    /// Runs a command in the governed child cgroup `sub`.
+    pub fn exec(&self, sub: &str, command: &[&str]) -> Output {
+        self.cli()
+            .args(["exec", "--cgroup", sub, "--"])
+            .args(command)
+            .output()
+            .expect("react-gateway exec")
+    }
+
+    /// Runs Python code in the governed cgroup and asserts it succeeded; returns stdout.
+    pub fn python(&self, sub: &str, code: &str, args: &[&str]) -> String {
+        let mut command = vec!["python3", "-c", code];
+        command.extend(args);
+        let out = self.exec(sub, &command);
+        assert!(
+            out.status.success(),
+            "python failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self
+            .cli()
+            .args(["--json", "status"])
+            .output()
+            .expect("status");
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    pub fn sessions(&self) -> Vec<Value> {
+        let out = self
+            .cli()
+            .args(["--json", "sessions", "list"])
+            .output()
+            .expect("sessions list");
+        assert!(
+            out.status.success(),
+            "sessions list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("sessions JSON")
+    }
+
+    /// Waits until at least `n` sessions have ended (recording is asynchronous).
+    pub fn ended_sessions(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let sessions: Vec<Value> = self
+                .sessions()
+                .into_iter()
+                .filter(|s| !s["ended_at"].is_null())
+                .collect();
+            if sessions.len() >= n || Instant::now() > deadline {
+                return sessions;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let pin_dir = self.pin_dir();
+        self.stop(libc::SIGTERM);
+        if let Some(pin_dir) = pin_dir {
+            let _ = std::fs::remove_dir_all(pin_dir);
+        }
+        remove_cgroup_tree(&self.cgroup_dir());
+        let _ = std::fs::remove_dir_all(&self.state);
+        if !thread::panicking() {
+            let _ = std::fs::remove_file(self.log_path());
+        }
+    }
+}
+
+/// Removes a cgroup and its children, deepest first.
+pub fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// A loopback server run by the test, counting connections and remembering their peers.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    /// Answers each request with `HTTP/1.1 200` and a body naming the server.
+    pub fn http(addr: &str) -> Self {
+        Self::serve(addr, |mut stream| {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let body = "hello from upstream\n";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        })
+    }
+
+    /// Echoes bytes until EOF, then closes.
+    pub fn echo(addr: &str) -> Self {
+        Self::serve(addr, |mut stream| {
+            let mut buf = [0u8; 16384];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn serve(addr: &str, handler: fn(TcpStream)) -> Self {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                thread::spawn(move || handler(stream));
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+}
+
+/// The asyncio echo server of `tests/support/echo_server.py` (for thousands of connections),
+/// killed on drop.
+pub struct PyEcho {
+    pub port: u16,
+    child: Child,
+}
+
+impl PyEcho {
+    pub fn start(host: &str) -> Self {
+        let port = {
+            let l = TcpListener::bind((host, 0)).expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let mut child = Command::new("python3")
+            .arg(workspace().join("tests/support/echo_server.py"))
+            .args([host, &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 echo server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        assert_eq!(line.trim(), "ready");
+        Self { port, child }
+    }
+}
+
+impl Drop for PyEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Finds the sessions whose destination is `ip:port`.
+pub fn sessions_to<'a>(sessions: &'a [Value], ip: &str, port: u16) -> Vec<&'a Value> {
+    sessions
+        .iter()
+        .filter(|s| s["destination"]["ip"] == ip && s["destination"]["port"] == port)
+        .collect()
+}

@@ -36,7 +36,14 @@ impl Demo {
         let log = std::fs::File::create(self.state.with_extension("log"))?;
         let child = self
             .cli()
-            .args(["run", "--cgroup", &self.cgroup, "--listen-port", &self.port.to_string(), "--policy-dir"])
+            .args([
+                "run",
+                "--cgroup",
+                &self.cgroup,
+                "--listen-port",
+                &self.port.to_string(),
+                "--policy-dir",
+            ])
             .arg(self.state.join("no-policies"))
             .stderr(log)
             .spawn()
@@ -44,13 +51,23 @@ impl Demo {
         self.daemon = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self.cli().arg("status").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+            if self
+                .cli()
+                .arg("status")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
                 return Ok(());
             }
             if let Some(child) = self.daemon.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                bail!("react-gateway exited ({status}); log: {}", std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default());
+                bail!(
+                    "react-gateway exited ({status}); log: {}",
+                    std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default()
+                );
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -59,13 +76,19 @@ impl Demo {
 
     fn stop(&mut self, signal: &str) {
         if let Some(mut child) = self.daemon.take() {
-            let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
             let _ = child.wait();
         }
     }
 
     fn exec(&self, sub: &str, command: &[&str]) -> Result<std::process::Output> {
-        self.cli().args(["exec", "--cgroup", sub, "--"]).args(command).output().context("react-gateway exec")
+        self.cli()
+            .args(["exec", "--cgroup", sub, "--"])
+            .args(command)
+            .output()
+            .context("react-gateway exec")
     }
 }
 
@@ -74,7 +97,10 @@ impl Drop for Demo {
         self.stop("-TERM");
         // Remove the pins (programs detach), the cgroups and the state dir we made.
         if let Ok(text) = std::fs::read_to_string(self.state.join("instance.json"))
-            && let Some(pin_dir) = text.lines().find_map(|l| l.trim().strip_prefix("\"pin_dir\": \"")).map(|p| p.trim_end_matches(['"', ',']))
+            && let Some(pin_dir) = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("\"pin_dir\": \""))
+                .map(|p| p.trim_end_matches(['"', ',']))
         {
             let _ = std::fs::remove_dir_all(pin_dir);
         }
@@ -109,8 +135,20 @@ pub fn run() -> Result<()> {
     print!("  curl: {}", String::from_utf8_lossy(&out.stdout));
     let agent = workspace_root().join("xtask/assets/agent.py");
     println!("$ react-gateway exec --cgroup agent-2 -- python3 agent.py");
-    let out = demo.exec("agent-2", &["python3", &agent.to_string_lossy(), &tools_v4.to_string(), &tools_v6.to_string()])?;
-    print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = demo.exec(
+        "agent-2",
+        &[
+            "python3",
+            &agent.to_string_lossy(),
+            &tools_v4.to_string(),
+            &tools_v6.to_string(),
+        ],
+    )?;
+    print!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if !out.status.success() {
         bail!("the demo agent failed");
     }
@@ -119,19 +157,35 @@ pub fn run() -> Result<()> {
     thread::sleep(Duration::from_millis(300));
     let out = demo.cli().args(["sessions", "list"]).output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
-    let json = demo.cli().args(["--json", "sessions", "list", "--limit", "1"]).output()?;
-    println!("\nthe newest session as JSON (`sessions list --json`):\n{}", String::from_utf8_lossy(&json.stdout));
+    let json = demo
+        .cli()
+        .args(["--json", "sessions", "list", "--limit", "1"])
+        .output()?;
+    println!(
+        "\nthe newest session as JSON (`sessions list --json`):\n{}",
+        String::from_utf8_lossy(&json.stdout)
+    );
 
     section("4. fail closed: kill -9 the daemon, then try again");
     demo.stop("-KILL");
     let out = demo.exec("agent-1", &["curl", "-sS", "--max-time", "3", &url])?;
-    println!("  curl with the daemon dead: exit {} — {}", out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).trim());
+    println!(
+        "  curl with the daemon dead: exit {} — {}",
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     if out.status.success() {
         bail!("a governed connection got through with the daemon dead");
     }
     demo.start()?;
-    let out = demo.exec("agent-1", &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url])?;
-    println!("  curl after restart: HTTP {}", String::from_utf8_lossy(&out.stdout));
+    let out = demo.exec(
+        "agent-1",
+        &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
+    )?;
+    println!(
+        "  curl after restart: HTTP {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     section("done: stopping the daemon and removing the demo cgroups, pins and state");
     Ok(())
@@ -173,9 +227,20 @@ fn answer(stream: TcpStream) {
     }
     let mut body = vec![0u8; content_length.min(1 << 20)];
     let _ = std::io::Read::read_exact(&mut reader, &mut body);
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let reply = format!("{{\"tool\":\"{}\",\"result\":\"ok\"}}", path.split('?').next().unwrap_or("/"));
-    let _ = write!(&stream, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}", reply.len());
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_string();
+    let reply = format!(
+        "{{\"tool\":\"{}\",\"result\":\"ok\"}}",
+        path.split('?').next().unwrap_or("/")
+    );
+    let _ = write!(
+        &stream,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+        reply.len()
+    );
 }
 
 pub fn cgroup2_mount() -> Option<PathBuf> {

@@ -52,7 +52,10 @@ fn run() -> Result<()> {
             util::build_release()?;
             bench::run(rest)
         }
-        Some("prebuilt") => util::cargo(&["build", "--release", "-p", "gateway-user"], &[("REACT_GATEWAY_UPDATE_PREBUILT", "1")]),
+        Some("prebuilt") => util::cargo(
+            &["build", "--release", "-p", "gateway-user"],
+            &[("REACT_GATEWAY_UPDATE_PREBUILT", "1")],
+        ),
         // Internal helpers the benchmark runs inside governed cgroups.
         Some("bench-client") => bench::client(rest),
         _ => {
@@ -67,7 +70,13 @@ fn test(filter: &[String]) -> Result<()> {
     util::build_release()?;
     let bin = util::workspace_root().join("target/release/react-gateway");
     let bin = bin.to_string_lossy().into_owned();
-    let mut args = vec!["test", "--release", "--workspace", "--exclude", "gateway-ebpf"];
+    let mut args = vec![
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "gateway-ebpf",
+    ];
     if !filter.is_empty() {
         args.push("--");
         args.extend(filter.iter().map(String::as_str));

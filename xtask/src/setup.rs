@@ -5,7 +5,14 @@ use anyhow::{Context as _, Result};
 use crate::util::{output, quiet, run_cmd};
 
 /// Debian packages the build, tests, demo and benchmarks use.
-const DEBIAN: &[&str] = &["curl", "iproute2", "iptables", "bpftool", "procps", "util-linux"];
+const DEBIAN: &[&str] = &[
+    "curl",
+    "iproute2",
+    "iptables",
+    "bpftool",
+    "procps",
+    "util-linux",
+];
 /// Python packages the tests' and demo's unmodified clients use.
 const PYTHON: &[(&str, &str)] = &[("requests", "requests")];
 const BPF_LINKER: &str = "0.10.0";
@@ -18,23 +25,49 @@ pub fn run() -> Result<()> {
 }
 
 fn toolchain() -> Result<()> {
-    if !output("rustup", &["toolchain", "list"]).unwrap_or_default().lines().any(|l| l.starts_with("nightly")) {
+    if !output("rustup", &["toolchain", "list"])
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("nightly"))
+    {
         eprintln!("setup: installing the nightly toolchain (eBPF builds need it)");
-        run_cmd("rustup", &["toolchain", "install", "nightly", "--profile", "minimal"])?;
+        run_cmd(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+        )?;
     }
-    let components = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
+    let components = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("setup: adding rust-src to nightly");
-        if let Err(error) = run_cmd("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"]) {
+        if let Err(error) = run_cmd(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+        ) {
             // The build falls back to the committed eBPF object if its source hash matches.
-            eprintln!("setup: warning: {error:#}; the build will use gateway-ebpf/prebuilt if it is current");
+            eprintln!(
+                "setup: warning: {error:#}; the build will use gateway-ebpf/prebuilt if it is current"
+            );
         }
     }
     let linker = output("bpf-linker", &["--version"]).unwrap_or_default();
     if !linker.contains(BPF_LINKER) {
         eprintln!("setup: installing bpf-linker {BPF_LINKER} (about two minutes)");
-        if let Err(error) = run_cmd("cargo", &["+nightly", "install", &format!("bpf-linker@{BPF_LINKER}"), "--locked"]) {
-            eprintln!("setup: warning: {error:#}; the build will use gateway-ebpf/prebuilt if it is current");
+        if let Err(error) = run_cmd(
+            "cargo",
+            &[
+                "+nightly",
+                "install",
+                &format!("bpf-linker@{BPF_LINKER}"),
+                "--locked",
+            ],
+        ) {
+            eprintln!(
+                "setup: warning: {error:#}; the build will use gateway-ebpf/prebuilt if it is current"
+            );
         }
     }
     Ok(())
@@ -53,16 +86,27 @@ fn debian() -> Result<()> {
 }
 
 fn installed(package: &str) -> bool {
-    output("dpkg-query", &["-W", "-f=${Status}", package]).is_ok_and(|s| s.contains("install ok installed"))
+    output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_ok_and(|s| s.contains("install ok installed"))
 }
 
 fn python() -> Result<()> {
-    let missing: Vec<&str> = PYTHON.iter().filter(|(module, _)| !quiet("python3", &["-c", &format!("import {module}")])).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = PYTHON
+        .iter()
+        .filter(|(module, _)| !quiet("python3", &["-c", &format!("import {module}")]))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("setup: installing Python packages: {}", missing.join(" "));
-    let mut args = vec!["-m", "pip", "install", "--quiet", "--disable-pip-version-check"];
+    let mut args = vec![
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ];
     args.extend(&missing);
     run_cmd("python3", &args)
 }

@@ -8,7 +8,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 /// Runs `cargo ARGS` in the workspace root with extra environment, failing on a non-zero exit.
@@ -19,7 +22,9 @@ pub fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     for (key, value) in env {
         cmd.env(key, value);
     }
-    let status = cmd.status().with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
@@ -36,20 +41,35 @@ pub fn daemon_bin() -> PathBuf {
 
 /// Runs a command to completion; returns whether it succeeded (output discarded).
 pub fn quiet(program: &str, args: &[&str]) -> bool {
-    Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Runs a command and returns its stdout, failing on a non-zero exit.
 pub fn output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("cannot run {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
     if !out.status.success() {
-        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn run_cmd(program: &str, args: &[&str]) -> Result<()> {
-    let status = Command::new(program).args(args).status().with_context(|| format!("cannot run {program}"))?;
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
     if !status.success() {
         bail!("{program} {} failed ({status})", args.join(" "));
     }
