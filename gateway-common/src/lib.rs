@@ -35,8 +35,9 @@ pub const BYPASS_MARK: u32 = 0x5247_0001; // "RG" 0001
 pub mod maps {
     /// `Array<Config>`, one entry: the instance's settings.
     pub const CONFIG: &str = "RG_CONFIG";
-    /// `LruHashMap<u64 socket cookie, OrigDst>`: written by connect4/6, read by
-    /// getpeername4/6 and sockops, removed when the socket closes.
+    /// `HashMap<u64 socket cookie, OrigDst>`: written by connect4/6, read by
+    /// getpeername4/6 and sockops, removed when the socket closes. A preallocated hash, not
+    /// an LRU: inserts are cheaper, and every entry has an explicit delete.
     pub const SOCKETS: &str = "RG_SOCKETS";
     /// `LruHashMap<PeerKey, OrigDst>`: published by sockops when a redirected connection is
     /// established; the proxy removes the entry when it accepts the connection.
@@ -61,9 +62,9 @@ pub mod programs {
     pub const ALL: [&str; 5] = [SOCKOPS, GETPEERNAME4, GETPEERNAME6, CONNECT4, CONNECT6];
 }
 
-/// Capacity of the socket and original-destination maps. LRU maps: if something ever escapes
-/// the explicit deletes (a connect that fails before the SYN is sent) the oldest entry goes,
-/// never a live one under normal load.
+/// Capacity of the socket and original-destination maps. When the socket map is full, connect4
+/// refuses (fail closed) and counts `MapFull`; the original-destination map is an LRU, swept by
+/// the daemon, so entries no proxy accepted can never pile up.
 pub const MAX_TRACKED_SOCKETS: u32 = 65_536;
 /// Capacity of the exclusion and deny tries.
 pub const MAX_PREFIXES: u32 = 4_096;
@@ -82,6 +83,9 @@ pub struct Config {
 pub mod config_flags {
     /// The deny trie holds entries; skip the lookups otherwise.
     pub const DENY_ACTIVE: u32 = 1 << 0;
+    /// The exclusion trie holds entries; skip the lookups otherwise (LPM lookups are the
+    /// most expensive part of connect4).
+    pub const EXCLUDE_ACTIVE: u32 = 1 << 1;
 }
 
 /// Where a redirected connection was going and who opened it.
@@ -100,7 +104,8 @@ pub struct OrigDst {
     pub gid: u32,
     /// cgroup v2 id (the cgroup directory's inode number) of the caller.
     pub cgroup_id: u64,
-    /// `bpf_ktime_get_ns()` at connect(), used by the daemon to sweep stale entries.
+    /// `bpf_ktime_get_ns()` when sockops published the entry (0 before), used by the daemon
+    /// to sweep entries that no proxy accepted.
     pub connect_ns: u64,
 }
 

@@ -12,7 +12,7 @@ use aya_ebpf::{
     },
     macros::{cgroup_sock_addr, map, sock_ops},
     maps::{
-        Array, LruHashMap, PerCpuArray,
+        Array, HashMap, LruHashMap, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{SockAddrContext, SockOpsContext},
@@ -50,7 +50,7 @@ const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map(name = "RG_SOCKETS")]
-static SOCKETS: LruHashMap<u64, OrigDst> = LruHashMap::pinned(MAX_TRACKED_SOCKETS, 0);
+static SOCKETS: HashMap<u64, OrigDst> = HashMap::pinned(MAX_TRACKED_SOCKETS, 0);
 
 #[map(name = "RG_ORIG_DST")]
 static ORIG_DST: LruHashMap<PeerKey, OrigDst> = LruHashMap::pinned(MAX_TRACKED_SOCKETS, 0);
@@ -206,7 +206,7 @@ fn decide(ctx: &SockAddrContext, dst: Dst) -> Decision {
         count(Counter::Bypassed);
         return Decision::Allow;
     }
-    if is_excluded(&dst) {
+    if config.flags & config_flags::EXCLUDE_ACTIVE != 0 && is_excluded(&dst) {
         count(Counter::Excluded);
         return Decision::Allow;
     }
@@ -228,8 +228,9 @@ fn decide(ctx: &SockAddrContext, dst: Dst) -> Decision {
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         cgroup_id,
-        // SAFETY: helper without preconditions.
-        connect_ns: unsafe { bpf_ktime_get_ns() },
+        // Stamped by sockops when the entry is published: only the sweeper needs a time, and
+        // connect4 is the hot path.
+        connect_ns: 0,
     };
     if SOCKETS.insert(&cookie, &entry, u64::from(BPF_ANY)).is_err() {
         // Without the entry the proxy could not tell where this goes: refuse (fail closed).
@@ -348,7 +349,11 @@ fn try_sockops(ctx: &SockOpsContext) {
         let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
         return;
     }
-    // Established: publish under the client's address as the proxy will see it on accept().
+    // Established: publish under the client's address as the proxy will see it on accept(),
+    // stamped so the daemon can sweep entries no proxy ever accepted.
+    let mut orig = orig;
+    // SAFETY: helper without preconditions.
+    orig.connect_ns = unsafe { bpf_ktime_get_ns() };
     let key = if ctx.family() == u32::from(AF_INET) {
         PeerKey {
             addr: [ctx.local_ip4(), 0, 0, 0],

@@ -381,7 +381,17 @@ impl Redirector {
                 let _ = self.exclude.remove(&key);
             }
         }
-        Ok(())
+        self.set_flag(config_flags::EXCLUDE_ACTIVE, !new.is_empty())
+    }
+
+    fn set_flag(&mut self, flag: u32, on: bool) -> Result<(), RedirectError> {
+        let mut config = self.config.get(&0, 0).map_err(map_err(maps::CONFIG))?;
+        if on {
+            config.flags |= flag;
+        } else {
+            config.flags &= !flag;
+        }
+        self.config.set(0, config, 0).map_err(map_err(maps::CONFIG))
     }
 
     /// Replaces the kernel deny list: `(cgroup id or 0 for all, destination)`.
@@ -411,13 +421,7 @@ impl Redirector {
                 let _ = self.deny.remove(&key);
             }
         }
-        let mut config = self.config.get(&0, 0).map_err(map_err(maps::CONFIG))?;
-        if new.is_empty() {
-            config.flags &= !config_flags::DENY_ACTIVE;
-        } else {
-            config.flags |= config_flags::DENY_ACTIVE;
-        }
-        self.config.set(0, config, 0).map_err(map_err(maps::CONFIG))
+        self.set_flag(config_flags::DENY_ACTIVE, !new.is_empty())
     }
 
     /// Attaches every program to the cgroup (`rel` is relative to the cgroup2 mount) and pins
