@@ -110,7 +110,10 @@ s.settimeout(5)
 s.connect(('::ffff:127.0.0.2', int(sys.argv[1])))
 print(s.getpeername()[0], s.getpeername()[1])
 s.sendall(b'GET / HTTP/1.0\r\n\r\n')
-assert b'hello from upstream' in s.recv(4096)
+data = b''
+while chunk := s.recv(4096):
+    data += chunk
+assert b'hello from upstream' in data, data
 ",
         &[&v4.port()],
     );

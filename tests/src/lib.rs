@@ -318,11 +318,12 @@ impl Upstream {
                 line.clear();
             }
             let body = "hello from upstream\n";
-            let _ = write!(
-                stream,
+            // One write, as a real server would send a small response.
+            let response = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
+            let _ = stream.write_all(response.as_bytes());
         })
     }
 
