@@ -566,3 +566,93 @@ asyncio.run(main())
     assert_eq!(status["proxy"]["unattributed"], 0, "{status:#}");
     assert_eq!(status["proxy"]["upstream_errors"], 0, "{status:#}");
 }
+
+/// `attach` governs an existing cgroup (e.g. a systemd slice), `detach` stops governing it,
+/// and `--detach-on-exit` removes every pin when the daemon stops cleanly.
+#[test]
+fn attach_detach_and_detach_on_exit() {
+    if !privileged() {
+        return;
+    }
+    let upstream = Upstream::http("127.0.0.2:0");
+    let mut gw = Gateway::start_with("attach", &["--detach-on-exit"]);
+    let external = react_gateway_tests::cgroup2_mount()
+        .join(format!("rg-test-external-{}", std::process::id()));
+    std::fs::create_dir_all(&external).expect("external cgroup");
+    let url = format!("http://127.0.0.2:{}/", upstream.port());
+    let curl_in_external = || {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec curl -sS --max-time 5 {url}",
+            external.display()
+        );
+        std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh")
+    };
+
+    let out = gw
+        .cli()
+        .args(["attach"])
+        .arg(&external)
+        .output()
+        .expect("attach");
+    assert!(
+        out.status.success(),
+        "attach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(gw.status()["attached"].as_array().unwrap().iter().any(|c| {
+        c.as_str()
+            .is_some_and(|c| c.starts_with("/rg-test-external-"))
+    }));
+    assert!(curl_in_external().status.success());
+    let sessions = gw.ended_sessions(1, Duration::from_secs(10));
+    assert_eq!(sessions.len(), 1);
+    assert!(
+        sessions[0]["identity"]["cgroup"]
+            .as_str()
+            .unwrap()
+            .starts_with("/rg-test-external-")
+    );
+
+    let out = gw
+        .cli()
+        .args(["detach"])
+        .arg(&external)
+        .output()
+        .expect("detach");
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(curl_in_external().status.success());
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(gw.sessions().len(), 1, "not governed after detach");
+    assert_eq!(upstream.accepted(), 2);
+    // Detaching the governed parent itself is refused with a reason.
+    let out = gw
+        .cli()
+        .args(["detach", &gw.cgroup])
+        .output()
+        .expect("detach parent");
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("governed parent")
+    );
+
+    let pin_dir = gw.pin_dir().expect("pin dir");
+    assert!(pin_dir.exists());
+    assert_eq!(gw.stop(libc::SIGTERM).and_then(|s| s.code()), Some(0));
+    assert!(!pin_dir.exists(), "--detach-on-exit removes the pins");
+    // Nothing governs the cgroup any more, so exec refuses rather than run ungoverned.
+    let out = gw.exec("agent", &["true"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not governed"));
+    react_gateway_tests::remove_cgroup_tree(&external);
+}

@@ -65,21 +65,60 @@ fn run() -> Result<()> {
     }
 }
 
-/// Unit tests of every crate, then the integration tests against the release daemon.
+/// Unit tests of every crate, then the integration tests against the release daemon. Ends
+/// with one total line (`N passed, M failed`), so the last line CI reads is the whole run's.
 fn test(filter: &[String]) -> Result<()> {
+    use std::io::BufRead as _;
     util::build_release()?;
     let bin = util::workspace_root().join("target/release/react-gateway");
-    let bin = bin.to_string_lossy().into_owned();
-    let mut args = vec![
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args([
         "test",
         "--release",
         "--workspace",
         "--exclude",
         "gateway-ebpf",
-    ];
+        "--lib",
+        "--bins",
+        "--tests",
+    ])
+    .current_dir(util::workspace_root())
+    .env("REACT_GATEWAY_BIN", &bin)
+    .stdout(std::process::Stdio::piped());
     if !filter.is_empty() {
-        args.push("--");
-        args.extend(filter.iter().map(String::as_str));
+        cmd.arg("--").args(filter);
     }
-    util::cargo(&args, &[("REACT_GATEWAY_BIN", bin.as_str())])
+    let mut child = cmd.spawn()?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(stdout) = child.stdout.take() {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    rest.split(';')
+                        .find_map(|part| {
+                            part.trim()
+                                .trim_start_matches("ok. ")
+                                .trim_start_matches("FAILED. ")
+                                .strip_suffix(word)
+                        })
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                passed += count(" passed");
+                failed += count(" failed");
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("xtask test: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("tests failed");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }
