@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    demo::{cgroup2_mount, remove_cgroup_tree},
+    demo::remove_instance,
     util::{daemon_bin, free_port, output},
 };
 
@@ -132,18 +132,7 @@ impl Drop for Daemon {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
-        if let Ok(text) = std::fs::read_to_string(self.state.join("instance.json"))
-            && let Some(pin_dir) = text
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("\"pin_dir\": \""))
-                .map(|p| p.trim_end_matches(['"', ',']))
-        {
-            let _ = std::fs::remove_dir_all(pin_dir);
-        }
-        if let Some(mount) = cgroup2_mount() {
-            remove_cgroup_tree(&mount.join(&self.cgroup));
-        }
-        let _ = std::fs::remove_dir_all(&self.state);
+        remove_instance(&self.state, &self.cgroup);
     }
 }
 

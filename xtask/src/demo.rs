@@ -96,18 +96,7 @@ impl Drop for Demo {
     fn drop(&mut self) {
         self.stop("-TERM");
         // Remove the pins (programs detach), the cgroups and the state dir we made.
-        if let Ok(text) = std::fs::read_to_string(self.state.join("instance.json"))
-            && let Some(pin_dir) = text
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("\"pin_dir\": \""))
-                .map(|p| p.trim_end_matches(['"', ',']))
-        {
-            let _ = std::fs::remove_dir_all(pin_dir);
-        }
-        if let Some(mount) = cgroup2_mount() {
-            remove_cgroup_tree(&mount.join(&self.cgroup));
-        }
-        let _ = std::fs::remove_dir_all(&self.state);
+        remove_instance(&self.state, &self.cgroup);
         let _ = std::fs::remove_file(self.state.with_extension("log"));
     }
 }
@@ -250,6 +239,23 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
         let mount_point = left.split(' ').nth(4)?;
         (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
     })
+}
+
+/// Removes what a daemon instance we started leaves behind: its bpffs pins (the programs
+/// detach), its cgroup tree and its state dir.
+pub fn remove_instance(state: &Path, cgroup: &str) {
+    if let Ok(text) = std::fs::read_to_string(state.join("instance.json"))
+        && let Some(pin_dir) = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("\"pin_dir\": \""))
+            .map(|p| p.trim_end_matches(['"', ',']))
+    {
+        let _ = std::fs::remove_dir_all(pin_dir);
+    }
+    if let Some(mount) = cgroup2_mount() {
+        remove_cgroup_tree(&mount.join(cgroup));
+    }
+    let _ = std::fs::remove_dir_all(state);
 }
 
 /// Removes a cgroup and its children, deepest first (cgroup dirs are removed with rmdir).
