@@ -26,7 +26,7 @@ fn unmodified_clients_are_governed_with_destination_and_identity() {
     let gw = Gateway::start("clients");
     let url = format!("http://127.0.0.2:{}/", upstream.port());
 
-    let out = gw.exec("agent-1", &["curl", "-sS", "--max-time", "5", &url]);
+    let out = gw.curl("agent-1", &url);
     assert!(
         out.status.success(),
         "curl: {}",
@@ -227,16 +227,7 @@ fn the_proxy_does_not_loop_even_inside_its_governed_cgroup() {
     let inside = gw.cgroup_dir().join("daemon");
     std::fs::create_dir_all(&inside).expect("cgroup");
     std::fs::write(inside.join("cgroup.procs"), gw.pid().to_string()).expect("move daemon");
-    let out = gw.exec(
-        "agent",
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://127.0.0.2:{}/", upstream.port()),
-        ],
-    );
+    let out = gw.curl("agent", &format!("http://127.0.0.2:{}/", upstream.port()));
     assert!(
         out.status.success(),
         "curl: {}\n{}",
@@ -272,11 +263,7 @@ fn fails_closed_when_the_daemon_dies_and_recovers_on_restart() {
     let upstream = Upstream::http("127.0.0.2:0");
     let mut gw = Gateway::start("failclosed");
     let url = format!("http://127.0.0.2:{}/", upstream.port());
-    assert!(
-        gw.exec("agent", &["curl", "-sS", "--max-time", "5", &url])
-            .status
-            .success()
-    );
+    assert!(gw.curl("agent", &url).status.success());
     assert_eq!(upstream.accepted(), 1);
     assert_eq!(gw.ended_sessions(1, Duration::from_secs(10)).len(), 1);
     // A session still open when the daemon dies is closed as an error on restart.
@@ -295,7 +282,7 @@ fn fails_closed_when_the_daemon_dies_and_recovers_on_restart() {
     gw.stop(libc::SIGKILL);
     let _ = holder.kill();
     let _ = holder.wait();
-    let out = gw.exec("agent", &["curl", "-sS", "--max-time", "5", &url]);
+    let out = gw.curl("agent", &url);
     assert_eq!(
         out.status.code(),
         Some(7),
@@ -311,13 +298,7 @@ fn fails_closed_when_the_daemon_dies_and_recovers_on_restart() {
     );
 
     gw.spawn();
-    assert!(
-        gw.exec("agent", &["curl", "-sS", "--max-time", "5", &url])
-            .status
-            .success(),
-        "{}",
-        gw.log()
-    );
+    assert!(gw.curl("agent", &url).status.success(), "{}", gw.log());
     assert_eq!(upstream.accepted(), 2);
     // Exactly one generation attached: one program per hook.
     let out = std::process::Command::new("bpftool")
@@ -373,21 +354,9 @@ fn two_daemons_side_by_side_do_not_interfere() {
     let a = Gateway::start("side-a");
     let b = Gateway::start("side-b");
     let url = format!("http://127.0.0.2:{}/", upstream.port());
-    assert!(
-        a.exec("x", &["curl", "-sS", "--max-time", "5", &url])
-            .status
-            .success()
-    );
-    assert!(
-        b.exec("y", &["curl", "-sS", "--max-time", "5", &url])
-            .status
-            .success()
-    );
-    assert!(
-        b.exec("y", &["curl", "-sS", "--max-time", "5", &url])
-            .status
-            .success()
-    );
+    assert!(a.curl("x", &url).status.success());
+    assert!(b.curl("y", &url).status.success());
+    assert!(b.curl("y", &url).status.success());
     let (sa, sb) = (
         a.ended_sessions(1, Duration::from_secs(10)),
         b.ended_sessions(2, Duration::from_secs(10)),

@@ -7,7 +7,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock, atomic::Ordering},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -142,6 +142,8 @@ struct Daemon {
     started: Instant,
     redirector: Mutex<Redirector>,
     proxy: Arc<ProxyContext>,
+    /// Sessions that may be open at once (admission control), fixed at start.
+    capacity: usize,
 }
 
 impl control::Handler for Daemon {
@@ -156,9 +158,7 @@ impl control::Handler for Daemon {
                     .map_err(|e| e.to_string())?
                     .attach(&rel)
                     .map_err(|e| e.to_string())?;
-                if let Ok(mut roots) = self.proxy.roots.write() {
-                    roots.push(rel.clone());
-                }
+                self.proxy.names.add_root(&rel);
                 Ok(serde_json::json!({ "attached": format!("/{rel}") }))
             }
             Request::Detach { path } => {
@@ -174,9 +174,7 @@ impl control::Handler for Daemon {
                     .map_err(|e| e.to_string())?
                     .detach(&rel)
                     .map_err(|e| e.to_string())?;
-                if let Ok(mut roots) = self.proxy.roots.write() {
-                    roots.retain(|r| *r != rel);
-                }
+                self.proxy.names.remove_root(&rel);
                 Ok(serde_json::json!({ "detached": format!("/{rel}") }))
             }
         }
@@ -201,7 +199,7 @@ impl Daemon {
             "cgroup": format!("/{}", self.settings.cgroup),
             "cgroup2_mount": self.host.cgroup2,
             "attached": attached.iter().map(|a| format!("/{a}")).collect::<Vec<_>>(),
-            "max_open_sessions": proxy::session_capacity(),
+            "max_open_sessions": self.capacity,
             "excluded": self.settings.exclude.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "policy": {
                 "mode": "record-only",
@@ -295,8 +293,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     let ctx = Arc::new(ProxyContext {
         orig_dst: orig_dst.clone(),
         recorder,
-        names: CgroupNames::new(host.cgroup2.clone()),
-        roots: RwLock::new(roots),
+        names: CgroupNames::new(host.cgroup2.clone(), roots),
         accept_nat_redirect: settings.accept_nat_redirect,
         connect_timeout: Duration::from_secs(10),
         stats: proxy::ProxyStats::default(),
@@ -320,19 +317,20 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
 
     let control_path = settings.state.control_socket();
     let control_listener = control::bind(&control_path)?;
+    let capacity = proxy::session_capacity();
     let daemon = Arc::new(Daemon {
         settings: settings.clone(),
         host,
         started: Instant::now(),
         redirector: Mutex::new(redirector),
         proxy: Arc::clone(&ctx),
+        capacity,
     });
     let control_task = tokio::spawn(control::serve(
         control_listener,
         Arc::clone(&daemon),
         shutdown_rx.clone(),
     ));
-    let capacity = proxy::session_capacity();
     let proxy_task = tokio::spawn(proxy::serve(
         listeners,
         Arc::clone(&ctx),

@@ -66,22 +66,39 @@ pub fn id_of(dir: &Path) -> Option<u64> {
 #[derive(Debug)]
 pub struct CgroupNames {
     mount: PathBuf,
+    /// Governed cgroups (relative names), walked only when `/proc/PID/cgroup` cannot answer
+    /// (the process already exited).
+    roots: RwLock<Vec<String>>,
     cache: RwLock<HashMap<u64, String>>,
 }
 
 impl CgroupNames {
-    pub fn new(mount: PathBuf) -> Self {
+    pub fn new(mount: PathBuf, roots: Vec<String>) -> Self {
         Self {
             mount,
+            roots: RwLock::new(roots),
             cache: RwLock::new(HashMap::new()),
         }
     }
 
-    pub fn name(&self, id: u64, pid: u32, roots: &[String]) -> Option<String> {
+    pub fn add_root(&self, rel: &str) {
+        if let Ok(mut roots) = self.roots.write() {
+            roots.push(rel.to_string());
+        }
+    }
+
+    pub fn remove_root(&self, rel: &str) {
+        if let Ok(mut roots) = self.roots.write() {
+            roots.retain(|r| r != rel);
+        }
+    }
+
+    pub fn name(&self, id: u64, pid: u32) -> Option<String> {
         if let Some(name) = self.cache.read().ok().and_then(|c| c.get(&id).cloned()) {
             return Some(name);
         }
         let found = self.from_proc(id, pid).or_else(|| {
+            let roots = self.roots.read().ok()?;
             roots
                 .iter()
                 .find_map(|root| self.walk(id, &self.mount.join(root)))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::state::{DEFAULT_CGROUP, DEFAULT_EXEC_CGROUP, DEFAULT_POLICY_DIR, DEFAULT_STATE_DIR};
+use crate::state::{DEFAULT_EXEC_CGROUP, DEFAULT_STATE_DIR};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -111,7 +111,3 @@ pub struct ListArgs {
     #[arg(long)]
     pub limit: Option<u32>,
 }
-
-/// Defaults of `run` (also the keys of `--config`).
-pub const DEFAULT_CGROUP_NAME: &str = DEFAULT_CGROUP;
-pub const DEFAULT_POLICY: &str = DEFAULT_POLICY_DIR;

@@ -11,7 +11,7 @@ use std::{
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{
-        Arc, RwLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -37,8 +37,6 @@ pub struct ProxyContext {
     pub orig_dst: OrigDstTable,
     pub recorder: Recorder,
     pub names: CgroupNames,
-    /// Governed cgroups (relative names), to resolve cgroup ids of exited processes.
-    pub roots: RwLock<Vec<String>>,
     /// Accept connections that an iptables `REDIRECT` sent here (`SO_ORIGINAL_DST`), used by
     /// the benchmark that compares eBPF with iptables. No kernel identity for those.
     pub accept_nat_redirect: bool,
@@ -239,9 +237,8 @@ impl ProxyContext {
         let exe = std::fs::read_link(format!("/proc/{}/exe", orig.tgid))
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
-        let roots = self.roots.read().map(|r| r.clone()).unwrap_or_default();
         Identity {
-            cgroup: self.names.name(orig.cgroup_id, orig.tgid, &roots),
+            cgroup: self.names.name(orig.cgroup_id, orig.tgid),
             pid: Some(orig.tgid),
             uid: Some(orig.uid),
             gid: Some(orig.gid),

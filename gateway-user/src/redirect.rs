@@ -26,8 +26,8 @@ use aya::{
     programs::{CgroupAttachMode, Program, links::FdLink},
 };
 use gateway_common::{
-    AF_INET, AF_INET6, COUNTER_COUNT, Config, DENY_KEY_FIXED_BITS, DST_KEY_FIXED_BITS, DenyKey,
-    DstKey, OrigDst, PeerKey, config_flags, maps, programs,
+    AF_INET, AF_INET6, Config, Counter, DENY_KEY_FIXED_BITS, DST_KEY_FIXED_BITS, DenyKey, DstKey,
+    OrigDst, PeerKey, config_flags, maps, programs,
 };
 use serde::Serialize;
 
@@ -500,22 +500,20 @@ impl Redirector {
     }
 
     pub fn stats(&self) -> KernelStats {
-        let counter = |i: u32| {
+        let counter = |c: Counter| {
             self.counters
-                .get(&i, 0)
-                .map(|v| v.iter().sum::<u64>())
-                .unwrap_or(0)
+                .get(&(c as u32), 0)
+                .map_or(0, |v| v.iter().sum::<u64>())
         };
-        debug_assert_eq!(COUNTER_COUNT, 8);
         KernelStats {
-            redirected: counter(0),
-            excluded: counter(1),
-            denied: counter(2),
-            bypassed: counter(3),
-            not_configured: counter(4),
-            map_full: counter(5),
-            published: counter(6),
-            peer_rewritten: counter(7),
+            redirected: counter(Counter::Redirected),
+            excluded: counter(Counter::Excluded),
+            denied: counter(Counter::Denied),
+            bypassed: counter(Counter::Bypassed),
+            not_configured: counter(Counter::NotConfigured),
+            map_full: counter(Counter::MapFull),
+            published: counter(Counter::Published),
+            peer_rewritten: counter(Counter::PeerRewritten),
             tracked_sockets: self.sockets.keys().count(),
             pending_orig_dst: self.orig_dst.len(),
         }
@@ -539,7 +537,7 @@ pub fn attached_in(pin_dir: &Path) -> Vec<String> {
         .map(|entries| {
             entries
                 .flatten()
-                .filter_map(|e| unescape(&e.file_name().to_string_lossy()))
+                .map(|e| unescape(&e.file_name().to_string_lossy()))
                 .collect()
         })
         .unwrap_or_default();
@@ -571,12 +569,10 @@ fn escape(rel: &str) -> String {
         .replace('.', "%2E")
 }
 
-fn unescape(name: &str) -> Option<String> {
-    Some(
-        name.replace("%2E", ".")
-            .replace("%2F", "/")
-            .replace("%25", "%"),
-    )
+fn unescape(name: &str) -> String {
+    name.replace("%2E", ".")
+        .replace("%2F", "/")
+        .replace("%25", "%")
 }
 
 #[cfg(test)]
@@ -645,7 +641,7 @@ mod tests {
             "a%2Fb/c",
             "a%2E.b",
         ] {
-            assert_eq!(unescape(&escape(name)).unwrap(), name);
+            assert_eq!(unescape(&escape(name)), name);
             assert!(!escape(name).contains('/') && !escape(name).contains('.'));
         }
     }

@@ -219,13 +219,6 @@ impl Store {
         Ok(result.rows_affected())
     }
 
-    pub async fn count(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -216,6 +216,11 @@ impl Gateway {
             .expect("react-gateway exec")
     }
 
+    /// Runs unmodified `curl -sS --max-time 5 URL` in the governed child cgroup `sub`.
+    pub fn curl(&self, sub: &str, url: &str) -> Output {
+        self.exec(sub, &["curl", "-sS", "--max-time", "5", url])
+    }
+
     /// Runs Python code in the governed cgroup and asserts it succeeded; returns stdout.
     pub fn python(&self, sub: &str, code: &str, args: &[&str]) -> String {
         let mut command = vec!["python3", "-c", code];
