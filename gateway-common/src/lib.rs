@@ -44,8 +44,12 @@ pub mod maps {
     pub const ORIG_DST: &str = "RG_ORIG_DST";
     /// `LpmTrie<DstKey, u8>`: destinations that are never redirected.
     pub const EXCLUDE: &str = "RG_EXCLUDE";
-    /// `LpmTrie<DenyKey, u8>`: destinations refused in the kernel with `EPERM`.
+    /// `LpmTrie<DenyKey, u8>`: policy verdicts on destinations ([`crate::deny_verdict`]);
+    /// `DENY` entries are refused in the kernel with `EPERM`.
     pub const DENY: &str = "RG_DENY";
+    /// `RingBuf`: one [`crate::OrigDst`] per connect refused by [`DENY`], for the daemon to
+    /// record as a `denied` session.
+    pub const EVENTS: &str = "RG_EVENTS";
     /// `PerCpuArray<u64>`: counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "RG_COUNTERS";
 }
@@ -66,6 +70,16 @@ pub mod programs {
 /// refuses (fail closed) and counts `MapFull`; the original-destination map is an LRU, swept by
 /// the daemon, so entries no proxy accepted can never pile up.
 pub const MAX_TRACKED_SOCKETS: u32 = 65_536;
+/// Values of the deny trie. The longest matching prefix decides, so an `ALLOW` entry for a
+/// policy target inside a `DENY` default (`0.0.0.0/0`) lets that target through.
+pub mod deny_verdict {
+    pub const ALLOW: u8 = 0;
+    pub const DENY: u8 = 1;
+}
+
+/// Size of [`maps::EVENTS`] in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
 /// Capacity of the exclusion and deny tries.
 pub const MAX_PREFIXES: u32 = 4_096;
 
@@ -162,10 +176,12 @@ pub enum Counter {
     MapFull = 5,
     Published = 6,
     PeerRewritten = 7,
+    /// Denied connects whose event did not fit in [`maps::EVENTS`] (the daemon is behind).
+    EventsLost = 8,
 }
 
 /// Number of counters in [`maps::COUNTERS`].
-pub const COUNTER_COUNT: u32 = 8;
+pub const COUNTER_COUNT: u32 = 9;
 
 #[cfg(feature = "user")]
 mod pod {

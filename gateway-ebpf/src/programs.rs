@@ -12,7 +12,7 @@ use aya_ebpf::{
     },
     macros::{cgroup_sock_addr, map, sock_ops},
     maps::{
-        Array, HashMap, LruHashMap, PerCpuArray,
+        Array, HashMap, LruHashMap, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{SockAddrContext, SockOpsContext},
@@ -20,8 +20,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use gateway_common::{
     AF_INET, AF_INET6, BYPASS_MARK, COUNTER_COUNT, Config, Counter, DENY_KEY_FIXED_BITS,
-    DST_KEY_FIXED_BITS, DenyKey, DstKey, MAX_PREFIXES, MAX_TRACKED_SOCKETS, OrigDst, PROXY_IPV4,
-    PROXY_IPV6, PeerKey, config_flags,
+    DST_KEY_FIXED_BITS, DenyKey, DstKey, EVENTS_BYTES, MAX_PREFIXES, MAX_TRACKED_SOCKETS, OrigDst,
+    PROXY_IPV4, PROXY_IPV6, PeerKey, config_flags, deny_verdict,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -60,6 +60,9 @@ static EXCLUDE: LpmTrie<DstKey, u8> = LpmTrie::pinned(MAX_PREFIXES, 0);
 
 #[map(name = "RG_DENY")]
 static DENY: LpmTrie<DenyKey, u8> = LpmTrie::pinned(MAX_PREFIXES, 0);
+
+#[map(name = "RG_EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
 #[map(name = "RG_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
@@ -212,14 +215,28 @@ fn decide(ctx: &SockAddrContext, dst: Dst) -> Decision {
     }
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
     if config.flags & config_flags::DENY_ACTIVE != 0 && is_denied(&dst, cgroup_id) {
         count(Counter::Denied);
+        let event = OrigDst {
+            addr: dst.addr,
+            port: dst.port,
+            family: dst.family,
+            tgid: (pid_tgid >> 32) as u32,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            cgroup_id,
+            // SAFETY: helper without preconditions.
+            connect_ns: unsafe { bpf_ktime_get_ns() },
+        };
+        if EVENTS.output::<OrigDst>(&event, 0).is_err() {
+            count(Counter::EventsLost);
+        }
         return Decision::Refuse;
     }
     // SAFETY: the context is a socket-carrying context, as the helper requires.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
     let entry = OrigDst {
         addr: dst.addr,
         port: dst.port,
@@ -286,8 +303,9 @@ fn is_denied(dst: &Dst, cgroup_id: u64) -> bool {
                 cgroup_id_be: scope.to_be_bytes(),
                 dst: dst_key(dst, port),
             };
-            if DENY.get(Key::new(bits, key)).is_some() {
-                return true;
+            // The first scope/port level with an entry decides (its longest prefix within).
+            if let Some(verdict) = DENY.get(Key::new(bits, key)) {
+                return *verdict == deny_verdict::DENY;
             }
         }
     }

@@ -19,6 +19,7 @@ use crate::{
     cli::RunArgs,
     control::{self, Request},
     host,
+    policy::{Policy, PolicyError, live::LivePolicy},
     proxy::{self, ProxyContext},
     record::Recorder,
     redirect::{DstPrefix, RedirectError, Redirector},
@@ -50,6 +51,8 @@ pub enum AppError {
     Locked(PathBuf),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("the policy does not load:\n{0}")]
+    Policy(#[from] PolicyError),
 }
 
 /// `--config FILE`: the same settings as the flags of `run`.
@@ -142,6 +145,7 @@ struct Daemon {
     started: Instant,
     redirector: Mutex<Redirector>,
     proxy: Arc<ProxyContext>,
+    policy: Arc<LivePolicy>,
     /// Sessions that may be open at once (admission control), fixed at start.
     capacity: usize,
 }
@@ -201,17 +205,14 @@ impl Daemon {
             "attached": attached.iter().map(|a| format!("/{a}")).collect::<Vec<_>>(),
             "max_open_sessions": self.capacity,
             "excluded": self.settings.exclude.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "policy": {
-                "mode": "record-only",
-                "dir": self.settings.policy_dir,
-                "note": "no policy engine loaded: every governed connection is relayed and recorded",
-            },
+            "policy": self.policy.status(),
             "proxy": {
                 "accepted": p.accepted.load(Ordering::Relaxed),
                 "active": p.active.load(Ordering::Relaxed),
                 "sessions": p.sessions.load(Ordering::Relaxed),
                 "unattributed": p.unattributed.load(Ordering::Relaxed),
                 "upstream_errors": p.upstream_errors.load(Ordering::Relaxed),
+                "denied": p.denied.load(Ordering::Relaxed),
             },
             "recorder": {
                 "backlog": r.queued.load(Ordering::Relaxed),
@@ -246,6 +247,8 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
 
     let cgroup_dir = host.cgroup2.join(&settings.cgroup);
     cgroup::ensure(&cgroup_dir)?;
+    // A policy that does not load at start has no predecessor to fall back on: refuse to run.
+    let live = Arc::new(LivePolicy::load(&settings.policy_dir)?);
 
     let store = Store::open(&settings.store_url).await?;
     let orphans = store.close_orphans(&crate::session::now()).await?;
@@ -263,6 +266,9 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     let pin_dir = settings.state.pin_dir(&host.bpffs);
     let (mut redirector, logger) = Redirector::load(&pin_dir, &host.cgroup2, settings.listen_port)?;
     redirector.set_exclusions(&settings.exclude)?;
+    // Verdicts before attaching: the first governed connect already meets the policy.
+    apply_kernel_policy(&mut redirector, &live.current());
+    let denials = redirector.take_events();
     redirector.attach(&settings.cgroup)?;
     // Cgroups attached with `react-gateway attach` before a restart: attach the new generation.
     let mut roots = vec![settings.cgroup.clone()];
@@ -292,6 +298,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     let orig_dst = redirector.orig_dst();
     let ctx = Arc::new(ProxyContext {
         orig_dst: orig_dst.clone(),
+        policy: Arc::clone(&live),
         recorder,
         names: CgroupNames::new(host.cgroup2.clone(), roots),
         accept_nat_redirect: settings.accept_nat_redirect,
@@ -324,8 +331,12 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         started: Instant::now(),
         redirector: Mutex::new(redirector),
         proxy: Arc::clone(&ctx),
+        policy: Arc::clone(&live),
         capacity,
     });
+    let denials_task =
+        denials.map(|ring| tokio::spawn(proxy::record_kernel_denials(ring, Arc::clone(&ctx))));
+    let reload_task = tokio::spawn(watch_policy(Arc::clone(&daemon)));
     let control_task = tokio::spawn(control::serve(
         control_listener,
         Arc::clone(&daemon),
@@ -344,7 +355,9 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         max_open_sessions = capacity,
         cgroup = %cgroup_dir.display(),
         state_dir = %settings.state.root().display(),
-        "react-gateway running (record-only: no policy loaded)"
+        policy = %live.status().version,
+        mode = live.status().mode,
+        "react-gateway running"
     );
     wait_for_signal().await;
 
@@ -353,6 +366,10 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     let _ = proxy_task.await;
     let _ = control_task.await;
     sweeper.abort();
+    reload_task.abort();
+    if let Some(task) = &denials_task {
+        task.abort();
+    }
     let deadline = Instant::now() + settings.shutdown_grace;
     while ctx.stats.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -389,6 +406,68 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     }
     drop(daemon);
     Ok(())
+}
+
+/// How often the policy directory is checked for changes.
+const POLICY_POLL: Duration = Duration::from_millis(500);
+
+/// Reloads the policy when its files change or on SIGHUP, for the daemon's lifetime.
+async fn watch_policy(daemon: Arc<Daemon>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    loop {
+        let forced = tokio::select! {
+            _ = async {
+                match hup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => true,
+            () = tokio::time::sleep(POLICY_POLL) => false,
+        };
+        if !forced && !daemon.policy.changed() {
+            continue;
+        }
+        match daemon.policy.reload() {
+            Ok(Some(policy)) => {
+                if let Ok(mut redirector) = daemon.redirector.lock() {
+                    apply_kernel_policy(&mut redirector, &policy);
+                }
+                tracing::info!(version = %policy.version, files = policy.sources.len(), "policy reloaded; new sessions use it");
+                for warning in &policy.warnings {
+                    tracing::warn!("{warning}");
+                }
+            }
+            Ok(None) => tracing::debug!("policy files changed but compile to the policy in force"),
+            Err(error) => tracing::error!(
+                "policy reload failed; the previous policy stays in force:\n{error}"
+            ),
+        }
+    }
+}
+
+/// Writes the kernel-decidable part of `policy` into the deny table. When it does not fit,
+/// the table is cleared and the proxy enforces the policy alone (still fail-closed).
+fn apply_kernel_policy(redirector: &mut Redirector, policy: &Policy) {
+    let entries: Vec<(u64, DstPrefix, bool)> = policy
+        .kernel_verdicts()
+        .into_iter()
+        .map(|v| {
+            (
+                0,
+                DstPrefix {
+                    net: v.net.network(),
+                    prefix: v.net.prefix_len(),
+                    port: v.port,
+                },
+                v.deny,
+            )
+        })
+        .collect();
+    if let Err(error) = redirector.set_denied(&entries) {
+        tracing::warn!(%error, "kernel policy table not updated; the proxy enforces the policy");
+        let _ = redirector.set_denied(&[]);
+    }
 }
 
 async fn wait_for_signal() {

@@ -45,6 +45,37 @@ pub enum Command {
     /// Browse recorded sessions.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Check, test and explain policies before they go live.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files: every error as file:line:col; exit 1 on any error.
+    Check {
+        /// A policy file or directory.
+        path: PathBuf,
+    },
+    /// Run test cases against a policy: a pass/fail table; exit 1 on any failure.
+    Test {
+        /// A policy file or directory.
+        path: PathBuf,
+        /// Case file (TOML), repeatable.
+        #[arg(long, required = true, value_name = "FILE")]
+        cases: Vec<PathBuf>,
+    },
+    /// Which identity and target a caller and destination resolve to, and which rules apply.
+    Explain {
+        /// A policy file or directory.
+        path: PathBuf,
+        /// cgroup=PATH,uid=N,exe=PATH (each optional).
+        #[arg(long, default_value = "")]
+        identity: String,
+        /// ADDRESS:PORT, optionally HOST@ADDRESS:PORT (e.g. api.example.test@127.0.0.2:443).
+        #[arg(long)]
+        dest: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,9 @@
 //! * [`cgroup`] — cgroup v2 paths, creation, ids → names.
 //! * [`redirect`] — loading, pinning and attaching the kernel programs; their maps.
 //! * [`proxy`] — accept, original destination lookup, upstream connect, relay.
+//! * [`policy`] — policy files: parse, validate, compile, evaluate (pure).
+//! * [`mask`] — detectors and masking strategies (pure).
+//! * [`sql`] — SQL statement classification (pure).
 //! * [`session`] — the session model (`sessions list --json` contract).
 //! * [`store`] / [`record`] — the sqlx store and the batched recorder in front of it.
 //! * [`control`] — the control socket (`status`, `attach`, `detach`).
@@ -24,9 +27,12 @@ pub mod cli;
 pub mod control;
 pub mod exec;
 pub mod host;
+pub mod mask;
+pub mod policy;
 pub mod proxy;
 pub mod record;
 pub mod redirect;
 pub mod session;
+pub mod sql;
 pub mod state;
 pub mod store;

@@ -7,9 +7,10 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use gateway_user::{
     app::{self, AppError, Settings},
-    cli::{Cli, Command, ListArgs, SessionsCommand},
+    cli::{Cli, Command, ListArgs, PolicyCommand, SessionsCommand},
     control::{self, Request},
     exec,
+    policy::{self, Policy, Severity, cases, explain},
     session::{Event, Outcome, Session},
     state::StateDir,
     store::{ListFilter, Store},
@@ -24,6 +25,9 @@ fn main() -> ExitCode {
         let error = exec::exec(&state, &args.cgroup, &args.command);
         eprintln!("react-gateway exec: {error}");
         return ExitCode::from(2);
+    }
+    if let Command::Policy(command) = cli.command {
+        return ExitCode::from(policy_command(command, &state, cli.json));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -76,6 +80,7 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
                     error @ (AppError::Host(_)
                     | AppError::Locked(_)
                     | AppError::Config(_)
+                    | AppError::Policy(_)
                     | AppError::Listen(_)),
                 ) => {
                     eprintln!("react-gateway: {error}");
@@ -84,7 +89,7 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
                 Err(error) => Err(error.into()),
             }
         }
-        Command::Exec(_) => unreachable!("handled before the runtime starts"),
+        Command::Exec(_) | Command::Policy(_) => unreachable!("handled before the runtime starts"),
         Command::Attach { path } => control_call(&state, &Request::Attach { path }, cli.json).await,
         Command::Detach { path } => control_call(&state, &Request::Detach { path }, cli.json).await,
         Command::Status => {
@@ -201,10 +206,41 @@ fn print_status(data: &serde_json::Value) {
             .unwrap_or_default()
     );
     println!(
-        "  policy      {} — {}",
+        "  policy      {} {} from {} ({} file(s), loaded {}, {} reload(s))",
         get("/policy/mode"),
-        get("/policy/note")
+        get("/policy/version"),
+        get("/policy/dir"),
+        data.pointer("/policy/files")
+            .and_then(|f| f.as_array())
+            .map_or(0, Vec::len),
+        get("/policy/loaded_at"),
+        get("/policy/reloads")
     );
+    if get("/policy/mode") == "record-only" {
+        println!(
+            "              no policy files: every governed connection is relayed and recorded"
+        );
+    }
+    for warning in data
+        .pointer("/policy/warnings")
+        .and_then(|w| w.as_array())
+        .into_iter()
+        .flatten()
+    {
+        println!("              {}", warning.as_str().unwrap_or_default());
+    }
+    if let Some(errors) = data
+        .pointer("/policy/last_error")
+        .and_then(|e| e.as_array())
+    {
+        println!(
+            "  POLICY ERROR at {}: the last reload failed; the policy above stays in force",
+            get("/policy/last_error_at")
+        );
+        for error in errors {
+            println!("              {}", error.as_str().unwrap_or_default());
+        }
+    }
     println!(
         "  store       {} (backlog {}, written {}, errors {})",
         get("/store"),
@@ -213,9 +249,10 @@ fn print_status(data: &serde_json::Value) {
         get("/recorder/write_errors")
     );
     println!(
-        "  sessions    {} total, {} active, {} upstream errors, {} unattributed",
+        "  sessions    {} total, {} active, {} denied on accept, {} upstream errors, {} unattributed",
         get("/proxy/sessions"),
         get("/proxy/active"),
+        get("/proxy/denied"),
         get("/proxy/upstream_errors"),
         get("/proxy/unattributed")
     );
@@ -305,4 +342,143 @@ fn print_session(s: &Session, events: &[Event]) {
             serde_json::Value::Object(event.data.clone())
         );
     }
+}
+
+/// `policy check|test|explain`: exit 0 when all is well, 1 when a check failed, 2 on bad usage.
+fn policy_command(command: PolicyCommand, state: &StateDir, json: bool) -> u8 {
+    let path = match &command {
+        PolicyCommand::Check { path }
+        | PolicyCommand::Test { path, .. }
+        | PolicyCommand::Explain { path, .. } => path.clone(),
+    };
+    let loaded = policy::load_sources(&path).and_then(|sources| {
+        if sources.is_empty() {
+            Err(policy::PolicyError::io(
+                &path,
+                "no policy files (*.toml) here",
+            ))
+        } else {
+            policy::compile::compile(&sources)
+        }
+    });
+    let policy = match loaded {
+        Ok(policy) => policy,
+        Err(policy::PolicyError(diagnostics)) => {
+            if json && matches!(command, PolicyCommand::Check { .. }) {
+                print_diagnostics_json(&diagnostics);
+            } else {
+                for diagnostic in &diagnostics {
+                    eprintln!("{diagnostic}");
+                }
+                let errors = diagnostics
+                    .iter()
+                    .filter(|d| d.severity == Severity::Error)
+                    .count();
+                eprintln!("{errors} error(s): the policy does not load");
+            }
+            return 1;
+        }
+    };
+    match command {
+        PolicyCommand::Check { .. } => {
+            if json {
+                print_diagnostics_json(&policy.warnings);
+            } else {
+                for warning in &policy.warnings {
+                    println!("{warning}");
+                }
+                println!(
+                    "ok: {} file(s), {} identities, {} targets, {} rules, {} warning(s); policy version {}",
+                    policy.sources.len(),
+                    policy.identities.len(),
+                    policy.targets.len(),
+                    policy.rules.len(),
+                    policy.warnings.len(),
+                    policy.version
+                );
+            }
+            0
+        }
+        PolicyCommand::Test { cases: files, .. } => run_cases(&policy, &files, state),
+        PolicyCommand::Explain { identity, dest, .. } => {
+            let (who, (ip, port, host)) = match (
+                explain::parse_identity(&identity),
+                explain::parse_dest(&dest),
+            ) {
+                (Ok(who), Ok(dest)) => (who, dest),
+                (Err(e), _) => {
+                    eprintln!("react-gateway: --identity {e}");
+                    return 2;
+                }
+                (_, Err(e)) => {
+                    eprintln!("react-gateway: --dest {e}");
+                    return 2;
+                }
+            };
+            let who_ref = policy::Who {
+                cgroup: who.0.as_deref(),
+                uid: who.1,
+                exe: who.2.as_deref(),
+            };
+            print!(
+                "{}",
+                explain::explain(&policy, &who_ref, ip, port, host.as_deref())
+            );
+            0
+        }
+    }
+}
+
+fn print_diagnostics_json(diagnostics: &[policy::Diagnostic]) {
+    let list: Vec<serde_json::Value> = diagnostics
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "file": d.file.display().to_string(),
+                "line": d.line,
+                "col": d.col,
+                "severity": match d.severity { Severity::Error => "error", Severity::Warning => "warning" },
+                "message": d.message,
+                "hint": d.hint,
+            })
+        })
+        .collect();
+    println!("{}", serde_json::Value::Array(list));
+}
+
+fn run_cases(policy: &Policy, files: &[std::path::PathBuf], state: &StateDir) -> u8 {
+    let key = state.mask_key_or_ephemeral();
+    let (mut passed, mut failed) = (0, 0);
+    let mut out = std::io::stdout().lock();
+    for file in files {
+        let cases = match cases::load(file) {
+            Ok(cases) => cases,
+            Err(error) => {
+                eprintln!("react-gateway: {error}");
+                return 2;
+            }
+        };
+        let _ = writeln!(out, "{}", file.display());
+        for result in cases::run(policy, &cases, &key) {
+            if result.failures.is_empty() {
+                passed += 1;
+                let _ = writeln!(out, "  PASS  {}", result.name);
+            } else {
+                failed += 1;
+                let _ = writeln!(out, "  FAIL  {}", result.name);
+                for failure in &result.failures {
+                    for line in failure.lines() {
+                        let _ = writeln!(out, "          {line}");
+                    }
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{} cases: {passed} passed, {failed} failed (policy version {})",
+        passed + failed,
+        policy.version
+    );
+    u8::from(failed > 0)
 }

@@ -26,15 +26,17 @@ use tokio::{
 
 use crate::{
     cgroup::CgroupNames,
+    policy::{ConnVerdict, Who, live::LivePolicy},
     record::Recorder,
     redirect::{OrigDstTable, ip_of},
-    session::{self, Destination, Event, Identity, Outcome, Protocol, Session},
+    session::{self, Event, Identity, Outcome, Session},
     store::Write,
 };
 
 /// Everything a connection handler needs, shared by all of them.
 pub struct ProxyContext {
     pub orig_dst: OrigDstTable,
+    pub policy: Arc<LivePolicy>,
     pub recorder: Recorder,
     pub names: CgroupNames,
     /// Accept connections that an iptables `REDIRECT` sent here (`SO_ORIGINAL_DST`), used by
@@ -51,6 +53,8 @@ pub struct ProxyStats {
     pub sessions: AtomicU64,
     pub unattributed: AtomicU64,
     pub upstream_errors: AtomicU64,
+    /// Connections refused on accept by policy (the kernel refuses most before that).
+    pub denied: AtomicU64,
 }
 
 /// Binds the proxy listeners: 127.0.0.1 and ::1 at `port`.
@@ -175,27 +179,38 @@ async fn handle(
         },
     };
     let _ = client.set_nodelay(true);
-    let mut session = Session {
-        id: session::new_id(),
-        started_at: session::now(),
-        ended_at: None,
-        identity,
-        destination: Destination {
-            ip: destination.ip(),
-            port: destination.port(),
-            host: None,
-        },
-        target: None,
-        protocol: Protocol::Tcp,
-        tls: None,
-        bytes_up: 0,
-        bytes_down: 0,
-        outcome: None,
-        rules: Vec::new(),
-        masked: std::collections::BTreeMap::new(),
-        error: None,
-    };
+    // The session keeps this snapshot for its whole life, whatever reloads happen meanwhile.
+    let policy = ctx.policy.current();
+    let ids = policy.identities_of(&Who {
+        cgroup: identity.cgroup.as_deref(),
+        uid: identity.uid,
+        exe: identity.exe.as_deref(),
+    });
+    let resolution = policy.resolve(destination.ip(), destination.port(), None);
+    let verdict = policy.connection(ids, resolution);
+    let mut session = Session::open(identity, destination, &policy);
+    session.target = resolution.target.map(|t| policy.targets[t].name.clone());
     ctx.stats.sessions.fetch_add(1, Ordering::Relaxed);
+    if let ConnVerdict::Deny { rule } = verdict {
+        // Refused with a reset: the agent gets an immediate error, nothing reaches upstream.
+        ctx.stats.denied.fetch_add(1, Ordering::Relaxed);
+        let _ = client.set_zero_linger();
+        drop(client);
+        let reason = match rule {
+            Some(r) => format!("denied by rule {}", policy.rules[r].name),
+            None => "no policy target matches this destination (unmatched = \"deny\")".into(),
+        };
+        session.rules = rule
+            .map(|r| policy.rules[r].name.clone())
+            .into_iter()
+            .collect();
+        session.outcome = Some(Outcome::Denied);
+        session.error = Some(reason);
+        session.ended_at = Some(session::now());
+        tracing::info!(id = %session.id, %destination, pid = ?session.identity.pid, "connection denied by policy");
+        ctx.recorder.write(Write::Session(Box::new(session))).await;
+        return;
+    }
     ctx.recorder
         .write(Write::Session(Box::new(session.clone())))
         .await;
@@ -280,4 +295,54 @@ async fn connect_upstream(dst: SocketAddr, timeout: Duration) -> io::Result<TcpS
         })??;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// Records every connect the kernel refused by policy (`RG_EVENTS`) as a `denied` session,
+/// with the identity the kernel attested. Runs for the daemon's lifetime; events queued while
+/// no daemon ran are recorded on start.
+pub async fn record_kernel_denials(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    ctx: Arc<ProxyContext>,
+) {
+    // SAFETY: the ring buffer owns its map descriptor and moves into the AsyncFd, so the
+    // descriptor stays open and unchanged for the AsyncFd's whole lifetime.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    };
+    let mut ring = match registered {
+        Ok(fd) => fd,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch the kernel's denial events; kernel-denied connects go unrecorded");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(guard) => guard,
+            Err(error) => {
+                tracing::error!(%error, "kernel denial events unreadable");
+                return;
+            }
+        };
+        let mut events = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() >= std::mem::size_of::<OrigDst>() {
+                // SAFETY: the kernel wrote an `OrigDst` (a `Pod`); the item may be unaligned.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<OrigDst>()) });
+            }
+        }
+        guard.clear_ready();
+        for event in events {
+            let policy = ctx.policy.current();
+            let destination = SocketAddr::new(ip_of(event.family, event.addr), event.port);
+            let mut session = Session::open(ctx.identity(&event), destination, &policy);
+            session.outcome = Some(Outcome::Denied);
+            session.ended_at = Some(session.started_at.clone());
+            session.error = Some(
+                "refused in the kernel: no policy target matches this destination (unmatched = \"deny\")".into(),
+            );
+            tracing::info!(id = %session.id, %destination, pid = event.tgid, "connect denied in the kernel");
+            ctx.recorder.write(Write::Session(Box::new(session))).await;
+        }
+    }
 }

@@ -22,12 +22,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{CgroupAttachMode, Program, links::FdLink},
 };
 use gateway_common::{
     AF_INET, AF_INET6, Config, Counter, DENY_KEY_FIXED_BITS, DST_KEY_FIXED_BITS, DenyKey, DstKey,
-    OrigDst, PeerKey, config_flags, maps, programs,
+    OrigDst, PeerKey, config_flags, deny_verdict, maps, programs,
 };
 use serde::Serialize;
 
@@ -62,6 +62,10 @@ pub enum RedirectError {
     Unpin(PathBuf, std::io::Error),
     #[error("{0} is not attached by this daemon")]
     NotAttached(String),
+    #[error(
+        "{0} kernel policy entries exceed the deny table's capacity; the proxy enforces the policy alone"
+    )]
+    TooManyPrefixes(usize),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> RedirectError {
@@ -268,6 +272,7 @@ pub struct KernelStats {
     pub map_full: u64,
     pub published: u64,
     pub peer_rewritten: u64,
+    pub events_lost: u64,
     pub tracked_sockets: usize,
     pub pending_orig_dst: usize,
 }
@@ -283,6 +288,7 @@ pub struct Redirector {
     counters: PerCpuArray<MapData, u64>,
     exclude: LpmTrie<MapData, DstKey, u8>,
     deny: LpmTrie<MapData, DenyKey, u8>,
+    events: Option<RingBuf<MapData>>,
     config: Array<MapData, Config>,
 }
 
@@ -327,6 +333,8 @@ impl Redirector {
         let exclude =
             LpmTrie::try_from(take(&mut ebpf, maps::EXCLUDE)?).map_err(map_err(maps::EXCLUDE))?;
         let deny = LpmTrie::try_from(take(&mut ebpf, maps::DENY)?).map_err(map_err(maps::DENY))?;
+        let events =
+            RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?).map_err(map_err(maps::EVENTS))?;
         let config =
             Array::try_from(take(&mut ebpf, maps::CONFIG)?).map_err(map_err(maps::CONFIG))?;
         let generation = SystemTime::now()
@@ -344,6 +352,7 @@ impl Redirector {
             counters,
             exclude,
             deny,
+            events: Some(events),
             config,
         };
         let flags = redirector.config.get(&0, 0).map(|c| c.flags).unwrap_or(0);
@@ -394,12 +403,22 @@ impl Redirector {
         self.config.set(0, config, 0).map_err(map_err(maps::CONFIG))
     }
 
-    /// Replaces the kernel deny list: `(cgroup id or 0 for all, destination)`.
-    pub fn set_denied(&mut self, entries: &[(u64, DstPrefix)]) -> Result<(), RedirectError> {
+    /// The ring buffer of connects refused by the deny trie (taken once, by the reader).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Replaces the kernel's policy verdicts: `(cgroup id or 0 for all, destination, deny)`.
+    /// The longest prefix wins within a scope, so `ALLOW` entries carve targets out of a
+    /// `DENY` default.
+    pub fn set_denied(&mut self, entries: &[(u64, DstPrefix, bool)]) -> Result<(), RedirectError> {
+        if entries.len() > gateway_common::MAX_PREFIXES as usize {
+            return Err(RedirectError::TooManyPrefixes(entries.len()));
+        }
         let old: Vec<Key<DenyKey>> = self.deny.keys().filter_map(Result::ok).collect();
-        let new: Vec<(u32, DenyKey)> = entries
+        let new: Vec<(u32, DenyKey, u8)> = entries
             .iter()
-            .map(|(cgroup, prefix)| {
+            .map(|(cgroup, prefix, deny)| {
                 let (bits, dst) = prefix.key();
                 (
                     bits - DST_KEY_FIXED_BITS + DENY_KEY_FIXED_BITS,
@@ -407,17 +426,28 @@ impl Redirector {
                         cgroup_id_be: cgroup.to_be_bytes(),
                         dst,
                     },
+                    if *deny {
+                        deny_verdict::DENY
+                    } else {
+                        deny_verdict::ALLOW
+                    },
                 )
             })
             .collect();
-        for (bits, key) in &new {
+        // Allows first, then denies: while the update runs, nothing the new policy allows is
+        // refused by a half-written table.
+        for (bits, key, verdict) in new
+            .iter()
+            .filter(|e| e.2 == deny_verdict::ALLOW)
+            .chain(new.iter().filter(|e| e.2 != deny_verdict::ALLOW))
+        {
             self.deny
-                .insert(&Key::new(*bits, *key), 1, 0)
+                .insert(&Key::new(*bits, *key), verdict, 0)
                 .map_err(map_err(maps::DENY))?;
         }
         for key in old {
             let (bits, data) = (key.prefix_len(), key.data());
-            if !new.iter().any(|(b, k)| *b == bits && *k == data) {
+            if !new.iter().any(|(b, k, _)| *b == bits && *k == data) {
                 let _ = self.deny.remove(&key);
             }
         }
@@ -514,6 +544,7 @@ impl Redirector {
             map_full: counter(Counter::MapFull),
             published: counter(Counter::Published),
             peer_rewritten: counter(Counter::PeerRewritten),
+            events_lost: counter(Counter::EventsLost),
             tracked_sockets: self.sockets.keys().count(),
             pending_orig_dst: self.orig_dst.len(),
         }

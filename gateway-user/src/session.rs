@@ -120,6 +120,40 @@ pub struct Session {
     /// Why the session ended in `error` (not part of the contract's minimum; extra field).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// Version (hash) of the policy the session ran under (extra field).
+    #[serde(default)]
+    pub policy_version: Option<String>,
+}
+
+impl Session {
+    /// A new, open session of `identity` to `destination` under `policy`.
+    pub fn open(
+        identity: Identity,
+        destination: std::net::SocketAddr,
+        policy: &crate::policy::Policy,
+    ) -> Self {
+        Self {
+            id: new_id(),
+            started_at: now(),
+            ended_at: None,
+            identity,
+            destination: Destination {
+                ip: destination.ip(),
+                port: destination.port(),
+                host: None,
+            },
+            target: None,
+            protocol: Protocol::Tcp,
+            tls: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            outcome: None,
+            rules: Vec::new(),
+            masked: BTreeMap::new(),
+            error: None,
+            policy_version: Some(policy.version.clone()),
+        }
+    }
 }
 
 /// One event inside a session (`sessions show`).
@@ -176,6 +210,7 @@ mod tests {
             rules: vec![],
             masked: BTreeMap::new(),
             error: None,
+            policy_version: Some("0123456789ab".into()),
         };
         let json = serde_json::to_value(&session).unwrap();
         for key in [

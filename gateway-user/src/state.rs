@@ -54,6 +54,42 @@ impl StateDir {
             .map_err(|e| StateError::Create(self.root.clone(), e))
     }
 
+    /// The per-installation key of the `hash` masking strategy (HMAC-SHA256).
+    pub fn mask_key_path(&self) -> PathBuf {
+        self.root.join("mask.key")
+    }
+
+    /// Reads the masking key, creating it (32 random bytes, mode 0600) on first use.
+    pub fn mask_key(&self) -> Result<std::sync::Arc<[u8]>, StateError> {
+        let path = self.mask_key_path();
+        if let Ok(key) = fs::read(&path) {
+            if key.len() >= 32 {
+                return Ok(key.into());
+            }
+        }
+        let key = random_bytes::<32>().map_err(|e| StateError::Write(path.clone(), e))?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| StateError::Write(path.clone(), e))?;
+        file.write_all(&key)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| StateError::Write(path, e))?;
+        Ok(key.to_vec().into())
+    }
+
+    /// The installation's masking key when readable (so `policy test` hashes like the daemon),
+    /// else a throw-away key.
+    pub fn mask_key_or_ephemeral(&self) -> std::sync::Arc<[u8]> {
+        match fs::read(self.mask_key_path()) {
+            Ok(key) if key.len() >= 32 => key.into(),
+            _ => random_bytes::<32>().map_or_else(|_| vec![0; 32].into(), |k| k.to_vec().into()),
+        }
+    }
+
     pub fn control_socket(&self) -> PathBuf {
         self.root.join("control.sock")
     }
@@ -123,4 +159,11 @@ pub struct Instance {
     pub listen_port: u16,
     pub pin_dir: PathBuf,
     pub pid: u32,
+}
+
+fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    use std::io::Read as _;
+    let mut bytes = [0; N];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes)
 }

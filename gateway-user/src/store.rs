@@ -230,8 +230,8 @@ async fn upsert_session(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO sessions (id, started_at, ended_at, cgroup, pid, uid, gid, exe, dst_ip, dst_port, dst_host, \
-         target, protocol, tls, bytes_up, bytes_down, outcome, error, rules, masked) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         target, protocol, tls, bytes_up, bytes_down, outcome, error, rules, masked, policy_version) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT(id) DO UPDATE SET ended_at = excluded.ended_at, exe = excluded.exe, \
          dst_host = excluded.dst_host, target = excluded.target, protocol = excluded.protocol, \
          tls = excluded.tls, bytes_up = excluded.bytes_up, bytes_down = excluded.bytes_down, \
@@ -257,6 +257,7 @@ async fn upsert_session(
     .bind(&s.error)
     .bind(serde_json::to_string(&s.rules).unwrap_or_else(|_| "[]".into()))
     .bind(serde_json::to_string(&s.masked).unwrap_or_else(|_| "{}".into()))
+    .bind(&s.policy_version)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -312,6 +313,7 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
         masked: serde_json::from_str::<BTreeMap<String, u64>>(&masked)
             .map_err(|_| corrupt("masked"))?,
         error: row.try_get("error")?,
+        policy_version: row.try_get("policy_version")?,
         id,
     })
 }
