@@ -47,8 +47,8 @@ pub mod maps {
     /// `LpmTrie<DenyKey, u8>`: policy verdicts on destinations ([`crate::deny_verdict`]);
     /// `DENY` entries are refused in the kernel with `EPERM`.
     pub const DENY: &str = "RG_DENY";
-    /// `RingBuf`: one [`crate::OrigDst`] per connect refused by [`DENY`], for the daemon to
-    /// record as a `denied` session.
+    /// `RingBuf`: one [`crate::DeniedEvent`] per connect refused by [`DENY`], for the daemon
+    /// to record as a `denied` session.
     pub const EVENTS: &str = "RG_EVENTS";
     /// `PerCpuArray<u64>`: counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "RG_COUNTERS";
@@ -123,6 +123,17 @@ pub struct OrigDst {
     pub connect_ns: u64,
 }
 
+/// A connect refused by policy in the kernel ([`maps::EVENTS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeniedEvent {
+    /// Where it was going and who asked; `connect_ns` is the time of the attempt.
+    pub dst: OrigDst,
+    /// The task's command name (`comm`), NUL-padded: the process has often exited by the time
+    /// the daemon could read its `/proc/PID/exe`.
+    pub comm: [u8; 16],
+}
+
 /// Key of [`maps::ORIG_DST`]: the client side of the redirected connection, i.e. the peer
 /// address the proxy sees on `accept()`.
 #[repr(C)]
@@ -192,12 +203,14 @@ mod pod {
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::DstKey {}
     unsafe impl aya::Pod for super::DenyKey {}
+    unsafe impl aya::Pod for super::DeniedEvent {}
 }
 
 // Layout checks, so a field change that introduces implicit padding fails the build.
 const _: () = {
     assert!(core::mem::size_of::<Config>() == 8);
     assert!(core::mem::size_of::<OrigDst>() == 48);
+    assert!(core::mem::size_of::<DeniedEvent>() == 64);
     assert!(core::mem::size_of::<PeerKey>() == 20);
     assert!(core::mem::size_of::<DstKey>() == 20);
     assert!(core::mem::size_of::<DenyKey>() == 28);

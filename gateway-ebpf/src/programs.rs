@@ -7,8 +7,8 @@ use aya_ebpf::{
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
     },
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_ns,
     },
     macros::{cgroup_sock_addr, map, sock_ops},
     maps::{
@@ -20,8 +20,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use gateway_common::{
     AF_INET, AF_INET6, BYPASS_MARK, COUNTER_COUNT, Config, Counter, DENY_KEY_FIXED_BITS,
-    DST_KEY_FIXED_BITS, DenyKey, DstKey, EVENTS_BYTES, MAX_PREFIXES, MAX_TRACKED_SOCKETS, OrigDst,
-    PROXY_IPV4, PROXY_IPV6, PeerKey, config_flags, deny_verdict,
+    DST_KEY_FIXED_BITS, DeniedEvent, DenyKey, DstKey, EVENTS_BYTES, MAX_PREFIXES,
+    MAX_TRACKED_SOCKETS, OrigDst, PROXY_IPV4, PROXY_IPV6, PeerKey, config_flags, deny_verdict,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -219,18 +219,21 @@ fn decide(ctx: &SockAddrContext, dst: Dst) -> Decision {
     let uid_gid = bpf_get_current_uid_gid();
     if config.flags & config_flags::DENY_ACTIVE != 0 && is_denied(&dst, cgroup_id) {
         count(Counter::Denied);
-        let event = OrigDst {
-            addr: dst.addr,
-            port: dst.port,
-            family: dst.family,
-            tgid: (pid_tgid >> 32) as u32,
-            uid: uid_gid as u32,
-            gid: (uid_gid >> 32) as u32,
-            cgroup_id,
-            // SAFETY: helper without preconditions.
-            connect_ns: unsafe { bpf_ktime_get_ns() },
+        let event = DeniedEvent {
+            dst: OrigDst {
+                addr: dst.addr,
+                port: dst.port,
+                family: dst.family,
+                tgid: (pid_tgid >> 32) as u32,
+                uid: uid_gid as u32,
+                gid: (uid_gid >> 32) as u32,
+                cgroup_id,
+                // SAFETY: helper without preconditions.
+                connect_ns: unsafe { bpf_ktime_get_ns() },
+            },
+            comm: bpf_get_current_comm().unwrap_or_default(),
         };
-        if EVENTS.output::<OrigDst>(&event, 0).is_err() {
+        if EVENTS.output::<DeniedEvent>(&event, 0).is_err() {
             count(Counter::EventsLost);
         }
         return Decision::Refuse;

@@ -79,6 +79,8 @@ pub struct Settings {
     pub exclude: Vec<DstPrefix>,
     pub detach_on_exit: bool,
     pub shutdown_grace: Duration,
+    /// Policy directory check interval; zero = reload only on SIGHUP.
+    pub policy_poll: Duration,
     pub accept_nat_redirect: bool,
 }
 
@@ -133,6 +135,7 @@ impl Settings {
             exclude,
             detach_on_exit: args.detach_on_exit || config.detach_on_exit.unwrap_or(false),
             shutdown_grace: grace,
+            policy_poll: args.policy_poll.map_or(POLICY_POLL, Into::into),
             accept_nat_redirect: args.accept_iptables_redirect,
         })
     }
@@ -423,7 +426,7 @@ async fn watch_policy(daemon: Arc<Daemon>) {
                     None => std::future::pending::<()>().await,
                 }
             } => true,
-            () = tokio::time::sleep(POLICY_POLL) => false,
+            () = poll(daemon.settings.policy_poll) => false,
         };
         if !forced && !daemon.policy.changed() {
             continue;
@@ -444,6 +447,13 @@ async fn watch_policy(daemon: Arc<Daemon>) {
             ),
         }
     }
+}
+
+async fn poll(every: Duration) {
+    if every.is_zero() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(every).await;
 }
 
 /// Writes the kernel-decidable part of `policy` into the deny table. When it does not fit,

@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// How long in-flight sessions may run on after SIGTERM [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub shutdown_grace: Option<humantime::Duration>,
+    /// How often the policy directory is checked for changes [default: 500ms]; 0s = only on
+    /// SIGHUP.
+    #[arg(long, value_name = "DURATION")]
+    pub policy_poll: Option<humantime::Duration>,
     /// Also relay connections sent here by an iptables REDIRECT (benchmarks; no identity).
     #[arg(long, hide = true)]
     pub accept_iptables_redirect: bool,

@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use gateway_common::{BYPASS_MARK, OrigDst};
+use gateway_common::{BYPASS_MARK, DeniedEvent, OrigDst};
 use serde::Serialize;
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
@@ -258,6 +258,7 @@ impl ProxyContext {
             uid: Some(orig.uid),
             gid: Some(orig.gid),
             exe,
+            comm: None,
         }
     }
 }
@@ -326,16 +327,20 @@ pub async fn record_kernel_denials(
         };
         let mut events = Vec::new();
         while let Some(item) = guard.get_inner_mut().next() {
-            if item.len() >= std::mem::size_of::<OrigDst>() {
-                // SAFETY: the kernel wrote an `OrigDst` (a `Pod`); the item may be unaligned.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<OrigDst>()) });
+            if item.len() >= std::mem::size_of::<DeniedEvent>() {
+                // SAFETY: the kernel wrote a `DeniedEvent` (a `Pod`); the item may be unaligned.
+                events
+                    .push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DeniedEvent>()) });
             }
         }
         guard.clear_ready();
-        for event in events {
+        for DeniedEvent { dst: event, comm } in events {
             let policy = ctx.policy.current();
             let destination = SocketAddr::new(ip_of(event.family, event.addr), event.port);
-            let mut session = Session::open(ctx.identity(&event), destination, &policy);
+            let mut identity = ctx.identity(&event);
+            let len = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+            identity.comm = Some(String::from_utf8_lossy(&comm[..len]).into_owned());
+            let mut session = Session::open(identity, destination, &policy);
             session.outcome = Some(Outcome::Denied);
             session.ended_at = Some(session.started_at.clone());
             session.error = Some(

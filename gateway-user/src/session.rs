@@ -27,6 +27,10 @@ pub struct Identity {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub exe: Option<String>,
+    /// The task's command name, for connects the kernel refused (the process is often gone
+    /// before its `exe` can be read). Extra field.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub comm: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -195,6 +199,7 @@ mod tests {
                 uid: Some(1000),
                 gid: Some(1000),
                 exe: Some("/usr/bin/python3.11".into()),
+                comm: None,
             },
             destination: Destination {
                 ip: "127.0.0.2".parse().unwrap(),

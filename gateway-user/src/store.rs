@@ -230,8 +230,8 @@ async fn upsert_session(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO sessions (id, started_at, ended_at, cgroup, pid, uid, gid, exe, dst_ip, dst_port, dst_host, \
-         target, protocol, tls, bytes_up, bytes_down, outcome, error, rules, masked, policy_version) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         target, protocol, tls, bytes_up, bytes_down, outcome, error, rules, masked, policy_version, comm) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT(id) DO UPDATE SET ended_at = excluded.ended_at, exe = excluded.exe, \
          dst_host = excluded.dst_host, target = excluded.target, protocol = excluded.protocol, \
          tls = excluded.tls, bytes_up = excluded.bytes_up, bytes_down = excluded.bytes_down, \
@@ -258,6 +258,7 @@ async fn upsert_session(
     .bind(serde_json::to_string(&s.rules).unwrap_or_else(|_| "[]".into()))
     .bind(serde_json::to_string(&s.masked).unwrap_or_else(|_| "{}".into()))
     .bind(&s.policy_version)
+    .bind(&s.identity.comm)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -294,6 +295,7 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
             uid: u32_of("uid")?,
             gid: u32_of("gid")?,
             exe: row.try_get("exe")?,
+            comm: row.try_get("comm")?,
         },
         destination: Destination {
             ip: dst_ip.parse().map_err(|_| corrupt("dst_ip"))?,

@@ -96,9 +96,18 @@ impl Gateway {
     }
 
     pub fn start_with(name: &str, extra: &[&str]) -> Self {
+        Self::start_with_policy(name, &[], extra)
+    }
+
+    /// Starts a daemon whose policy directory holds `files` (name, TOML text).
+    pub fn start_with_policy(name: &str, files: &[(&str, &str)], extra: &[&str]) -> Self {
         let id = format!("rg-test-{name}-{}", std::process::id());
         let state = std::env::temp_dir().join(&id);
         let _ = std::fs::remove_dir_all(&state);
+        std::fs::create_dir_all(state.join("policies")).expect("policy dir");
+        for (file, text) in files {
+            std::fs::write(state.join("policies").join(file), text).expect("write policy");
+        }
         let mut gateway = Self {
             name: name.to_string(),
             state,
@@ -109,6 +118,41 @@ impl Gateway {
         };
         gateway.spawn();
         gateway
+    }
+
+    /// The daemon's `--policy-dir` (empty unless the test writes files into it).
+    pub fn policy_dir(&self) -> PathBuf {
+        self.state.join("policies")
+    }
+
+    /// Writes (or with `None` removes) a policy file and waits until the daemon has reacted:
+    /// the policy version in `status` changed or a reload error is shown.
+    pub fn set_policy_file(&self, file: &str, text: Option<&str>) -> Value {
+        let before = self.status()["policy"].clone();
+        let path = self.policy_dir().join(file);
+        match text {
+            // Write then rename, as configuration tools do, so no half file is ever read.
+            Some(text) => {
+                let tmp = self.policy_dir().join(format!(".{file}.tmp"));
+                std::fs::write(&tmp, text).expect("write policy");
+                std::fs::rename(&tmp, &path).expect("rename policy");
+            }
+            None => std::fs::remove_file(&path).expect("remove policy"),
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.status()["policy"].clone();
+            if now["version"] != before["version"]
+                || now["last_error_at"] != before["last_error_at"]
+            {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not react to {file}: {now}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn cli(&self) -> Command {
@@ -144,7 +188,7 @@ impl Gateway {
                 "3s",
                 "--policy-dir",
             ])
-            .arg(self.state.join("no-policies"))
+            .arg(self.policy_dir())
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
