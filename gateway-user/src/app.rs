@@ -592,6 +592,7 @@ mod tests {
             exclude: vec![],
             detach_on_exit: false,
             shutdown_grace: None,
+            policy_poll: None,
             accept_iptables_redirect: false,
         };
         let s = Settings::resolve(StateDir::new(&dir), None, args).unwrap();
@@ -608,6 +609,7 @@ mod tests {
             exclude: vec![],
             detach_on_exit: false,
             shutdown_grace: None,
+            policy_poll: None,
             accept_iptables_redirect: false,
         };
         let err = Settings::resolve(StateDir::new(&dir), None, args)

@@ -280,6 +280,7 @@ fn print_sessions(sessions: &[Session]) -> std::io::Result<()> {
                 .exe
                 .as_deref()
                 .and_then(|e| e.rsplit('/').next())
+                .or(s.identity.comm.as_deref())
                 .unwrap_or("-")
         );
         let dst = match s.destination.ip {
@@ -307,12 +308,16 @@ fn print_session(s: &Session, events: &[Event]) {
     println!("started   {}", s.started_at);
     println!("ended     {}", s.ended_at.as_deref().unwrap_or("(open)"));
     println!(
-        "identity  cgroup={} pid={} uid={} gid={} exe={}",
+        "identity  cgroup={} pid={} uid={} gid={} exe={}{}",
         s.identity.cgroup.as_deref().unwrap_or("-"),
         s.identity.pid.map_or("-".into(), |v| v.to_string()),
         s.identity.uid.map_or("-".into(), |v| v.to_string()),
         s.identity.gid.map_or("-".into(), |v| v.to_string()),
-        s.identity.exe.as_deref().unwrap_or("-")
+        s.identity.exe.as_deref().unwrap_or("-"),
+        s.identity
+            .comm
+            .as_deref()
+            .map_or(String::new(), |c| format!(" comm={c}"))
     );
     println!(
         "dest      {} port {}{}",

@@ -56,6 +56,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Rule indexes per target index, in policy order.
     pub(crate) rules_by_target: Vec<Vec<usize>>,
+    /// Every identity's globs in two sets, so a caller is matched in two passes.
+    pub(crate) identity_index: eval::IdentityIndex,
     /// Problems that do not stop the policy from loading (e.g. unreachable rules).
     pub warnings: Vec<Diagnostic>,
 }
@@ -75,6 +77,7 @@ impl Policy {
             targets: Vec::new(),
             rules: Vec::new(),
             rules_by_target: Vec::new(),
+            identity_index: eval::IdentityIndex::default(),
             warnings: Vec::new(),
         })
     }
@@ -129,6 +132,8 @@ pub struct Identity {
     pub cgroup: Option<(String, globset::GlobMatcher)>,
     pub uids: Vec<u32>,
     pub exe: Vec<(String, globset::GlobMatcher)>,
+    /// The globs again, uncompiled, for [`eval::IdentityIndex`].
+    pub(crate) globs: (Option<globset::Glob>, Vec<globset::Glob>),
 }
 
 /// A host pattern: `api.openai.com`, `*.example.test` (any subdomain) or `*`.

@@ -35,7 +35,11 @@ const BYPASS_MARK: &str = "0x52470001";
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("redirect") => redirect(),
-        _ => bail!("usage: cargo xtask bench redirect"),
+        Some("policy") => crate::util::cargo(
+            &["bench", "--package", "gateway-user", "--bench", "policy"],
+            &[],
+        ),
+        _ => bail!("usage: cargo xtask bench redirect|policy"),
     }
 }
 

@@ -32,7 +32,12 @@ impl Demo {
         cmd
     }
 
+    fn policy_dir(&self) -> PathBuf {
+        self.state.join("policies")
+    }
+
     fn start(&mut self) -> Result<()> {
+        std::fs::create_dir_all(self.policy_dir())?;
         let log = std::fs::File::create(self.state.with_extension("log"))?;
         let child = self
             .cli()
@@ -44,7 +49,7 @@ impl Demo {
                 &self.port.to_string(),
                 "--policy-dir",
             ])
-            .arg(self.state.join("no-policies"))
+            .arg(self.policy_dir())
             .stderr(log)
             .spawn()
             .context("cannot start react-gateway")?;
@@ -112,7 +117,7 @@ pub fn run() -> Result<()> {
     let tools_v4 = mock_tools("127.0.0.2:0".parse()?)?;
     let tools_v6 = mock_tools("[::1]:0".parse()?)?;
 
-    section("1. start the daemon (record-only: no policy files yet)");
+    section("1. start the daemon (record-only: its policy directory is still empty)");
     demo.start()?;
     let status = demo.cli().arg("status").output()?;
     print!("{}", String::from_utf8_lossy(&status.stdout));
@@ -155,7 +160,67 @@ pub fn run() -> Result<()> {
         String::from_utf8_lossy(&json.stdout)
     );
 
-    section("4. fail closed: kill -9 the daemon, then try again");
+    section("4. install a policy: the daemon reloads it, denied destinations fail at connect()");
+    let policy = workspace_root().join("policies/demo/demo.toml");
+    println!("$ react-gateway policy check {}", policy.display());
+    let out = demo.cli().args(["policy", "check"]).arg(&policy).output()?;
+    print!("  {}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!(
+            "the demo policy does not check: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!(
+        "$ cp {} <policy dir>/  (the daemon notices within half a second)",
+        policy.display()
+    );
+    std::fs::copy(&policy, demo.policy_dir().join("demo.toml"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = demo.cli().args(["--json", "status"]).output()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if status["policy"]["mode"] == "enforcing" {
+            println!(
+                "  status: policy {} enforcing ({} reload)",
+                status["policy"]["version"].as_str().unwrap_or("?"),
+                status["policy"]["reloads"]
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the daemon did not load the demo policy: {status}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let out = demo.exec(
+        "agent-1",
+        &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
+    )?;
+    println!(
+        "  curl {url} (target mock-tools): HTTP {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let outside = mock_tools("127.0.0.9:0".parse()?)?;
+    let denied_url = format!("http://{outside}/v1/exfiltrate");
+    let out = demo.exec("agent-1", &["curl", "-sS", "--max-time", "3", &denied_url])?;
+    println!(
+        "  curl {denied_url} (no target): exit {} — {}",
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    if out.status.success() {
+        bail!("a connection the policy denies got through");
+    }
+    thread::sleep(Duration::from_millis(300));
+    println!("$ react-gateway sessions list --outcome denied");
+    let out = demo
+        .cli()
+        .args(["sessions", "list", "--outcome", "denied"])
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    section("5. fail closed: kill -9 the daemon, then try again");
     demo.stop("-KILL");
     let out = demo.exec("agent-1", &["curl", "-sS", "--max-time", "3", &url])?;
     println!(

@@ -20,6 +20,7 @@ usage: cargo xtask <command>
   test              run every test (unit, integration with the real kernel)
   bench redirect    connects/s (direct, eBPF, iptables), connect4 ns/run, bulk throughput,
                     memory per idle connection
+  bench policy      policy evaluations/s on a 100-rule policy (goal 1,000,000/s)
   prebuilt          refresh gateway-ebpf/prebuilt (the fallback eBPF object)";
 
 fn main() {

@@ -317,6 +317,7 @@ impl Compiler<'_> {
         }
 
         let version = version_of(self.sources);
+        let identity_index = super::eval::IdentityIndex::build(&identities);
         Policy {
             version,
             sources: self.sources.iter().map(|s| s.path.clone()).collect(),
@@ -325,6 +326,7 @@ impl Compiler<'_> {
             targets,
             rules,
             rules_by_target,
+            identity_index,
             warnings: Vec::new(),
         }
     }
@@ -407,12 +409,22 @@ impl Compiler<'_> {
         literal_separator: bool,
         what: &str,
     ) -> Option<globset::GlobMatcher> {
+        self.glob_raw(pattern, literal_separator, what)
+            .map(|g| g.compile_matcher())
+    }
+
+    fn glob_raw(
+        &mut self,
+        pattern: &S<String>,
+        literal_separator: bool,
+        what: &str,
+    ) -> Option<globset::Glob> {
         match GlobBuilder::new(pattern.get_ref())
             .literal_separator(literal_separator)
             .backslash_escape(true)
             .build()
         {
-            Ok(glob) => Some(glob.compile_matcher()),
+            Ok(glob) => Some(glob),
             Err(e) => {
                 self.error(
                     pattern,
@@ -433,15 +445,15 @@ impl Compiler<'_> {
                 self.error(pattern, format!("cgroup pattern `{text}` is not absolute"), Some("cgroup paths are relative to the cgroup2 mount and start with `/`, e.g. \"/react-gateway/*\""));
                 return None;
             }
-            self.glob(pattern, true, "cgroup").map(|m| (text.clone(), m))
+            self.glob_raw(pattern, true, "cgroup").map(|g| (text.clone(), g))
         });
-        let exe = def
+        let exe: Vec<(String, globset::Glob)> = def
             .exe
             .iter()
             .flatten()
             .filter_map(|pattern| {
-                self.glob(pattern, true, "exe")
-                    .map(|m| (pattern.get_ref().clone(), m))
+                self.glob_raw(pattern, true, "exe")
+                    .map(|g| (pattern.get_ref().clone(), g))
             })
             .collect();
         if def.cgroup.is_none() && def.uid.is_none() && def.exe.is_none() {
@@ -457,9 +469,18 @@ impl Compiler<'_> {
         }
         Identity {
             name: def.name.get_ref().clone(),
-            cgroup,
+            cgroup: cgroup
+                .as_ref()
+                .map(|(text, glob)| (text.clone(), glob.compile_matcher())),
             uids: def.uid.iter().flatten().map(|u| *u.get_ref()).collect(),
-            exe,
+            exe: exe
+                .iter()
+                .map(|(text, glob)| (text.clone(), glob.compile_matcher()))
+                .collect(),
+            globs: (
+                cgroup.map(|(_, g)| g),
+                exe.into_iter().map(|(_, g)| g).collect(),
+            ),
         }
     }
 

@@ -128,13 +128,32 @@ pub struct Decision {
 impl Policy {
     /// Every identity whose conditions all hold for `who`.
     pub fn identities_of(&self, who: &Who<'_>) -> IdSet {
-        let mut set = IdSet::EMPTY;
-        for (index, identity) in self.identities.iter().enumerate() {
-            if identity_matches(identity, who).iter().all(|(_, ok)| *ok) {
-                set.insert(index);
+        let index = &self.identity_index;
+        let mut cgroup_ok = index.no_cgroup;
+        let mut exe_ok = index.no_exe;
+        let mut uid_ok = index.no_uid;
+        SCRATCH.with_borrow_mut(|hits| {
+            if let Some(cgroup) = who.cgroup {
+                index.cgroups.matches_into(cgroup, hits);
+                for &hit in hits.iter() {
+                    cgroup_ok.insert(index.cgroup_owner[hit]);
+                }
+            }
+            if let Some(exe) = who.exe {
+                index.exes.matches_into(exe, hits);
+                for &hit in hits.iter() {
+                    exe_ok.insert(index.exe_owner[hit]);
+                }
+            }
+        });
+        if let Some(uid) = who.uid {
+            for (i, identity) in self.identities.iter().enumerate() {
+                if identity.uids.contains(&uid) {
+                    uid_ok.insert(i);
+                }
             }
         }
-        set
+        IdSet(cgroup_ok.0 & exe_ok.0 & uid_ok.0)
     }
 
     /// The target of a destination; `host` is the SNI or HTTP Host when known.
@@ -357,6 +376,71 @@ impl Policy {
             .iter()
             .map(|&i| self.rules[i].name.clone())
             .collect()
+    }
+}
+
+thread_local! {
+    /// Glob hits of [`Policy::identities_of`], reused so matching does not allocate.
+    static SCRATCH: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// All identities' globs compiled into two sets (cgroup, exe): one pass each per caller.
+#[derive(Debug, Default)]
+pub struct IdentityIndex {
+    cgroups: globset::GlobSet,
+    cgroup_owner: Vec<usize>,
+    exes: globset::GlobSet,
+    exe_owner: Vec<usize>,
+    /// Identities without a cgroup / exe / uid condition (which therefore hold).
+    no_cgroup: IdSet,
+    no_exe: IdSet,
+    no_uid: IdSet,
+}
+
+impl IdentityIndex {
+    pub(crate) fn build(identities: &[Identity]) -> Self {
+        let mut cgroups = globset::GlobSetBuilder::new();
+        let mut exes = globset::GlobSetBuilder::new();
+        let mut index = Self::default();
+        for (i, identity) in identities.iter().enumerate() {
+            match &identity.globs.0 {
+                Some(glob) => {
+                    cgroups.add(glob.clone());
+                    index.cgroup_owner.push(i);
+                }
+                None => index.no_cgroup.insert(i),
+            }
+            if identity.globs.1.is_empty() {
+                index.no_exe.insert(i);
+            }
+            for glob in &identity.globs.1 {
+                exes.add(glob.clone());
+                index.exe_owner.push(i);
+            }
+            if identity.uids.is_empty() {
+                index.no_uid.insert(i);
+            }
+        }
+        // Each glob compiled on its own already; together they cannot fail.
+        index.cgroups = cgroups
+            .build()
+            .unwrap_or_else(|_| globset::GlobSet::empty());
+        index.exes = exes.build().unwrap_or_else(|_| globset::GlobSet::empty());
+        index
+    }
+}
+
+impl Identity {
+    /// Whether every condition holds for `who` (an unknown property never matches).
+    pub fn matches(&self, who: &Who<'_>) -> bool {
+        self.cgroup
+            .as_ref()
+            .is_none_or(|(_, glob)| who.cgroup.is_some_and(|c| glob.is_match(c)))
+            && (self.uids.is_empty() || who.uid.is_some_and(|u| self.uids.contains(&u)))
+            && (self.exe.is_empty()
+                || who
+                    .exe
+                    .is_some_and(|e| self.exe.iter().any(|(_, g)| g.is_match(e))))
     }
 }
 
