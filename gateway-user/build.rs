@@ -22,6 +22,7 @@ fn main() {
         .join(format!("{OBJECT}.o.srchash"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     println!("cargo:rerun-if-env-changed=REACT_GATEWAY_UPDATE_PREBUILT");
+    println!("cargo:rerun-if-env-changed=REACT_GATEWAY_PREBUILT_EBPF");
     println!(
         "cargo:rerun-if-changed={}",
         root.join("gateway-common").display()
@@ -34,7 +35,15 @@ fn main() {
         root_dir: ebpf_dir.to_str().expect("utf-8 path"),
         ..Default::default()
     };
-    match aya_build::build_ebpf([package], aya_build::Toolchain::default()) {
+    // REACT_GATEWAY_PREBUILT_EBPF=1: embed the committed object without building it, for
+    // builds whose flags must not reach the eBPF target (fuzzing with sanitizers).
+    let build = if env::var_os("REACT_GATEWAY_PREBUILT_EBPF").is_some_and(|v| v == "1") {
+        Err("REACT_GATEWAY_PREBUILT_EBPF=1".to_string())
+    } else {
+        aya_build::build_ebpf([package], aya_build::Toolchain::default())
+            .map_err(|e| format!("{e:#}"))
+    };
+    match build {
         Ok(()) => {
             if env::var_os("REACT_GATEWAY_UPDATE_PREBUILT").is_some() {
                 fs::copy(out_dir.join(OBJECT), &prebuilt).expect("copy prebuilt object");
@@ -46,14 +55,14 @@ fn main() {
             let recorded = fs::read_to_string(&prebuilt_hash).unwrap_or_default();
             if recorded.trim() == hash && prebuilt.exists() {
                 println!(
-                    "cargo:warning=eBPF build failed ({error:#}); using the committed object {} \
+                    "cargo:warning=eBPF not built ({error}); using the committed object {} \
                      (its source hash matches)",
                     prebuilt.display()
                 );
                 fs::copy(&prebuilt, out_dir.join(OBJECT)).expect("copy prebuilt object");
             } else {
                 panic!(
-                    "building the eBPF programs failed: {error:#}\n\
+                    "building the eBPF programs failed: {error}\n\
                      The committed fallback object does not match the current sources.\n\
                      Run `cargo xtask setup` (installs nightly rust-src and bpf-linker 0.10.0)."
                 );

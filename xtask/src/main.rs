@@ -8,7 +8,7 @@ mod demo;
 mod setup;
 mod util;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -21,6 +21,7 @@ usage: cargo xtask <command>
   bench redirect    connects/s (direct, eBPF, iptables), connect4 ns/run, bulk throughput,
                     memory per idle connection
   bench policy      policy evaluations/s on a 100-rule policy (goal 1,000,000/s)
+  fuzz [SECONDS]    run the fuzz targets (default 60 s each; part of `test`)
   prebuilt          refresh gateway-ebpf/prebuilt (the fallback eBPF object)";
 
 fn main() {
@@ -48,6 +49,16 @@ fn run() -> Result<()> {
             setup::run()?;
             test(rest)
         }
+        Some("fuzz") => {
+            setup::run()?;
+            let seconds = match rest.first() {
+                Some(text) => text
+                    .parse::<u64>()
+                    .context("fuzz SECONDS must be a number")?,
+                None => FUZZ_SECONDS,
+            };
+            fuzz(seconds)
+        }
         Some("bench") => {
             setup::run()?;
             util::build_release()?;
@@ -68,6 +79,48 @@ fn run() -> Result<()> {
 
 /// Unit tests of every crate, then the integration tests against the release daemon. Ends
 /// with one total line (`N passed, M failed`), so the last line CI reads is the whole run's.
+/// How long `cargo xtask test` fuzzes each target.
+const FUZZ_SECONDS: u64 = 60;
+/// The cargo-fuzz targets (`fuzz/fuzz_targets`).
+const FUZZ_TARGETS: &[&str] = &["policy"];
+
+/// Runs every fuzz target for `seconds`, seeded with the shipped policies. A crash fails,
+/// leaving its input in `fuzz/artifacts/`.
+fn fuzz(seconds: u64) -> Result<()> {
+    let root = util::workspace_root();
+    let corpus = root.join("fuzz/corpus/policy");
+    std::fs::create_dir_all(&corpus)?;
+    for dir in ["policies/examples", "policies/demo"] {
+        for entry in std::fs::read_dir(root.join(dir))?.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "toml") {
+                std::fs::copy(entry.path(), corpus.join(entry.file_name()))?;
+            }
+        }
+    }
+    for target in FUZZ_TARGETS {
+        println!("xtask: fuzzing {target} for {seconds} s");
+        let status = std::process::Command::new("cargo")
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                target,
+                "--fuzz-dir",
+                "fuzz",
+                "--",
+            ])
+            .arg(format!("-max_total_time={seconds}"))
+            .current_dir(&root)
+            // Sanitizer flags must not reach the eBPF build: embed the committed object.
+            .env("REACT_GATEWAY_PREBUILT_EBPF", "1")
+            .status()?;
+        if !status.success() {
+            bail!("fuzz target {target} failed ({status}); see fuzz/artifacts/{target}");
+        }
+    }
+    Ok(())
+}
+
 fn test(filter: &[String]) -> Result<()> {
     use std::io::BufRead as _;
     util::build_release()?;
@@ -114,6 +167,16 @@ fn test(filter: &[String]) -> Result<()> {
         }
     }
     let status = child.wait()?;
+    // The fuzz targets run for a bounded time as part of the suite (whole-suite runs only).
+    if filter.is_empty() {
+        match fuzz(FUZZ_SECONDS) {
+            Ok(()) => passed += 1,
+            Err(error) => {
+                eprintln!("xtask test: fuzzing failed: {error:#}");
+                failed += 1;
+            }
+        }
+    }
     println!("xtask test: {passed} passed, {failed} failed");
     if !status.success() || failed > 0 {
         bail!("tests failed");

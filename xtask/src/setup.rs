@@ -16,6 +16,8 @@ const DEBIAN: &[&str] = &[
 /// Python packages the tests' and demo's unmodified clients use.
 const PYTHON: &[(&str, &str)] = &[("requests", "requests")];
 const BPF_LINKER: &str = "0.10.0";
+/// cargo-fuzz runs the fuzz targets (`cargo xtask fuzz`, part of `cargo xtask test`).
+const CARGO_FUZZ: &str = "0.13.2";
 
 pub fn run() -> Result<()> {
     toolchain()?;
@@ -69,6 +71,19 @@ fn toolchain() -> Result<()> {
                 "setup: warning: {error:#}; the build will use gateway-ebpf/prebuilt if it is current"
             );
         }
+    }
+    let fuzz = output("cargo", &["+nightly", "fuzz", "--version"]).unwrap_or_default();
+    if !fuzz.contains(CARGO_FUZZ) {
+        eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ} (about a minute)");
+        run_cmd(
+            "cargo",
+            &[
+                "+nightly",
+                "install",
+                &format!("cargo-fuzz@{CARGO_FUZZ}"),
+                "--locked",
+            ],
+        )?;
     }
     Ok(())
 }
