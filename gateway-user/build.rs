@@ -4,7 +4,7 @@
 //! uses the committed object `gateway-ebpf/prebuilt/gateway-ebpf.o`, but only if the source hash
 //! recorded beside it (`gateway-ebpf.o.srchash`) matches the current sources of `gateway-ebpf`
 //! and `gateway-common`, so a stale object can never be embedded silently.
-//! `cargo xtask prebuilt` refreshes both files (REACT_GATEWAY_UPDATE_PREBUILT=1).
+//! `cargo xtask prebuilt` refreshes both files (`REACT_GATEWAY_UPDATE_PREBUILT=1`).
 use std::{
     env, fs,
     path::{Path, PathBuf},

@@ -7,6 +7,7 @@
 //! policy run in the same invocation, which shows what the 99 other rules cost.
 
 use std::{
+    fmt::Write as _,
     hint::black_box,
     net::IpAddr,
     path::PathBuf,
@@ -24,23 +25,23 @@ const RUN_FOR: Duration = Duration::from_secs(2);
 fn policy_with(rules: usize) -> Policy {
     let mut text = String::from("version = 1\n[defaults]\nunmatched = \"deny\"\n");
     for i in 0..10 {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "[[identity]]\nname = \"id{i}\"\ncgroup = \"/react-gateway/team-{i}/*\"\nexe = [\"/usr/bin/python3*\", \"**/agent-{i}\"]\n"
-        ));
+        );
     }
     for t in 0..10 {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "[[target]]\nname = \"t{t}\"\nhosts = [\"api{t}.example.test\", \"*.svc{t}.internal\"]\naddresses = [\"10.{t}.0.0/16\", \"fd00:{t}::/32\"]\nports = [443, 8443, {}]\n",
             5000 + t
-        ));
+        );
     }
     for r in 0..rules {
         let t = r % 10;
         let id = (r / 10) % 10;
         let rule = match r % 5 {
-            0 => format!(
-                "action = \"mask\"\ndetectors = [\"email\", \"credit_card\"]\njson_paths = [\"$.messages[*].content\"]\n"
-            ),
+            0 => "action = \"mask\"\ndetectors = [\"email\", \"credit_card\"]\njson_paths = [\"$.messages[*].content\"]\n".to_string(),
             1 => format!(
                 "action = \"block\"\n[rule.match]\nhttp_method = [\"DELETE\", \"PUT\"]\nhttp_path = [\"/admin/{r}/*\"]\n"
             ),
@@ -50,7 +51,7 @@ fn policy_with(rules: usize) -> Policy {
             3 => format!(
                 "action = \"block\"\n[rule.match]\nbody = [\"(?i)ignore previous instructions {r}\"]\n"
             ),
-            _ => format!("action = \"allow\"\n[rule.match]\nhttp_path = [\"/v1/*\"]\n"),
+            _ => "action = \"allow\"\n[rule.match]\nhttp_path = [\"/v1/*\"]\n".to_string(),
         };
         // A third of the rules apply to every identity, the rest to one team.
         let identities = if r % 3 == 0 {
@@ -58,9 +59,10 @@ fn policy_with(rules: usize) -> Policy {
         } else {
             format!("identities = [\"id{id}\"]\n")
         };
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "[[rule]]\nname = \"r{r}\"\ntarget = \"t{t}\"\n{identities}{rule}"
-        ));
+        );
     }
     compile(&[Source {
         path: PathBuf::from("bench.toml"),

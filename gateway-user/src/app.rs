@@ -29,7 +29,7 @@ use crate::{
 
 /// How often stale original-destination entries are swept, and how old they must be.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
-const SWEEP_AGE: Duration = Duration::from_secs(60);
+const SWEEP_AGE: Duration = Duration::from_mins(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -420,7 +420,7 @@ async fn watch_policy(daemon: Arc<Daemon>) {
     let mut hup = signal(SignalKind::hangup()).ok();
     loop {
         let forced = tokio::select! {
-            _ = async {
+            () = async {
                 match hup.as_mut() {
                     Some(h) => { h.recv().await; }
                     None => std::future::pending::<()>().await,
@@ -510,7 +510,7 @@ fn lock_state(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, AppError>
 }
 
 /// A proxy holds two sockets per session: 10,000 agents' connections need over 20,000
-/// descriptors. With CAP_SYS_RESOURCE we raise the hard limit up to `fs.nr_open`; without it,
+/// descriptors. With `CAP_SYS_RESOURCE` we raise the hard limit up to `fs.nr_open`; without it,
 /// to the existing hard limit (admission control in the proxy covers the rest).
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};

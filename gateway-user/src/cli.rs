@@ -14,10 +14,10 @@ use crate::state::{DEFAULT_EXEC_CGROUP, DEFAULT_STATE_DIR};
     about = "Govern the network traffic of AI agents on a Linux host"
 )]
 pub struct Cli {
-    /// CA, keys, SQLite store, control socket (DIR/control.sock).
+    /// CA, keys, `SQLite` store, control socket (DIR/control.sock).
     #[arg(long, global = true, env = "REACT_GATEWAY_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
-    /// Session store: sqlite://PATH (default sqlite://STATE_DIR/gateway.db) or postgres://…
+    /// Session store: <sqlite://PATH> (default <sqlite://STATE_DIR/gateway.db>) or postgres://…
     #[arg(long, global = true, env = "REACT_GATEWAY_STORE", value_name = "URL")]
     pub store: Option<String>,
     /// Machine-readable output for listing commands.
@@ -52,7 +52,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate policy files: every error as file:line:col; exit 1 on any error.
+    /// Validate policy files: every error as <file:line:col>; exit 1 on any error.
     Check {
         /// A policy file or directory.
         path: PathBuf,
@@ -86,7 +86,7 @@ pub struct RunArgs {
     /// Policy directory.
     #[arg(long, value_name = "DIR")]
     pub policy_dir: Option<PathBuf>,
-    /// Proxy listen port on 127.0.0.1 and ::1 [default: 15001].
+    /// Proxy listen port on 127.0.0.1 and `::1` [default: 15001].
     #[arg(long, value_name = "N")]
     pub listen_port: Option<u16>,
     /// Governed parent cgroup, relative to the cgroup2 mount [default: react-gateway].
@@ -139,7 +139,7 @@ pub struct ListArgs {
     /// RFC 3339 time (2026-11-21T17:00:00Z) or a duration back from now (1h, 30m).
     #[arg(long)]
     pub since: Option<String>,
-    /// ok | blocked | denied | tls_rejected | approval_denied | error
+    /// ok | blocked | denied | `tls_rejected` | `approval_denied` | error
     #[arg(long)]
     pub outcome: Option<String>,
     /// Show at most the newest N sessions.

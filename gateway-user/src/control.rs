@@ -96,13 +96,7 @@ async fn connection<H: Handler>(
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(1 << 20)).lines();
     while let Some(line) = lines.next_line().await? {
-        let response = if !root {
-            Response {
-                ok: false,
-                data: None,
-                error: Some("permission denied: the control socket is for root only".into()),
-            }
-        } else {
+        let response = if root {
             match serde_json::from_str::<Request>(&line) {
                 Ok(request) => match handler.handle(request).await {
                     Ok(data) => Response {
@@ -121,6 +115,12 @@ async fn connection<H: Handler>(
                     data: None,
                     error: Some(format!("bad request: {error}")),
                 },
+            }
+        } else {
+            Response {
+                ok: false,
+                data: None,
+                error: Some("permission denied: the control socket is for root only".into()),
             }
         };
         let mut out = serde_json::to_vec(&response).unwrap_or_default();

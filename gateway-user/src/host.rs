@@ -9,7 +9,7 @@ use std::{
 
 /// Where the kernel mounts bpffs by convention; used when no bpffs is mounted yet.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
-/// Oldest kernel with everything we use (bpf_link for cgroups 5.7, sockops state callbacks,
+/// Oldest kernel with everything we use (`bpf_link` for cgroups 5.7, sockops state callbacks,
 /// getpeername hooks 5.8).
 pub const MIN_KERNEL: (u32, u32) = (5, 8);
 

@@ -317,10 +317,10 @@ impl Masker {
     fn walk(&self, value: &mut Value, at: &mut Vec<PathStep>, ctx: &mut MaskContext) {
         match value {
             Value::String(text) => {
-                if self.json_paths.is_empty() || self.json_paths.iter().any(|p| p.selects(at)) {
-                    if let Cow::Owned(masked) = self.mask_text(text, ctx) {
-                        *text = masked;
-                    }
+                if (self.json_paths.is_empty() || self.json_paths.iter().any(|p| p.selects(at)))
+                    && let Cow::Owned(masked) = self.mask_text(text, ctx)
+                {
+                    *text = masked;
                 }
             }
             Value::Array(items) => {
@@ -361,16 +361,16 @@ pub fn mask_body(
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|b| matches!(b, b'{' | b'['));
     let before: u64 = ctx.counts.values().sum();
-    if json_type || looks_json {
-        if let Ok(mut value) = serde_json::from_slice::<Value>(body) {
-            for masker in maskers {
-                masker.mask_json(&mut value, ctx);
-            }
-            if ctx.counts.values().sum::<u64>() == before {
-                return None;
-            }
-            return serde_json::to_vec(&value).ok();
+    if (json_type || looks_json)
+        && let Ok(mut value) = serde_json::from_slice::<Value>(body)
+    {
+        for masker in maskers {
+            masker.mask_json(&mut value, ctx);
         }
+        if ctx.counts.values().sum::<u64>() == before {
+            return None;
+        }
+        return serde_json::to_vec(&value).ok();
     }
     let text = std::str::from_utf8(body).ok()?;
     let mut current = Cow::Borrowed(text);

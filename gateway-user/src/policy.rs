@@ -164,13 +164,12 @@ impl HostPattern {
     pub fn covers(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::Any, _) => true,
-            (_, Self::Any) => false,
+            (_, Self::Any) | (Self::Exact(_), Self::Subdomains(_)) => false,
             (Self::Exact(a), Self::Exact(b)) => a.eq_ignore_ascii_case(b),
             (Self::Subdomains(_), Self::Exact(b)) => self.matches(b),
             (Self::Subdomains(a), Self::Subdomains(b)) => {
                 b.len() >= a.len() && b[b.len() - a.len()..].eq_ignore_ascii_case(a)
             }
-            (Self::Exact(_), Self::Subdomains(_)) => false,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! going and who opened it (the kernel's `ORIG_DST` entry), connects upstream from a socket the
 //! kernel programs never redirect, relays, and records a session.
 //!
-//! Protocol handling (TLS, HTTP, PostgreSQL) plugs in here in later issues; today every
+//! Protocol handling (TLS, HTTP, `PostgreSQL`) plugs in here in later issues; today every
 //! connection is relayed as raw TCP.
 
 pub mod relay;
@@ -57,7 +57,7 @@ pub struct ProxyStats {
     pub denied: AtomicU64,
 }
 
-/// Binds the proxy listeners: 127.0.0.1 and ::1 at `port`.
+/// Binds the proxy listeners: 127.0.0.1 and `::1` at `port`.
 pub fn bind(port: u16) -> io::Result<Vec<TcpListener>> {
     let mut listeners = Vec::new();
     for addr in [
@@ -167,16 +167,17 @@ async fn handle(
             SocketAddr::new(ip_of(orig.family, orig.addr), orig.port),
             ctx.identity(&orig),
         ),
-        None => match nat_original_dst(&ctx, &client) {
-            Some(dst) => (dst, Identity::default()),
-            None => {
+        None => {
+            if let Some(dst) = nat_original_dst(&ctx, &client) {
+                (dst, Identity::default())
+            } else {
                 // Not redirected by our programs (e.g. a local process dialling the proxy port
                 // directly): we do not know where it should go, so it goes nowhere.
                 ctx.stats.unattributed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%peer, "connection without an original destination; closed");
                 return;
             }
-        },
+        }
     };
     let _ = client.set_nodelay(true);
     // The session keeps this snapshot for its whole life, whatever reloads happen meanwhile.

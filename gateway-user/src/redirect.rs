@@ -250,7 +250,7 @@ impl OrigDstTable {
     }
 
     pub fn len(&self) -> usize {
-        self.map.lock().map(|m| m.keys().count()).unwrap_or(0)
+        self.map.lock().map_or(0, |m| m.keys().count())
     }
 }
 
@@ -355,7 +355,7 @@ impl Redirector {
             events: Some(events),
             config,
         };
-        let flags = redirector.config.get(&0, 0).map(|c| c.flags).unwrap_or(0);
+        let flags = redirector.config.get(&0, 0).map_or(0, |c| c.flags);
         redirector
             .config
             .set(

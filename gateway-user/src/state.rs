@@ -1,4 +1,4 @@
-//! The state directory (`--state-dir`) and what lives in it: the SQLite store, the control
+//! The state directory (`--state-dir`) and what lives in it: the `SQLite` store, the control
 //! socket, the record of the running instance (so `exec` and the CLI find the governed cgroup),
 //! and the name of this instance's bpffs pin directory.
 
@@ -62,10 +62,10 @@ impl StateDir {
     /// Reads the masking key, creating it (32 random bytes, mode 0600) on first use.
     pub fn mask_key(&self) -> Result<std::sync::Arc<[u8]>, StateError> {
         let path = self.mask_key_path();
-        if let Ok(key) = fs::read(&path) {
-            if key.len() >= 32 {
-                return Ok(key.into());
-            }
+        if let Ok(key) = fs::read(&path)
+            && key.len() >= 32
+        {
+            return Ok(key.into());
         }
         let key = random_bytes::<32>().map_err(|e| StateError::Write(path.clone(), e))?;
         let mut file = fs::OpenOptions::new()

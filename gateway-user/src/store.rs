@@ -1,5 +1,5 @@
-//! The session store: sqlx over SQLite (WAL mode) under the state dir by default.
-//! Migrations are managed by sqlx (`migrations/`). The PostgreSQL backend for fleets arrives
+//! The session store: sqlx over `SQLite` (WAL mode) under the state dir by default.
+//! Migrations are managed by sqlx (`migrations/`). The `PostgreSQL` backend for fleets arrives
 //! with the recording issue; the URL scheme is already part of the contract (`--store`).
 
 use std::{collections::BTreeMap, str::FromStr as _, time::Duration};

@@ -181,14 +181,14 @@ pub fn load(path: &Path) -> Result<Vec<Case>, CaseError> {
                 case: case.name.clone(),
             });
         }
-        if let Some(verdict) = &case.expect.verdict {
-            if !["allow", "mask", "block", "approve", "deny"].contains(&verdict.as_str()) {
-                return Err(CaseError::Verdict {
-                    path: name,
-                    case: case.name.clone(),
-                    verdict: verdict.clone(),
-                });
-            }
+        if let Some(verdict) = &case.expect.verdict
+            && !["allow", "mask", "block", "approve", "deny"].contains(&verdict.as_str())
+        {
+            return Err(CaseError::Verdict {
+                path: name,
+                case: case.name.clone(),
+                verdict: verdict.clone(),
+            });
         }
     }
     Ok(file.cases)
@@ -296,51 +296,51 @@ pub fn evaluate(policy: &Policy, case: &Case, key: &Arc<[u8]>) -> Outcome {
 pub fn check(case: &Case, outcome: &Outcome) -> Vec<String> {
     let mut failures = Vec::new();
     let expect = &case.expect;
-    if let Some(verdict) = &expect.verdict {
-        if *verdict != outcome.verdict {
-            failures.push(format!(
-                "verdict: expected {verdict}, got {}",
-                outcome.verdict
-            ));
-        }
+    if let Some(verdict) = &expect.verdict
+        && *verdict != outcome.verdict
+    {
+        failures.push(format!(
+            "verdict: expected {verdict}, got {}",
+            outcome.verdict
+        ));
     }
-    if let Some(target) = &expect.target {
-        if Some(target) != outcome.target.as_ref() {
-            failures.push(format!(
-                "target: expected {target}, got {}",
-                outcome.target.as_deref().unwrap_or("(none)")
-            ));
-        }
+    if let Some(target) = &expect.target
+        && Some(target) != outcome.target.as_ref()
+    {
+        failures.push(format!(
+            "target: expected {target}, got {}",
+            outcome.target.as_deref().unwrap_or("(none)")
+        ));
     }
-    if let Some(rules) = &expect.rules {
-        if *rules != outcome.rules {
-            failures.push(format!(
-                "rules: expected {rules:?}, got {:?}",
-                outcome.rules
-            ));
-        }
+    if let Some(rules) = &expect.rules
+        && *rules != outcome.rules
+    {
+        failures.push(format!(
+            "rules: expected {rules:?}, got {:?}",
+            outcome.rules
+        ));
     }
     let output = outcome.output.as_deref().unwrap_or("");
-    if let Some(expected) = &expect.output {
-        if expected != output {
-            let mut diff = String::from("output differs:");
-            let (want, got): (Vec<&str>, Vec<&str>) =
-                (expected.lines().collect(), output.lines().collect());
-            for i in 0..want.len().max(got.len()) {
-                match (want.get(i), got.get(i)) {
-                    (Some(w), Some(g)) if w == g => {}
-                    (w, g) => {
-                        if let Some(w) = w {
-                            let _ = write!(diff, "\n  - {w}");
-                        }
-                        if let Some(g) = g {
-                            let _ = write!(diff, "\n  + {g}");
-                        }
+    if let Some(expected) = &expect.output
+        && expected != output
+    {
+        let mut diff = String::from("output differs:");
+        let (want, got): (Vec<&str>, Vec<&str>) =
+            (expected.lines().collect(), output.lines().collect());
+        for i in 0..want.len().max(got.len()) {
+            match (want.get(i), got.get(i)) {
+                (Some(w), Some(g)) if w == g => {}
+                (w, g) => {
+                    if let Some(w) = w {
+                        let _ = write!(diff, "\n  - {w}");
+                    }
+                    if let Some(g) = g {
+                        let _ = write!(diff, "\n  + {g}");
                     }
                 }
             }
-            failures.push(diff);
         }
+        failures.push(diff);
     }
     for needle in &expect.must_contain {
         if !output.contains(needle.as_str()) {
@@ -352,13 +352,13 @@ pub fn check(case: &Case, outcome: &Outcome) -> Vec<String> {
             failures.push(format!("output must not contain {needle:?}: {output:?}"));
         }
     }
-    if let Some(masked) = &expect.masked {
-        if *masked != outcome.masked {
-            failures.push(format!(
-                "masked: expected {masked:?}, got {:?}",
-                outcome.masked
-            ));
-        }
+    if let Some(masked) = &expect.masked
+        && *masked != outcome.masked
+    {
+        failures.push(format!(
+            "masked: expected {masked:?}, got {:?}",
+            outcome.masked
+        ));
     }
     failures
 }

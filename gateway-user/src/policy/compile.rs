@@ -76,7 +76,7 @@ pub fn load_sources(path: &Path) -> Result<Vec<Source>, PolicyError> {
     }
     let mut sources = Vec::new();
     for file in paths {
-        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let size = std::fs::metadata(&file).map_or(0, |m| m.len());
         if size > MAX_FILE_BYTES {
             return Err(PolicyError::io(
                 &file,
@@ -199,6 +199,10 @@ impl Compiler<'_> {
         format!("{}:{line}:{col}", self.sources[origin.0].path.display())
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "two passes over all items, in schema order"
+    )]
     fn compile(&mut self, files: &[(usize, PolicyFile)]) -> Policy {
         let mut defaults = Defaults {
             unmatched: Unmatched::Deny,
@@ -213,14 +217,14 @@ impl Compiler<'_> {
         let mut custom: Vec<Arc<Detector>> = Vec::new();
         for (file, policy) in files {
             self.file = *file;
-            if let Some(version) = &policy.version {
-                if *version.get_ref() != 1 {
-                    self.error(
-                        version,
-                        format!("unsupported policy version {}", version.get_ref()),
-                        Some("this react-gateway reads `version = 1`"),
-                    );
-                }
+            if let Some(version) = &policy.version
+                && *version.get_ref() != 1
+            {
+                self.error(
+                    version,
+                    format!("unsupported policy version {}", version.get_ref()),
+                    Some("this react-gateway reads `version = 1`"),
+                );
             }
             if let Some(d) = &policy.defaults {
                 self.defaults(d, &mut defaults);
@@ -378,11 +382,10 @@ impl Compiler<'_> {
                 ),
             }
         }
-        if let Some(v) = &d.tls_min_version {
-            match self.tls_version(v) {
-                Some(version) => into.tls_min_version = version,
-                None => {}
-            }
+        if let Some(v) = &d.tls_min_version
+            && let Some(version) = self.tls_version(v)
+        {
+            into.tls_min_version = version;
         }
     }
 
@@ -621,26 +624,25 @@ impl Compiler<'_> {
                 );
             }
         }
-        if let Some(first) = def.cipher_suites.as_ref().and_then(|s| s.first()) {
-            if !cipher_suites.is_empty()
-                && min_version == TlsVersion::V1_3
-                && !cipher_suites.iter().any(|s| s.starts_with("TLS13_"))
-            {
-                self.error(
-                    first,
-                    "no TLS 1.3 cipher suite is allowed but min_version is 1.3",
-                    Some("add a TLS13_* suite or lower min_version"),
-                );
-            }
+        if let Some(first) = def.cipher_suites.as_ref().and_then(|s| s.first())
+            && !cipher_suites.is_empty()
+            && min_version == TlsVersion::V1_3
+            && !cipher_suites.iter().any(|s| s.starts_with("TLS13_"))
+        {
+            self.error(
+                first,
+                "no TLS 1.3 cipher suite is allowed but min_version is 1.3",
+                Some("add a TLS13_* suite or lower min_version"),
+            );
         }
-        if let Some(ca) = &def.upstream_ca {
-            if !Path::new(ca.get_ref()).is_absolute() {
-                self.error(
-                    ca,
-                    format!("upstream_ca `{}` is not an absolute path", ca.get_ref()),
-                    None,
-                );
-            }
+        if let Some(ca) = &def.upstream_ca
+            && !Path::new(ca.get_ref()).is_absolute()
+        {
+            self.error(
+                ca,
+                format!("upstream_ca `{}` is not an absolute path", ca.get_ref()),
+                None,
+            );
         }
         if let Some(port) = &def.upstream_port {
             if *port.get_ref() == 0 {
@@ -742,9 +744,10 @@ impl Compiler<'_> {
         let regex = self.regex(&def.regex)?;
         let validator = match &def.validator {
             None => Validator::None,
-            Some(v) => match Validator::parse(v.get_ref()) {
-                Some(validator) => validator,
-                None => {
+            Some(v) => {
+                if let Some(validator) = Validator::parse(v.get_ref()) {
+                    validator
+                } else {
                     self.error(
                         v,
                         format!("unknown validator `{}`", v.get_ref()),
@@ -752,7 +755,7 @@ impl Compiler<'_> {
                     );
                     return None;
                 }
-            },
+            }
         };
         Some(Detector::custom(name, regex, validator))
     }
@@ -827,36 +830,34 @@ impl Compiler<'_> {
             ok = false;
         }
         for target in target_items {
-            match target_names.get(target) {
-                Some((index, _)) => targets.push(*index),
-                None => {
-                    let known: Vec<&str> = target_names.keys().map(String::as_str).collect();
-                    self.error(
-                        &def.target,
-                        format!("rule `{name}` names unknown target `{target}`"),
-                        Some(&suggest(target, &known, "targets")),
-                    );
-                    ok = false;
-                }
+            if let Some((index, _)) = target_names.get(target) {
+                targets.push(*index);
+            } else {
+                let known: Vec<&str> = target_names.keys().map(String::as_str).collect();
+                self.error(
+                    &def.target,
+                    format!("rule `{name}` names unknown target `{target}`"),
+                    Some(&suggest(target, &known, "targets")),
+                );
+                ok = false;
             }
         }
         let identities = def.identities.as_ref().map(|list| {
             let mut set = IdSet::EMPTY;
             for identity in list {
-                match identity_names.get(identity.get_ref()) {
-                    Some((index, _)) => set.insert(*index),
-                    None => {
-                        let known: Vec<&str> = identity_names.keys().map(String::as_str).collect();
-                        self.error(
-                            identity,
-                            format!(
-                                "rule `{name}` names unknown identity `{}`",
-                                identity.get_ref()
-                            ),
-                            Some(&suggest(identity.get_ref(), &known, "identities")),
-                        );
-                        ok = false;
-                    }
+                if let Some((index, _)) = identity_names.get(identity.get_ref()) {
+                    set.insert(*index);
+                } else {
+                    let known: Vec<&str> = identity_names.keys().map(String::as_str).collect();
+                    self.error(
+                        identity,
+                        format!(
+                            "rule `{name}` names unknown identity `{}`",
+                            identity.get_ref()
+                        ),
+                        Some(&suggest(identity.get_ref(), &known, "identities")),
+                    );
+                    ok = false;
                 }
             }
             set
@@ -1001,7 +1002,7 @@ impl Compiler<'_> {
         let approval = match (&def.approval, action) {
             (Some(a), Action::Approve) => Some(self.approval(a.get_ref(), &mut ok)),
             (None, Action::Approve) => Some(Approval {
-                timeout: std::time::Duration::from_secs(600),
+                timeout: std::time::Duration::from_mins(10),
                 grant: None,
                 approvers: vec!["uid:0".into()],
             }),
@@ -1043,16 +1044,15 @@ impl Compiler<'_> {
         let mut conditions = Conditions::default();
         for kind in def.sql_statement.iter().flatten() {
             let wanted = kind.get_ref().to_ascii_lowercase();
-            match sql::KINDS.iter().find(|k| **k == wanted) {
-                Some(kind) => conditions.sql_statement.push(kind),
-                None => {
-                    self.error(
-                        kind,
-                        format!("unknown SQL statement kind `{}`", kind.get_ref()),
-                        Some(&format!("one of {}", sql::KINDS.join(", "))),
-                    );
-                    *ok = false;
-                }
+            if let Some(kind) = sql::KINDS.iter().find(|k| **k == wanted) {
+                conditions.sql_statement.push(kind);
+            } else {
+                self.error(
+                    kind,
+                    format!("unknown SQL statement kind `{}`", kind.get_ref()),
+                    Some(&format!("one of {}", sql::KINDS.join(", "))),
+                );
+                *ok = false;
             }
         }
         for pattern in def.sql.iter().flatten() {
@@ -1116,12 +1116,8 @@ impl Compiler<'_> {
                     },
                 }
             };
-        let timeout = duration(
-            self,
-            &def.timeout,
-            Some(std::time::Duration::from_secs(600)),
-        )
-        .unwrap_or_default();
+        let timeout = duration(self, &def.timeout, Some(std::time::Duration::from_mins(10)))
+            .unwrap_or_default();
         let grant = duration(self, &def.grant, None);
         let mut approvers = Vec::new();
         for approver in def.approvers.iter().flatten() {

@@ -95,7 +95,7 @@ pub enum Operation<'a> {
     Sql {
         text: &'a str,
     },
-    /// A PostgreSQL result row.
+    /// A `PostgreSQL` result row.
     Row {
         columns: &'a [String],
         values: &'a [String],
@@ -307,10 +307,10 @@ impl Policy {
                 if rule.columns.contains(&column) {
                     *value = format!("[REDACTED:{}]", column.to_ascii_uppercase());
                     *ctx.counts.entry(format!("column:{column}")).or_default() += 1;
-                } else if !masker.detectors().is_empty() {
-                    if let std::borrow::Cow::Owned(masked) = masker.mask_text(value, ctx) {
-                        *value = masked;
-                    }
+                } else if !masker.detectors().is_empty()
+                    && let std::borrow::Cow::Owned(masked) = masker.mask_text(value, ctx)
+                {
+                    *value = masked;
                 }
             }
         }

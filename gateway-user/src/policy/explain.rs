@@ -8,8 +8,11 @@ use super::{
     eval::{applies_to, identity_matches},
 };
 
+/// A caller given on the command line: cgroup, uid, exe.
+pub type CallerArgs = (Option<String>, Option<u32>, Option<String>);
+
 /// `--identity cgroup=/react-gateway/agent-1,uid=1000,exe=/usr/bin/curl`.
-pub fn parse_identity(text: &str) -> Result<(Option<String>, Option<u32>, Option<String>), String> {
+pub fn parse_identity(text: &str) -> Result<CallerArgs, String> {
     let (mut cgroup, mut uid, mut exe) = (None, None, None);
     for part in text.split(',').filter(|p| !p.is_empty()) {
         match part.split_once('=') {
@@ -18,7 +21,7 @@ pub fn parse_identity(text: &str) -> Result<(Option<String>, Option<u32>, Option
                 uid = Some(
                     v.parse()
                         .map_err(|_| format!("uid `{v}` is not a number"))?,
-                )
+                );
             }
             Some(("exe", v)) => exe = Some(v.to_string()),
             _ => return Err(format!("`{part}`: expected cgroup=PATH, uid=N or exe=PATH")),
@@ -40,6 +43,10 @@ pub fn parse_dest(text: &str) -> Result<(IpAddr, u16, Option<String>), String> {
 }
 
 /// The explanation, as lines of text.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one section per step of the evaluation, in order"
+)]
 pub fn explain(
     policy: &Policy,
     who: &Who<'_>,

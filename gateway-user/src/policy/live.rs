@@ -4,7 +4,7 @@
 //!
 //! Changes are noticed by polling a cheap fingerprint of the directory (names, sizes, mtimes,
 //! inodes) twice a second, which also sees atomic renames and symlink swaps (Kubernetes
-//! ConfigMaps) that inotify on the directory can miss; `SIGHUP` reloads at once.
+//! `ConfigMaps`) that inotify on the directory can miss; `SIGHUP` reloads at once.
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -36,7 +36,7 @@ pub struct LivePolicy {
     dir: PathBuf,
     current: RwLock<Arc<Policy>>,
     status: Mutex<PolicyStatus>,
-    fingerprint: Mutex<Vec<(PathBuf, u64, i64, i64, u64)>>,
+    fingerprint: Mutex<Fingerprint>,
 }
 
 impl LivePolicy {
@@ -153,8 +153,11 @@ fn mode(policy: &Policy) -> &'static str {
     }
 }
 
+/// Name, size, mtime (s, ns) and inode of each policy file.
+type Fingerprint = Vec<(PathBuf, u64, i64, i64, u64)>;
+
 /// Names, sizes, mtimes and inodes of the `.toml` files in `dir` (following symlinks).
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, i64, i64, u64)> {
+fn fingerprint(dir: &Path) -> Fingerprint {
     let mut out: Vec<_> = std::fs::read_dir(dir)
         .map(|entries| {
             entries

@@ -43,7 +43,7 @@ pub async fn relay(
     };
     let result = tokio::select! {
         r = both => r,
-        _ = wait_true(stop) => Err(io::Error::other("daemon shutting down: session cut after the grace period")),
+        () = wait_true(stop) => Err(io::Error::other("daemon shutting down: session cut after the grace period")),
     };
     // A reset or broken pipe is how many clients end a connection (closing with unread
     // data): the session ended, it did not fail.
