@@ -330,6 +330,14 @@ fn print_session(s: &Session, events: &[Event]) {
             .unwrap_or_default()
     );
     println!("protocol  {}", s.protocol.as_str());
+    println!(
+        "target    {} (policy {})",
+        s.target.as_deref().unwrap_or("-"),
+        s.policy_version.as_deref().unwrap_or("-")
+    );
+    if !s.rules.is_empty() {
+        println!("rules     {}", s.rules.join(", "));
+    }
     println!("bytes     up {} / down {}", s.bytes_up, s.bytes_down);
     println!(
         "outcome   {}{}",

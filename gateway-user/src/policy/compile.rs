@@ -1265,3 +1265,111 @@ fn version_of(sources: &[Source]) -> String {
     }
     hex
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diagnostics(text: &str) -> Vec<String> {
+        let source = Source {
+            path: PathBuf::from("p.toml"),
+            text: text.to_string(),
+        };
+        match compile(&[source]) {
+            Ok(policy) => policy.warnings.iter().map(ToString::to_string).collect(),
+            Err(PolicyError(all)) => all.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_position() {
+        let found = diagnostics(
+            "[[target]]\nname = \"t\"\nports = [0]\n\n[[rule]]\nname = \"r\"\ntarget = [\"t\", \"u\"]\naction = \"mask\"\nstrategy = \"shred\"\n",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|d| d.starts_with("p.toml:3:10: error: port 0")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|d| d.starts_with("p.toml:7:10: error: rule `r` names unknown target `u`")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|d| d.starts_with("p.toml:9:12: error: unknown strategy `shred`")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|d| d.contains("has neither detectors nor columns")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn duplicates_across_files_name_the_first_definition() {
+        let sources = [
+            Source {
+                path: PathBuf::from("a.toml"),
+                text: "[[identity]]\nname = \"x\"\nuid = [1]\n".into(),
+            },
+            Source {
+                path: PathBuf::from("b.toml"),
+                text: "\n[[identity]]\nname = \"x\"\nuid = [2]\n".into(),
+            },
+        ];
+        let Err(PolicyError(all)) = compile(&sources) else {
+            panic!("duplicate accepted")
+        };
+        assert_eq!(
+            all[0].to_string(),
+            "b.toml:3:8: error: duplicate identity `x`, first defined at a.toml:2:8 (hint: names must be unique across all policy files)"
+        );
+    }
+
+    #[test]
+    fn shadowed_targets_and_their_rules_are_warned_about() {
+        let found = diagnostics(
+            "[[target]]\nname = \"all-https\"\nports = [443]\n[[target]]\nname = \"api\"\nhosts = [\"api.x\"]\nports = [443]\n[[rule]]\nname = \"r\"\ntarget = \"api\"\naction = \"allow\"\n",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|d| d.contains("warning: target `api` is unreachable")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|d| d.contains("warning: rule `r`") && d.contains("unreachable")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn versions_are_content_hashes() {
+        let a = compile(&[Source {
+            path: "p.toml".into(),
+            text: "version = 1\n".into(),
+        }])
+        .unwrap();
+        let b = compile(&[Source {
+            path: "p.toml".into(),
+            text: "version = 1\n\n".into(),
+        }])
+        .unwrap();
+        assert_eq!(a.version.len(), 12);
+        assert_ne!(a.version, b.version);
+        let bad = diagnostics("version = 2\n");
+        assert!(
+            bad[0].starts_with("p.toml:1:11: error: unsupported policy version 2"),
+            "{bad:?}"
+        );
+    }
+}
