@@ -551,20 +551,3 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
-
-trait CurlOk {
-    fn curl_ok(&self, host: &str, port: &str) -> bool;
-}
-
-impl CurlOk for Gateway {
-    /// Whether a governed curl (child cgroup `curl`) reached `host:port`: any answer counts,
-    /// only "could not connect" (7), "empty reply" (52) and "connection reset" (56) do not.
-    fn curl_ok(&self, host: &str, port: &str) -> bool {
-        let url = format!("http://{host}:{port}/");
-        let out = self.exec(
-            "curl",
-            &["curl", "-sS", "--max-time", "3", "-o", "/dev/null", &url],
-        );
-        !matches!(out.status.code(), Some(7 | 52 | 56))
-    }
-}

@@ -217,29 +217,6 @@ fn decide(ctx: &SockAddrContext, dst: Dst) -> Decision {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    if config.flags & config_flags::DENY_ACTIVE != 0 && is_denied(&dst, cgroup_id) {
-        count(Counter::Denied);
-        let event = DeniedEvent {
-            dst: OrigDst {
-                addr: dst.addr,
-                port: dst.port,
-                family: dst.family,
-                tgid: (pid_tgid >> 32) as u32,
-                uid: uid_gid as u32,
-                gid: (uid_gid >> 32) as u32,
-                cgroup_id,
-                // SAFETY: helper without preconditions.
-                connect_ns: unsafe { bpf_ktime_get_ns() },
-            },
-            comm: bpf_get_current_comm().unwrap_or_default(),
-        };
-        if EVENTS.output::<DeniedEvent>(&event, 0).is_err() {
-            count(Counter::EventsLost);
-        }
-        return Decision::Refuse;
-    }
-    // SAFETY: the context is a socket-carrying context, as the helper requires.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let entry = OrigDst {
         addr: dst.addr,
         port: dst.port,
@@ -252,6 +229,23 @@ fn decide(ctx: &SockAddrContext, dst: Dst) -> Decision {
         // connect4 is the hot path.
         connect_ns: 0,
     };
+    if config.flags & config_flags::DENY_ACTIVE != 0 && is_denied(&dst, cgroup_id) {
+        count(Counter::Denied);
+        let event = DeniedEvent {
+            dst: OrigDst {
+                // SAFETY: helper without preconditions.
+                connect_ns: unsafe { bpf_ktime_get_ns() },
+                ..entry
+            },
+            comm: bpf_get_current_comm().unwrap_or_default(),
+        };
+        if EVENTS.output::<DeniedEvent>(&event, 0).is_err() {
+            count(Counter::EventsLost);
+        }
+        return Decision::Refuse;
+    }
+    // SAFETY: the context is a socket-carrying context, as the helper requires.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if SOCKETS.insert(&cookie, &entry, u64::from(BPF_ANY)).is_err() {
         // Without the entry the proxy could not tell where this goes: refuse (fail closed).
         count(Counter::MapFull);

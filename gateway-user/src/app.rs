@@ -339,7 +339,16 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     });
     let denials_task =
         denials.map(|ring| tokio::spawn(proxy::record_kernel_denials(ring, Arc::clone(&ctx))));
-    let reload_task = tokio::spawn(watch_policy(Arc::clone(&daemon)));
+    // SIGHUP's default action is to terminate: take it over before anyone can reach the
+    // daemon (the control socket serves next), not when the reload task first runs.
+    let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hup) => Some(hup),
+        Err(error) => {
+            tracing::warn!(%error, "cannot handle SIGHUP; the policy reloads only by polling");
+            None
+        }
+    };
+    let reload_task = tokio::spawn(watch_policy(Arc::clone(&daemon), hup));
     let control_task = tokio::spawn(control::serve(
         control_listener,
         Arc::clone(&daemon),
@@ -415,9 +424,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
 const POLICY_POLL: Duration = Duration::from_millis(500);
 
 /// Reloads the policy when its files change or on SIGHUP, for the daemon's lifetime.
-async fn watch_policy(daemon: Arc<Daemon>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).ok();
+async fn watch_policy(daemon: Arc<Daemon>, mut hup: Option<tokio::signal::unix::Signal>) {
     loop {
         let forced = tokio::select! {
             () = async {

@@ -132,8 +132,6 @@ pub struct Identity {
     pub cgroup: Option<(String, globset::GlobMatcher)>,
     pub uids: Vec<u32>,
     pub exe: Vec<(String, globset::GlobMatcher)>,
-    /// The globs again, uncompiled, for [`eval::IdentityIndex`].
-    pub(crate) globs: (Option<globset::Glob>, Vec<globset::Glob>),
 }
 
 /// A host pattern: `api.openai.com`, `*.example.test` (any subdomain) or `*`.

@@ -265,6 +265,17 @@ impl Gateway {
         self.exec(sub, &["curl", "-sS", "--max-time", "5", url])
     }
 
+    /// Whether a governed curl (child cgroup `curl`) reached `host:port`: any answer counts,
+    /// only "could not connect" (7), "empty reply" (52) and "connection reset" (56) do not.
+    pub fn curl_ok(&self, host: &str, port: &str) -> bool {
+        let url = format!("http://{host}:{port}/");
+        let out = self.exec(
+            "curl",
+            &["curl", "-sS", "--max-time", "3", "-o", "/dev/null", &url],
+        );
+        !matches!(out.status.code(), Some(7 | 52 | 56))
+    }
+
     /// Runs Python code in the governed cgroup and asserts it succeeded; returns stdout.
     pub fn python(&self, sub: &str, code: &str, args: &[&str]) -> String {
         let mut command = vec!["python3", "-c", code];

@@ -412,22 +412,12 @@ impl Compiler<'_> {
         literal_separator: bool,
         what: &str,
     ) -> Option<globset::GlobMatcher> {
-        self.glob_raw(pattern, literal_separator, what)
-            .map(|g| g.compile_matcher())
-    }
-
-    fn glob_raw(
-        &mut self,
-        pattern: &S<String>,
-        literal_separator: bool,
-        what: &str,
-    ) -> Option<globset::Glob> {
         match GlobBuilder::new(pattern.get_ref())
             .literal_separator(literal_separator)
             .backslash_escape(true)
             .build()
         {
-            Ok(glob) => Some(glob),
+            Ok(glob) => Some(glob.compile_matcher()),
             Err(e) => {
                 self.error(
                     pattern,
@@ -448,14 +438,14 @@ impl Compiler<'_> {
                 self.error(pattern, format!("cgroup pattern `{text}` is not absolute"), Some("cgroup paths are relative to the cgroup2 mount and start with `/`, e.g. \"/react-gateway/*\""));
                 return None;
             }
-            self.glob_raw(pattern, true, "cgroup").map(|g| (text.clone(), g))
+            self.glob(pattern, true, "cgroup").map(|g| (text.clone(), g))
         });
-        let exe: Vec<(String, globset::Glob)> = def
+        let exe = def
             .exe
             .iter()
             .flatten()
             .filter_map(|pattern| {
-                self.glob_raw(pattern, true, "exe")
+                self.glob(pattern, true, "exe")
                     .map(|g| (pattern.get_ref().clone(), g))
             })
             .collect();
@@ -472,18 +462,9 @@ impl Compiler<'_> {
         }
         Identity {
             name: def.name.get_ref().clone(),
-            cgroup: cgroup
-                .as_ref()
-                .map(|(text, glob)| (text.clone(), glob.compile_matcher())),
+            cgroup,
             uids: def.uid.iter().flatten().map(|u| *u.get_ref()).collect(),
-            exe: exe
-                .iter()
-                .map(|(text, glob)| (text.clone(), glob.compile_matcher()))
-                .collect(),
-            globs: (
-                cgroup.map(|(_, g)| g),
-                exe.into_iter().map(|(_, g)| g).collect(),
-            ),
+            exe,
         }
     }
 

@@ -403,18 +403,18 @@ impl IdentityIndex {
         let mut exes = globset::GlobSetBuilder::new();
         let mut index = Self::default();
         for (i, identity) in identities.iter().enumerate() {
-            match &identity.globs.0 {
-                Some(glob) => {
-                    cgroups.add(glob.clone());
+            match &identity.cgroup {
+                Some((_, matcher)) => {
+                    cgroups.add(matcher.glob().clone());
                     index.cgroup_owner.push(i);
                 }
                 None => index.no_cgroup.insert(i),
             }
-            if identity.globs.1.is_empty() {
+            if identity.exe.is_empty() {
                 index.no_exe.insert(i);
             }
-            for glob in &identity.globs.1 {
-                exes.add(glob.clone());
+            for (_, matcher) in &identity.exe {
+                exes.add(matcher.glob().clone());
                 index.exe_owner.push(i);
             }
             if identity.uids.is_empty() {
@@ -427,20 +427,6 @@ impl IdentityIndex {
             .unwrap_or_else(|_| globset::GlobSet::empty());
         index.exes = exes.build().unwrap_or_else(|_| globset::GlobSet::empty());
         index
-    }
-}
-
-impl Identity {
-    /// Whether every condition holds for `who` (an unknown property never matches).
-    pub fn matches(&self, who: &Who<'_>) -> bool {
-        self.cgroup
-            .as_ref()
-            .is_none_or(|(_, glob)| who.cgroup.is_some_and(|c| glob.is_match(c)))
-            && (self.uids.is_empty() || who.uid.is_some_and(|u| self.uids.contains(&u)))
-            && (self.exe.is_empty()
-                || who
-                    .exe
-                    .is_some_and(|e| self.exe.iter().any(|(_, g)| g.is_match(e))))
     }
 }
 
@@ -643,6 +629,30 @@ action = "block"
             ..Who::default()
         });
         assert_eq!(root_py, IdSet::EMPTY);
+        // The glob-set index agrees with each identity's own conditions (what `explain` shows).
+        for who in [
+            Who {
+                cgroup: Some("/react-gateway/x"),
+                uid: Some(1000),
+                exe: Some("/usr/bin/python3"),
+            },
+            Who {
+                cgroup: None,
+                uid: None,
+                exe: Some("/usr/bin/python3.12"),
+            },
+            Who {
+                cgroup: Some("/other/y"),
+                uid: Some(7),
+                exe: None,
+            },
+        ] {
+            let ids = p.identities_of(&who);
+            for (i, identity) in p.identities.iter().enumerate() {
+                let holds = identity_matches(identity, &who).iter().all(|(_, ok)| *ok);
+                assert_eq!(ids.contains(i), holds, "{} for {who:?}", identity.name);
+            }
+        }
     }
 
     #[test]

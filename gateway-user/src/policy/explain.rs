@@ -146,7 +146,7 @@ pub fn explain(
     }
 
     let _ = writeln!(out, "\nrules:");
-    for (index, rule) in policy.rules.iter().enumerate() {
+    for rule in &policy.rules {
         let why = match resolution.target {
             _ if !applies_to(rule, ids) => "identity not among the rule's identities".to_string(),
             None => "no target resolved".to_string(),
@@ -187,7 +187,6 @@ pub fn explain(
             let names: Vec<&str> = masker.detectors().iter().map(|d| d.name.as_str()).collect();
             let _ = writeln!(out, "           detectors: {}", names.join(", "));
         }
-        let _ = index;
     }
     let _ = writeln!(
         out,
