@@ -53,6 +53,8 @@ pub enum AppError {
     Config(String),
     #[error("the policy does not load:\n{0}")]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Ca(#[from] crate::tls::ca::CaError),
 }
 
 /// `--config FILE`: the same settings as the flags of `run`.
@@ -252,6 +254,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     cgroup::ensure(&cgroup_dir)?;
     // A policy that does not load at start has no predecessor to fall back on: refuse to run.
     let live = Arc::new(LivePolicy::load(&settings.policy_dir)?);
+    let ca = crate::tls::NodeCa::load_or_create(settings.state.root())?;
 
     let store = Store::open(&settings.store_url).await?;
     let orphans = store.close_orphans(&crate::session::now()).await?;
@@ -306,6 +309,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         names: CgroupNames::new(host.cgroup2.clone(), roots),
         accept_nat_redirect: settings.accept_nat_redirect,
         connect_timeout: Duration::from_secs(10),
+        tls: Arc::new(crate::tls::TlsContext::new(ca)),
         stats: proxy::ProxyStats::default(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

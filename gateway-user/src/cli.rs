@@ -48,6 +48,15 @@ pub enum Command {
     /// Check, test and explain policies before they go live.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The node CA that intercepted TLS is terminated with.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the node CA certificate (PEM), e.g. to add it to a trust store.
+    Export,
 }
 
 #[derive(Debug, Subcommand)]

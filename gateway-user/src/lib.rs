@@ -14,6 +14,8 @@
 //! * [`policy`] — policy files: parse, validate, compile, evaluate (pure).
 //! * [`mask`] — detectors and masking strategies (pure).
 //! * [`sql`] — SQL statement classification (pure).
+//! * [`tls`] — node CA, ClientHello parsing, rustls configurations of both legs.
+//! * [`http`] — the HTTP/1.1 and HTTP/2 data path (hyper): rules, credentials, events.
 //! * [`session`] — the session model (`sessions list --json` contract).
 //! * [`store`] / [`record`] — the sqlx store and the batched recorder in front of it.
 //! * [`control`] — the control socket (`status`, `attach`, `detach`).
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod control;
 pub mod exec;
 pub mod host;
+pub mod http;
 pub mod mask;
 pub mod policy;
 pub mod proxy;
@@ -36,3 +39,4 @@ pub mod session;
 pub mod sql;
 pub mod state;
 pub mod store;
+pub mod tls;

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use gateway_user::{
     app::{self, AppError, Settings},
-    cli::{Cli, Command, ListArgs, PolicyCommand, SessionsCommand},
+    cli::{CaCommand, Cli, Command, ListArgs, PolicyCommand, SessionsCommand},
     control::{self, Request},
     exec,
     policy::{self, Policy, Severity, cases, explain},
@@ -25,6 +25,20 @@ fn main() -> ExitCode {
         let error = exec::exec(&state, &args.cgroup, &args.command);
         eprintln!("react-gateway exec: {error}");
         return ExitCode::from(2);
+    }
+    if let Command::Ca(CaCommand::Export) = cli.command {
+        return match gateway_user::tls::ca::export(state.root()) {
+            Ok(pem) => {
+                print!("{pem}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!(
+                    "react-gateway ca export: {error} (the daemon creates the CA at its first start)"
+                );
+                ExitCode::from(2)
+            }
+        };
     }
     if let Command::Policy(command) = cli.command {
         return ExitCode::from(policy_command(command, &state, cli.json));
@@ -89,7 +103,9 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
                 Err(error) => Err(error.into()),
             }
         }
-        Command::Exec(_) | Command::Policy(_) => unreachable!("handled before the runtime starts"),
+        Command::Exec(_) | Command::Policy(_) | Command::Ca(_) => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Attach { path } => control_call(&state, &Request::Attach { path }, cli.json).await,
         Command::Detach { path } => control_call(&state, &Request::Detach { path }, cli.json).await,
         Command::Status => {

@@ -109,7 +109,7 @@ pub enum RecordLevel {
     Full,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TlsVersion {
     V1_2,
     V1_3,
@@ -121,6 +121,13 @@ impl TlsVersion {
             "1.2" => Some(Self::V1_2),
             "1.3" => Some(Self::V1_3),
             _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V1_2 => "TLS 1.2",
+            Self::V1_3 => "TLS 1.3",
         }
     }
 }

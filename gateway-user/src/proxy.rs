@@ -2,10 +2,13 @@
 //! going and who opened it (the kernel's `ORIG_DST` entry), connects upstream from a socket the
 //! kernel programs never redirect, relays, and records a session.
 //!
-//! Protocol handling (TLS, HTTP, `PostgreSQL`) plugs in here in later issues; today every
-//! connection is relayed as raw TCP.
+//! Each connection is sniffed (bounded in bytes and time) and handed to its protocol handler:
+//! TLS is refused, passed through or intercepted as the target's settings say, HTTP goes
+//! through [`crate::http`], everything else (`PostgreSQL` until its handler lands) is relayed
+//! as raw TCP.
 
 pub mod relay;
+pub mod sniff;
 
 use std::{
     io,
@@ -20,17 +23,23 @@ use std::{
 use gateway_common::{BYPASS_MARK, DeniedEvent, OrigDst};
 use serde::Serialize;
 use tokio::{
+    io::AsyncWriteExt as _,
     net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
 };
 
+use self::sniff::{ClientIo, Kind, Sniffed};
 use crate::{
     cgroup::CgroupNames,
-    policy::{ConnVerdict, Who, live::LivePolicy},
+    http,
+    policy::{
+        ConnVerdict, IdSet, Policy, Resolution, TargetProtocol, TlsMode, Who, live::LivePolicy,
+    },
     record::Recorder,
     redirect::{OrigDstTable, ip_of},
-    session::{self, Event, Identity, Outcome, Session},
+    session::{self, Event, Identity, Outcome, Protocol, Session},
     store::Write,
+    tls::{self, TlsContext, hello::ClientHello},
 };
 
 /// Everything a connection handler needs, shared by all of them.
@@ -43,6 +52,8 @@ pub struct ProxyContext {
     /// the benchmark that compares eBPF with iptables. No kernel identity for those.
     pub accept_nat_redirect: bool,
     pub connect_timeout: Duration,
+    /// The node CA and cached rustls configurations.
+    pub tls: Arc<TlsContext>,
     pub stats: ProxyStats,
 }
 
@@ -156,7 +167,7 @@ impl Drop for ActiveGuard<'_> {
 
 async fn handle(
     ctx: Arc<ProxyContext>,
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     mut cut: watch::Receiver<bool>,
 ) {
@@ -188,64 +199,594 @@ async fn handle(
         exe: identity.exe.as_deref(),
     });
     let resolution = policy.resolve(destination.ip(), destination.port(), None);
-    let verdict = policy.connection(ids, resolution);
     let mut session = Session::open(identity, destination, &policy);
-    session.target = resolution.target.map(|t| policy.targets[t].name.clone());
     ctx.stats.sessions.fetch_add(1, Ordering::Relaxed);
-    if let ConnVerdict::Deny { rule } = verdict {
-        // Refused with a reset: the agent gets an immediate error, nothing reaches upstream.
-        ctx.stats.denied.fetch_add(1, Ordering::Relaxed);
+    let mut conn = Conn {
+        ctx: &ctx,
+        policy: &policy,
+        ids,
+        destination,
+    };
+    // Decided by address and port alone: refused before a byte is read.
+    if !resolution.pending
+        && let ConnVerdict::Deny { rule } = policy.connection(ids, resolution)
+    {
         let _ = client.set_zero_linger();
         drop(client);
+        conn.deny(&mut session, resolution.target, rule).await;
+        return;
+    }
+    let protocol = resolution.target.map(|t| policy.targets[t].protocol);
+    let wait = match protocol {
+        // Client-speaks-first protocols: the client has this long to say something.
+        Some(TargetProtocol::Https | TargetProtocol::Http | TargetProtocol::Postgres) => {
+            HANDSHAKE_TIMEOUT
+        }
+        // Raw TCP by policy: nothing to look at.
+        Some(TargetProtocol::Tcp) => Duration::ZERO,
+        // Unknown protocol: silence means the server speaks first (SMTP, MySQL, …).
+        _ if resolution.pending => HANDSHAKE_TIMEOUT,
+        _ => SNIFF_WINDOW,
+    };
+    let mut prefix = Vec::new();
+    let sniffed = if wait.is_zero() {
+        Sniffed::Silent
+    } else {
+        sniff::sniff(&mut client, &mut prefix, wait).await
+    };
+    match sniffed {
+        Sniffed::Kind(Kind::Tls(hello)) => {
+            conn.tls(client, prefix, hello, session, &mut cut).await;
+        }
+        Sniffed::Kind(Kind::Http) => {
+            conn.http(client, prefix, resolution, session, &mut cut)
+                .await;
+        }
+        Sniffed::Kind(Kind::BadTls(reason)) if protocol == Some(TargetProtocol::Https) => {
+            session.protocol = Protocol::Https;
+            let _ = client
+                .write_all(&tls::config::alert(tls::config::ALERT_HANDSHAKE_FAILURE))
+                .await;
+            conn.close(
+                &mut session,
+                Outcome::TlsRejected,
+                Some(format!("not a usable ClientHello: {reason}")),
+                prefix.len() as u64,
+                0,
+            )
+            .await;
+        }
+        Sniffed::Stalled(reason) => {
+            // A truncated handshake or a client that went quiet: nothing to relay.
+            conn.close(
+                &mut session,
+                Outcome::Error,
+                Some(reason.to_string()),
+                prefix.len() as u64,
+                0,
+            )
+            .await;
+        }
+        sniffed => {
+            if matches!(sniffed, Sniffed::Kind(Kind::Postgres)) {
+                session.protocol = Protocol::Postgres;
+            }
+            let mut resolution = resolution;
+            if resolution.pending {
+                // No host will ever be known for this connection.
+                resolution.pending = false;
+                if let ConnVerdict::Deny { rule } = policy.connection(ids, resolution) {
+                    let _ = client.set_zero_linger();
+                    drop(client);
+                    conn.deny(&mut session, resolution.target, rule).await;
+                    return;
+                }
+            }
+            session.target = resolution.target.map(|t| policy.targets[t].name.clone());
+            let settings = tls::config::settings(&policy, resolution.target);
+            if settings.requires_tls && !matches!(sniffed, Sniffed::Kind(Kind::BadTls(_))) {
+                let reason = "target requires TLS but the client spoke clear text (tls.mode does not originate TLS for it)".to_string();
+                let _ = client.set_zero_linger();
+                drop(client);
+                conn.close(
+                    &mut session,
+                    Outcome::Denied,
+                    Some(reason),
+                    prefix.len() as u64,
+                    0,
+                )
+                .await;
+                return;
+            }
+            conn.raw(client, prefix, session, &mut cut).await;
+        }
+    }
+}
+
+/// How long a client of an HTTP(S)/PostgreSQL target has for its first bytes.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an unknown protocol is given to speak first before it is relayed as raw TCP.
+const SNIFF_WINDOW: Duration = Duration::from_millis(300);
+
+/// One accepted connection being handled.
+struct Conn<'a> {
+    ctx: &'a Arc<ProxyContext>,
+    policy: &'a Arc<Policy>,
+    ids: IdSet,
+    destination: SocketAddr,
+}
+
+impl Conn<'_> {
+    /// Records a connection refused by policy.
+    async fn deny(&mut self, session: &mut Session, target: Option<usize>, rule: Option<usize>) {
+        self.ctx.stats.denied.fetch_add(1, Ordering::Relaxed);
+        session.target = target.map(|t| self.policy.targets[t].name.clone());
         let reason = match rule {
-            Some(r) => format!("denied by rule {}", policy.rules[r].name),
+            Some(r) => format!("denied by rule {}", self.policy.rules[r].name),
             None => "no policy target matches this destination (unmatched = \"deny\")".into(),
         };
         session.rules = rule
-            .map(|r| policy.rules[r].name.clone())
+            .map(|r| self.policy.rules[r].name.clone())
             .into_iter()
             .collect();
-        session.outcome = Some(Outcome::Denied);
-        session.error = Some(reason);
-        session.ended_at = Some(session::now());
-        tracing::info!(id = %session.id, %destination, pid = ?session.identity.pid, "connection denied by policy");
-        ctx.recorder.write(Write::Session(Box::new(session))).await;
-        return;
+        tracing::info!(id = %session.id, destination = %self.destination, pid = ?session.identity.pid, "connection denied by policy");
+        self.close(session, Outcome::Denied, Some(reason), 0, 0)
+            .await;
     }
-    ctx.recorder
-        .write(Write::Session(Box::new(session.clone())))
-        .await;
-    tracing::debug!(id = %session.id, %destination, pid = ?session.identity.pid, "session started");
 
-    match connect_upstream(destination, ctx.connect_timeout).await {
-        Ok(upstream) => {
-            let transfer = relay::relay(&client, &upstream, &mut cut).await;
-            session.bytes_up = transfer.up;
-            session.bytes_down = transfer.down;
-            session.outcome = Some(if transfer.error.is_some() {
-                Outcome::Error
-            } else {
-                Outcome::Ok
-            });
-            session.error = transfer.error;
-        }
-        Err(error) => {
-            ctx.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-            let reason = format!("upstream {destination} unreachable: {error}");
-            tracing::info!(id = %session.id, %reason);
-            ctx.recorder
-                .write(Write::Event {
-                    session: session.id.clone(),
-                    seq: 0,
-                    event: Event::new("upstream_error", serde_json::json!({ "error": reason })),
-                })
-                .await;
-            session.outcome = Some(Outcome::Error);
-            session.error = Some(reason);
-        }
+    /// Ends and records a session.
+    async fn close(
+        &self,
+        session: &mut Session,
+        outcome: Outcome,
+        error: Option<String>,
+        up: u64,
+        down: u64,
+    ) {
+        session.outcome = Some(outcome);
+        session.error = error;
+        session.bytes_up += up;
+        session.bytes_down += down;
+        session.ended_at = Some(session::now());
+        self.ctx
+            .recorder
+            .write(Write::Session(Box::new(session.clone())))
+            .await;
     }
-    session.ended_at = Some(session::now());
-    ctx.recorder.write(Write::Session(Box::new(session))).await;
+
+    async fn started(&self, session: &Session) {
+        self.ctx
+            .recorder
+            .write(Write::Session(Box::new(session.clone())))
+            .await;
+        tracing::debug!(id = %session.id, destination = %self.destination, pid = ?session.identity.pid, "session started");
+    }
+
+    async fn event(&self, session: &Session, seq: u32, kind: &str, data: serde_json::Value) {
+        self.ctx
+            .recorder
+            .write(Write::Event {
+                session: session.id.clone(),
+                seq,
+                event: Event::new(kind, data),
+            })
+            .await;
+    }
+
+    /// Raw TCP: the sniffed bytes first, then splice both ways.
+    async fn raw(
+        &self,
+        client: TcpStream,
+        prefix: Vec<u8>,
+        mut session: Session,
+        cut: &mut watch::Receiver<bool>,
+    ) {
+        self.started(&session).await;
+        let mut upstream = match connect_upstream(self.destination, self.ctx.connect_timeout).await
+        {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                self.ctx
+                    .stats
+                    .upstream_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                let reason = format!("upstream {} unreachable: {error}", self.destination);
+                tracing::info!(id = %session.id, %reason);
+                self.event(
+                    &session,
+                    1,
+                    "upstream_error",
+                    serde_json::json!({ "error": reason }),
+                )
+                .await;
+                self.close(
+                    &mut session,
+                    Outcome::Error,
+                    Some(reason),
+                    prefix.len() as u64,
+                    0,
+                )
+                .await;
+                return;
+            }
+        };
+        if !prefix.is_empty()
+            && let Err(error) = upstream.write_all(&prefix).await
+        {
+            let reason = format!("upstream {} closed: {error}", self.destination);
+            self.close(
+                &mut session,
+                Outcome::Error,
+                Some(reason),
+                prefix.len() as u64,
+                0,
+            )
+            .await;
+            return;
+        }
+        let transfer = relay::relay(&client, &upstream, cut).await;
+        let outcome = if transfer.error.is_some() {
+            Outcome::Error
+        } else {
+            Outcome::Ok
+        };
+        self.close(
+            &mut session,
+            outcome,
+            transfer.error,
+            transfer.up + prefix.len() as u64,
+            transfer.down,
+        )
+        .await;
+    }
+
+    /// A TLS client: refused, passed through or intercepted, as the target's settings say.
+    async fn tls(
+        &mut self,
+        mut client: TcpStream,
+        prefix: Vec<u8>,
+        hello: ClientHello,
+        mut session: Session,
+        cut: &mut watch::Receiver<bool>,
+    ) {
+        session.destination.host.clone_from(&hello.sni);
+        let resolution = self.policy.resolve(
+            self.destination.ip(),
+            self.destination.port(),
+            hello.sni.as_deref(),
+        );
+        let settings = tls::config::settings(self.policy, resolution.target);
+        session.protocol = if settings.mode == TlsMode::Intercept {
+            Protocol::Https
+        } else {
+            Protocol::TlsPassthrough
+        };
+        self.event(&session, 0, "tls_client_hello", hello.to_json())
+            .await;
+        if let ConnVerdict::Deny { rule } = self.policy.connection(self.ids, resolution) {
+            let _ = client
+                .write_all(&tls::config::alert(tls::config::ALERT_ACCESS_DENIED))
+                .await;
+            drop(client);
+            self.deny(&mut session, resolution.target, rule).await;
+            return;
+        }
+        session.target = resolution
+            .target
+            .map(|t| self.policy.targets[t].name.clone());
+        if settings.mode != TlsMode::Intercept {
+            // No decryption: the agent's TLS goes end to end; SNI and offer are on record.
+            self.raw(client, prefix, session, cut).await;
+            return;
+        }
+        if let Err(refusal) = tls::config::check_offer(&hello, &settings.leg) {
+            let _ = client.write_all(&tls::config::alert(refusal.alert)).await;
+            let offered = prefix.len() as u64;
+            drop(client);
+            tracing::info!(id = %session.id, sni = ?hello.sni, reason = %refusal.reason, "TLS client refused");
+            self.event(
+                &session,
+                1,
+                "tls_rejected",
+                serde_json::json!({"reason": refusal.reason, "offered": hello.to_json()}),
+            )
+            .await;
+            self.close(
+                &mut session,
+                Outcome::TlsRejected,
+                Some(refusal.reason),
+                offered,
+                7,
+            )
+            .await;
+            return;
+        }
+        self.started(&session).await;
+
+        // Upstream first, so the agent's leg can answer ALPN with what the upstream chose.
+        let alpn: Vec<Vec<u8>> = hello
+            .alpn
+            .iter()
+            .filter(|p| *p == "h2" || *p == "http/1.1")
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        let upstream = Arc::new(http::Upstream::new(
+            self.destination,
+            Some(http::UpstreamTls {
+                leg: settings.leg.clone(),
+                server_name: Some(
+                    hello
+                        .sni
+                        .clone()
+                        .unwrap_or_else(|| self.destination.ip().to_string()),
+                ),
+            }),
+            alpn.clone(),
+        ));
+        let (chosen, broken) = match upstream.connect(self.ctx, None).await {
+            Ok((io, h2)) => {
+                let chosen = if h2 {
+                    Some(b"h2".to_vec())
+                } else if alpn.is_empty() {
+                    None
+                } else {
+                    Some(b"http/1.1".to_vec())
+                };
+                match upstream.attach(io, h2).await {
+                    Ok(()) => (chosen, None),
+                    Err(reason) => (chosen, Some(reason)),
+                }
+            }
+            // The agent still gets its handshake, then a clear 502 for every request.
+            Err(reason) => (alpn.first().cloned(), Some(reason)),
+        };
+        if let Some(reason) = &broken {
+            self.ctx
+                .stats
+                .upstream_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(id = %session.id, %reason, "upstream refused");
+        }
+        let fallback = hello
+            .sni
+            .is_none()
+            .then(|| self.destination.ip().to_string());
+        let config = match self
+            .ctx
+            .tls
+            .server(&settings.leg, chosen.as_deref(), fallback)
+        {
+            Ok(config) => config,
+            Err(error) => {
+                self.close(
+                    &mut session,
+                    Outcome::Error,
+                    Some(error.to_string()),
+                    prefix.len() as u64,
+                    0,
+                )
+                .await;
+                return;
+            }
+        };
+        let io = ClientIo::new(client, prefix);
+        let counters = Arc::clone(&io.counters);
+        let accepted = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsAcceptor::from(config).accept(io),
+        )
+        .await;
+        let stream = match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                let reason = format!("client TLS handshake failed: {error}");
+                self.close(
+                    &mut session,
+                    Outcome::TlsRejected,
+                    Some(reason),
+                    counters.up.load(Ordering::Relaxed),
+                    counters.down.load(Ordering::Relaxed),
+                )
+                .await;
+                return;
+            }
+            Err(_) => {
+                let reason = "client TLS handshake timed out".to_string();
+                self.close(
+                    &mut session,
+                    Outcome::Error,
+                    Some(reason),
+                    counters.up.load(Ordering::Relaxed),
+                    counters.down.load(Ordering::Relaxed),
+                )
+                .await;
+                return;
+            }
+        };
+        let client_leg = tls::config::negotiated(stream.get_ref().1);
+        let h2_only = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let binding = http::Binding {
+            target: resolution.target,
+            upstream: Arc::clone(&upstream),
+            broken,
+        };
+        let result = self
+            .serve_http(&mut session, stream, h2_only, Some(binding), None, cut)
+            .await;
+        session.tls = Some(session::Tls {
+            client: Some(client_leg),
+            upstream: upstream
+                .negotiated
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        });
+        self.finish_http(session, result, &counters).await;
+    }
+
+    /// A plain HTTP client: bound to its target by the first request's `Host`, relayed in
+    /// clear or upgraded to TLS upstream (`originate`).
+    async fn http(
+        &mut self,
+        client: TcpStream,
+        prefix: Vec<u8>,
+        resolution: Resolution,
+        mut session: Session,
+        cut: &mut watch::Receiver<bool>,
+    ) {
+        session.protocol = Protocol::Http;
+        self.started(&session).await;
+        let (policy, ids, destination, ctx) = (
+            Arc::clone(self.policy),
+            self.ids,
+            self.destination,
+            Arc::clone(self.ctx),
+        );
+        let h2c = prefix.starts_with(b"PRI * HTTP/2.0");
+        let binder: http::Binder = Box::new(move |host: Option<&str>| {
+            let resolution = if resolution.pending {
+                policy.resolve(destination.ip(), destination.port(), host)
+            } else {
+                resolution
+            };
+            if let ConnVerdict::Deny { rule } = policy.connection(ids, resolution) {
+                ctx.stats.denied.fetch_add(1, Ordering::Relaxed);
+                let reason = match rule {
+                    Some(r) => format!("denied by rule {}", policy.rules[r].name),
+                    None => format!(
+                        "no policy target matches {} ({destination})",
+                        host.unwrap_or("this destination")
+                    ),
+                };
+                return Err((hyper::StatusCode::FORBIDDEN, reason));
+            }
+            let settings = tls::config::settings(&policy, resolution.target);
+            let originate = settings.mode == TlsMode::Originate
+                || (settings.requires_tls && settings.mode == TlsMode::Intercept);
+            if settings.requires_tls && !originate {
+                return Err((hyper::StatusCode::FORBIDDEN, "target requires TLS upstream but tls.mode = \"none\" would send clear text; refused".into()));
+            }
+            let (addr, tls) = if originate {
+                let port = settings.upstream_port.unwrap_or(destination.port());
+                (
+                    SocketAddr::new(destination.ip(), port),
+                    Some(http::UpstreamTls {
+                        leg: settings.leg,
+                        server_name: None,
+                    }),
+                )
+            } else {
+                (destination, None)
+            };
+            let alpn = if h2c {
+                vec![b"h2".to_vec()]
+            } else if tls.is_some() {
+                vec![b"http/1.1".to_vec()]
+            } else {
+                Vec::new()
+            };
+            Ok(http::Binding {
+                target: resolution.target,
+                upstream: Arc::new(http::Upstream::new(addr, tls, alpn)),
+                broken: None,
+            })
+        });
+        let io = ClientIo::new(client, prefix);
+        let counters = Arc::clone(&io.counters);
+        let result = self
+            .serve_http(&mut session, io, false, None, Some(binder), cut)
+            .await;
+        self.finish_http(session, result, &counters).await;
+    }
+
+    async fn serve_http<S: http::Io>(
+        &self,
+        session: &mut Session,
+        io: S,
+        h2_only: bool,
+        binding: Option<http::Binding>,
+        binder: Option<http::Binder>,
+        cut: &mut watch::Receiver<bool>,
+    ) -> HttpResult {
+        let http = Arc::new(http::HttpSession::new(
+            Arc::clone(self.ctx),
+            Arc::clone(self.policy),
+            self.ids,
+            session.id.clone(),
+            binding,
+            binder,
+        ));
+        let served = http.serve(io, h2_only, cut).await;
+        if let Some(binding) = http.binding() {
+            session.target = binding.target.map(|t| self.policy.targets[t].name.clone());
+            if session.tls.is_none() && binding.upstream.tls.is_some() {
+                session.tls = Some(session::Tls {
+                    client: None,
+                    upstream: binding
+                        .upstream
+                        .negotiated
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone(),
+                });
+            }
+        }
+        let outcome = std::mem::take(
+            &mut *http
+                .outcome
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        HttpResult { served, outcome }
+    }
+
+    async fn finish_http(
+        &self,
+        mut session: Session,
+        result: HttpResult,
+        counters: &sniff::Counters,
+    ) {
+        let HttpResult {
+            served,
+            outcome: http,
+        } = result;
+        if session.destination.host.is_none() {
+            session.destination.host = http.host;
+        }
+        session.rules = http.rules.into_iter().collect();
+        let (outcome, error) = if http.blocked {
+            (Outcome::Blocked, None)
+        } else if http.denied {
+            self.ctx.stats.denied.fetch_add(1, Ordering::Relaxed);
+            (Outcome::Denied, http.errors.into_iter().next())
+        } else if let Some(error) = http.errors.into_iter().next() {
+            (Outcome::Error, Some(error))
+        } else {
+            // A reset or an abandoned connection ends a session; it does not fail it.
+            (
+                Outcome::Ok,
+                served.err().filter(|e| e.contains("shutting down")),
+            )
+        };
+        let outcome = if outcome == Outcome::Ok && error.is_some() {
+            Outcome::Error
+        } else {
+            outcome
+        };
+        self.close(
+            &mut session,
+            outcome,
+            error,
+            counters.up.load(Ordering::Relaxed),
+            counters.down.load(Ordering::Relaxed),
+        )
+        .await;
+    }
+}
+
+struct HttpResult {
+    served: Result<(), String>,
+    outcome: http::Outcome,
 }
 
 impl ProxyContext {
@@ -279,7 +820,7 @@ fn nat_original_dst(ctx: &ProxyContext, client: &TcpStream) -> Option<SocketAddr
 
 /// Connects to the real destination from a socket carrying [`BYPASS_MARK`], which connect4/6
 /// never redirect: the proxy cannot loop through itself even inside a governed cgroup.
-async fn connect_upstream(dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+pub async fn connect_upstream(dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let socket = if dst.is_ipv4() {
         TcpSocket::new_v4()?
     } else {

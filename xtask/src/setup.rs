@@ -12,9 +12,21 @@ const DEBIAN: &[&str] = &[
     "bpftool",
     "procps",
     "util-linux",
+    // TLS tests: `openssl s_client` crafts old-version and wrong-cipher clients.
+    "openssl",
+    "ca-certificates",
+    // `cargo xtask bench http`: the nginx peer, wrk (HTTP/1.1) and h2load (HTTP/2, TLS).
+    "nginx-light",
+    "wrk",
+    "nghttp2-client",
 ];
 /// Python packages the tests' and demo's unmodified clients use.
-const PYTHON: &[(&str, &str)] = &[("requests", "requests")];
+const PYTHON: &[(&str, &str)] = &[
+    ("requests", "requests"),
+    ("httpx", "httpx[http2]"),
+    ("h2", "h2"),
+    ("openai", "openai"),
+];
 const BPF_LINKER: &str = "0.10.0";
 /// cargo-fuzz runs the fuzz targets (`cargo xtask fuzz`, part of `cargo xtask test`).
 const CARGO_FUZZ: &str = "0.13.2";

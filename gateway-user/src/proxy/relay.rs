@@ -60,7 +60,7 @@ pub async fn relay(
     }
 }
 
-async fn wait_true(stop: &mut watch::Receiver<bool>) {
+pub async fn wait_true(stop: &mut watch::Receiver<bool>) {
     while !*stop.borrow_and_update() {
         if stop.changed().await.is_err() {
             std::future::pending::<()>().await;

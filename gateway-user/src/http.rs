@@ -1,0 +1,810 @@
+//! The HTTP data path (hyper): HTTP/1.1 (keep-alive, chunked, upgrades) and HTTP/2 from the
+//! agent, relayed to one upstream connection per session, plain or TLS.
+//!
+//! Each request is resolved to its target (by `Host` when the connection alone did not say),
+//! evaluated against the policy (`block` answers 403 with a JSON body and never reaches the
+//! upstream), gets the target's credential header set by the gateway, and is recorded as an
+//! event with secret-bearing headers redacted. Bodies stream through with hyper's bounded
+//! buffers; only a target with `body` conditions has request bodies read first, up to
+//! [`INSPECT_LIMIT`] (past that the request is refused with 413, never passed unchecked).
+//! Upgrades (WebSocket) are relayed byte for byte after the `101`.
+
+use std::{
+    collections::BTreeSet,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{
+    policy::{Credentials, IdSet, Operation, Policy, Verdict},
+    proxy::ProxyContext,
+    session::{Event, TlsLeg},
+    store::Write,
+    tls::LegPolicy,
+};
+
+/// Largest request body read for `body` conditions.
+pub const INSPECT_LIMIT: usize = 1 << 20;
+/// How long a client may take to send a request's headers (slowloris).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A JSON error answered by the gateway itself.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(connection) = headers.get(header::CONNECTION).cloned()
+        && let Ok(list) = connection.to_str()
+    {
+        for name in list.split(',') {
+            let name = name.trim();
+            if !(keep_upgrade && name.eq_ignore_ascii_case("upgrade")) {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "transfer-encoding",
+        "te",
+        "trailer",
+    ] {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Whether a header's value is a secret and is recorded as `[REDACTED]`.
+pub fn is_secret_header(name: &str, extra: Option<&str>) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) || name.contains("api-key")
+        || name.contains("apikey")
+        || name.contains("token")
+        || name.contains("secret")
+        || name.contains("password")
+        || name.ends_with("-key")
+        || extra.is_some_and(|e| e.eq_ignore_ascii_case(&name))
+}
+
+fn recorded_headers(headers: &HeaderMap, extra: Option<&str>) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (name, value) in headers {
+        let shown = if is_secret_header(name.as_str(), extra) {
+            "[REDACTED]".to_string()
+        } else {
+            String::from_utf8_lossy(value.as_bytes()).into_owned()
+        };
+        match out.get_mut(name.as_str()) {
+            Some(serde_json::Value::String(previous)) => {
+                previous.push_str(", ");
+                previous.push_str(&shown);
+            }
+            _ => {
+                out.insert(name.to_string(), serde_json::Value::String(shown));
+            }
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
+/// Resolves a credential template (`Bearer ${env:KEY}`). Errors name the reference, never a
+/// value.
+pub fn resolve_credentials(credentials: &Credentials) -> Result<HeaderValue, String> {
+    let mut out = String::new();
+    let mut rest = credentials.value.as_str();
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find('}')
+            .ok_or("unterminated reference in credentials")?;
+        let reference = &rest[start + 2..start + end];
+        match reference.split_once(':') {
+            Some(("env", name)) => out
+                .push_str(&std::env::var(name).map_err(|_| {
+                    format!("environment variable {name} is not set in the daemon")
+                })?),
+            Some(("file", path)) => out.push_str(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read credentials file {path}: {}", e.kind()))?
+                    .trim_end_matches(['\r', '\n']),
+            ),
+            _ => return Err(format!("invalid reference ${{{reference}}}")),
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    let mut value = HeaderValue::from_str(&out)
+        .map_err(|_| "the credential contains characters not allowed in a header".to_string())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// How the upstream leg is secured.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub leg: LegPolicy,
+    /// Verified name (SNI); `None` = the `Host` of the request, else the address.
+    pub server_name: Option<String>,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Body>),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::H1(s) => s.is_closed(),
+            Self::H2(s) => s.is_closed(),
+        }
+    }
+}
+
+/// The upstream of a session: one connection, re-dialled when the upstream closes it.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub tls: Option<UpstreamTls>,
+    /// ALPN offered upstream (the client's, filtered to h2 / http/1.1).
+    pub alpn: Vec<Vec<u8>>,
+    sender: tokio::sync::Mutex<Option<Sender>>,
+    /// Negotiated TLS of the upstream leg (the last connection's).
+    pub negotiated: Mutex<Option<TlsLeg>>,
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr, tls: Option<UpstreamTls>, alpn: Vec<Vec<u8>>) -> Self {
+        Self {
+            addr,
+            tls,
+            alpn,
+            sender: tokio::sync::Mutex::new(None),
+            negotiated: Mutex::new(None),
+        }
+    }
+
+    /// Connects (TCP, then TLS when configured) and returns the stream with whether it speaks
+    /// HTTP/2. Errors are what the agent and the record are told.
+    pub async fn connect(
+        &self,
+        ctx: &ProxyContext,
+        host: Option<&str>,
+    ) -> Result<(Box<dyn Io>, bool), String> {
+        let tcp = crate::proxy::connect_upstream(self.addr, ctx.connect_timeout)
+            .await
+            .map_err(|e| format!("upstream {} unreachable: {e}", self.addr))?;
+        let Some(tls) = &self.tls else {
+            let h2 = self.alpn.first().is_some_and(|p| p == b"h2");
+            return Ok((Box::new(tcp), h2));
+        };
+        let name = tls
+            .server_name
+            .clone()
+            .or_else(|| host.map(str::to_string))
+            .unwrap_or_else(|| self.addr.ip().to_string());
+        let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+            .map_err(|_| format!("`{name}` is not a valid TLS server name"))?;
+        let config = ctx
+            .tls
+            .client(&tls.leg, &self.alpn)
+            .map_err(|e| e.to_string())?;
+        let stream = tokio::time::timeout(
+            ctx.connect_timeout,
+            tokio_rustls::TlsConnector::from(config).connect(server_name, tcp),
+        )
+        .await
+        .map_err(|_| format!("upstream TLS handshake with {name} timed out"))?
+        .map_err(|e| format!("upstream TLS with {name} ({}) failed: {e}", self.addr))?;
+        let (_, conn) = stream.get_ref();
+        *self
+            .negotiated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(crate::tls::config::negotiated(conn));
+        let h2 = conn.alpn_protocol() == Some(b"h2");
+        Ok((Box::new(stream), h2))
+    }
+
+    /// Starts HTTP on an established upstream stream.
+    pub async fn attach(&self, io: Box<dyn Io>, h2: bool) -> Result<(), String> {
+        let sender = handshake(io, h2).await?;
+        *self.sender.lock().await = Some(sender);
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        ctx: &ProxyContext,
+        host: Option<&str>,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, String> {
+        let mut guard = self.sender.lock().await;
+        if guard.as_ref().is_none_or(Sender::is_closed) {
+            let (io, h2) = self.connect(ctx, host).await?;
+            *guard = Some(handshake(io, h2).await?);
+        }
+        let request = match guard.as_ref() {
+            Some(Sender::H2(_)) => to_h2(request, self, host),
+            _ => to_h1(request),
+        };
+        let error = |e: hyper::Error| format!("upstream {} failed: {e}", self.addr);
+        match guard.as_mut() {
+            Some(Sender::H1(sender)) => {
+                sender.ready().await.map_err(error)?;
+                let response = sender.send_request(request);
+                drop(guard);
+                response.await.map_err(error)
+            }
+            Some(Sender::H2(sender)) => {
+                let mut sender = sender.clone();
+                drop(guard);
+                sender.send_request(request).await.map_err(error)
+            }
+            None => Err("no upstream connection".into()),
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.alpn.first().is_some_and(|p| p == b"h2")
+    }
+}
+
+/// What hyper needs of a stream.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+async fn handshake(io: Box<dyn Io>, h2: bool) -> Result<Sender, String> {
+    let io = TokioIo::new(io);
+    if h2 {
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| format!("upstream HTTP/2 handshake failed: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(Sender::H2(sender))
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| format!("upstream HTTP/1.1 handshake failed: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(Sender::H1(sender))
+    }
+}
+
+/// HTTP/1.1 upstream: origin-form target and a `Host` header.
+fn to_h1(mut request: Request<Body>) -> Request<Body> {
+    if !request.headers().contains_key(header::HOST)
+        && let Some(authority) = request.uri().authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, value);
+    }
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str)
+        .to_string();
+    if let Ok(uri) = path.parse() {
+        *request.uri_mut() = uri;
+    }
+    *request.version_mut() = http::Version::HTTP_11;
+    request
+}
+
+/// HTTP/2 upstream: absolute URI (scheme and authority), no `Host`.
+fn to_h2(mut request: Request<Body>, upstream: &Upstream, host: Option<&str>) -> Request<Body> {
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .or_else(|| host.map(str::to_string))
+        .unwrap_or_else(|| upstream.addr.to_string());
+    let scheme = if upstream.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str)
+        .to_string();
+    if let Ok(uri) = format!("{scheme}://{authority}{path}").parse() {
+        *request.uri_mut() = uri;
+    }
+    request.headers_mut().remove(header::HOST);
+    *request.version_mut() = http::Version::HTTP_2;
+    request
+}
+
+/// The host a request is for (`:authority` or `Host`), without port, lower case.
+fn request_host<B>(request: &Request<B>) -> Option<String> {
+    let raw = request
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            let host = request.headers().get(header::HOST)?.to_str().ok()?;
+            Some(
+                host.parse::<http::uri::Authority>()
+                    .map_or_else(|_| host.to_string(), |a| a.host().to_string()),
+            )
+        })?;
+    let host = raw.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// The session's binding to a target and upstream, fixed by its first request (or by the TLS
+/// handshake). A later request for another target is refused with 421.
+pub struct Binding {
+    pub target: Option<usize>,
+    pub upstream: Arc<Upstream>,
+    /// Why every request fails (e.g. the upstream certificate was refused).
+    pub broken: Option<String>,
+}
+
+/// How a plain-HTTP session finds its binding from its first request.
+pub type Binder = Box<dyn Fn(Option<&str>) -> Result<Binding, (StatusCode, String)> + Send + Sync>;
+
+/// What one HTTP session did, for its record.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub rules: BTreeSet<String>,
+    pub blocked: bool,
+    pub denied: bool,
+    pub errors: Vec<String>,
+    pub requests: u64,
+    pub host: Option<String>,
+}
+
+/// One HTTP session between an agent and its upstream.
+pub struct HttpSession {
+    pub ctx: Arc<ProxyContext>,
+    pub policy: Arc<Policy>,
+    pub ids: IdSet,
+    pub session_id: String,
+    binding: tokio::sync::OnceCell<Binding>,
+    binder: Option<Binder>,
+    seq: AtomicU32,
+    pub outcome: Mutex<Outcome>,
+    credential: Mutex<Option<(usize, HeaderValue)>>,
+}
+
+impl HttpSession {
+    pub fn new(
+        ctx: Arc<ProxyContext>,
+        policy: Arc<Policy>,
+        ids: IdSet,
+        session_id: String,
+        binding: Option<Binding>,
+        binder: Option<Binder>,
+    ) -> Self {
+        let cell = tokio::sync::OnceCell::new();
+        if let Some(binding) = binding {
+            let _ = cell.set(binding);
+        }
+        Self {
+            ctx,
+            policy,
+            ids,
+            session_id,
+            binding: cell,
+            binder,
+            seq: AtomicU32::new(1),
+            outcome: Mutex::new(Outcome::default()),
+            credential: Mutex::new(None),
+        }
+    }
+
+    pub fn binding(&self) -> Option<&Binding> {
+        self.binding.get()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outcome> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub async fn event(&self, kind: &str, data: serde_json::Value) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.ctx
+            .recorder
+            .write(Write::Event {
+                session: self.session_id.clone(),
+                seq,
+                event: Event::new(kind, data),
+            })
+            .await;
+    }
+
+    fn error_response(&self, status: StatusCode, error: &str) -> Response<Body> {
+        json_response(
+            status,
+            &serde_json::json!({"error": error, "session": self.session_id}),
+        )
+    }
+
+    /// Serves the agent's side until it closes, or `cut` fires (then in-flight requests end).
+    pub async fn serve<S: Io>(
+        self: &Arc<Self>,
+        io: S,
+        h2_only: bool,
+        cut: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let session = Arc::clone(self);
+        let service = hyper::service::service_fn(move |request| {
+            let session = Arc::clone(&session);
+            async move { Ok::<_, Infallible>(session.handle(request).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        if h2_only {
+            builder = builder.http2_only();
+        }
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => result.map_err(|e| e.to_string()),
+            () = crate::proxy::relay::wait_true(cut) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+                Err("daemon shutting down: session cut after the grace period".into())
+            }
+        }
+    }
+
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let method = request.method().as_str().to_string();
+        let path = request.uri().path().to_string();
+        let host = request_host(&request);
+        self.lock().requests += 1;
+        let binding = match self
+            .binding
+            .get_or_try_init(|| async {
+                match &self.binder {
+                    Some(bind) => bind(host.as_deref()),
+                    None => Err((StatusCode::BAD_GATEWAY, "session has no upstream".into())),
+                }
+            })
+            .await
+        {
+            Ok(binding) => binding,
+            Err((status, error)) => {
+                if status == StatusCode::FORBIDDEN {
+                    self.lock().denied = true;
+                }
+                self.event(
+                    "denied",
+                    serde_json::json!({"method": method, "path": path, "host": host, "reason": error}),
+                )
+                .await;
+                return self.error_response(status, &error);
+            }
+        };
+        {
+            let mut outcome = self.lock();
+            if outcome.host.is_none() {
+                outcome.host.clone_from(&host);
+            }
+        }
+        // One session, one target: a request for another target is misdirected (RFC 9110).
+        if self.binder.is_some() && binding.target.is_some() {
+            let dst = binding.upstream.addr;
+            let resolved = self.policy.resolve(dst.ip(), dst.port(), host.as_deref());
+            if resolved.target != binding.target {
+                return self.error_response(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "this connection is bound to another policy target; open a new connection",
+                );
+            }
+        }
+        let target = binding.target;
+        let credentials = target.and_then(|t| self.policy.targets[t].credentials.as_ref());
+        let credential_header = credentials.map(|c| c.header.as_str());
+        self.event(
+            "http_request",
+            serde_json::json!({
+                "method": method,
+                "path": path,
+                "host": host,
+                "version": format!("{:?}", request.version()),
+                "headers": recorded_headers(request.headers(), credential_header),
+            }),
+        )
+        .await;
+        if let Some(reason) = &binding.broken {
+            self.lock().errors.push(reason.clone());
+            return self.error_response(StatusCode::BAD_GATEWAY, reason);
+        }
+
+        // Policy: read the body first only when a rule looks into it.
+        let needs_body = target.is_some_and(|t| {
+            self.policy.rules_by_target[t]
+                .iter()
+                .any(|&r| !self.policy.rules[r].conditions.body.is_empty())
+        });
+        let upgrade = request.headers().contains_key(header::UPGRADE)
+            && request.version() == http::Version::HTTP_11;
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, incoming) = request.into_parts();
+        let (body, inspected): (Body, Bytes) = if needs_body {
+            match http_body_util::Limited::new(incoming, INSPECT_LIMIT)
+                .collect()
+                .await
+            {
+                Ok(collected) => {
+                    let bytes = collected.to_bytes();
+                    (full(bytes.clone()), bytes)
+                }
+                Err(error) => {
+                    let (status, reason) = if error
+                        .downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        (
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!(
+                                "request body over {INSPECT_LIMIT} bytes cannot be checked against this target's body rules"
+                            ),
+                        )
+                    } else {
+                        (
+                            StatusCode::BAD_REQUEST,
+                            format!("request body unreadable: {error}"),
+                        )
+                    };
+                    self.lock().errors.push(reason.clone());
+                    return self.error_response(status, &reason);
+                }
+            }
+        } else {
+            (
+                incoming.map_err(BoxError::from).boxed_unsync(),
+                Bytes::new(),
+            )
+        };
+        let decision = self.policy.evaluate(
+            self.ids,
+            target,
+            &Operation::HttpRequest {
+                method: &method,
+                path: &path,
+                body: &inspected,
+            },
+        );
+        let names = self.policy.rule_names(&decision.acting);
+        self.lock().rules.extend(names.iter().cloned());
+        match decision.verdict {
+            Verdict::Block(rule) => {
+                let rule = &self.policy.rules[rule].name;
+                self.lock().blocked = true;
+                self.event(
+                    "blocked",
+                    serde_json::json!({"rule": rule, "method": method, "path": path}),
+                )
+                .await;
+                return json_response(
+                    StatusCode::FORBIDDEN,
+                    &serde_json::json!({"error": "blocked by policy", "rule": rule, "session": self.session_id}),
+                );
+            }
+            Verdict::Approve(rule) => {
+                // Held operations need the approval service; until it runs, fail closed.
+                let rule = &self.policy.rules[rule].name;
+                self.lock().blocked = true;
+                self.event(
+                    "blocked",
+                    serde_json::json!({"rule": rule, "method": method, "path": path, "reason": "approval required"}),
+                )
+                .await;
+                return json_response(
+                    StatusCode::FORBIDDEN,
+                    &serde_json::json!({"error": "approval required", "rule": rule, "session": self.session_id}),
+                );
+            }
+            Verdict::Allow => {}
+        }
+
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        if let (Some(t), Some(credentials)) = (target, credentials) {
+            match self.credential(t, credentials) {
+                Ok(value) => {
+                    if let Ok(name) = HeaderName::from_bytes(credentials.header.as_bytes()) {
+                        parts.headers.insert(name, value);
+                    }
+                }
+                Err(reason) => {
+                    let reason = format!(
+                        "credentials of target {} unavailable: {reason}",
+                        self.policy.targets[t].name
+                    );
+                    tracing::error!(session = %self.session_id, %reason);
+                    self.lock().errors.push(reason.clone());
+                    return self.error_response(StatusCode::BAD_GATEWAY, &reason);
+                }
+            }
+        }
+        let request = Request::from_parts(parts, body);
+        let mut response = match binding
+            .upstream
+            .send(&self.ctx, host.as_deref(), request)
+            .await
+        {
+            Ok(response) => response,
+            Err(reason) => {
+                tracing::info!(session = %self.session_id, %reason);
+                self.lock().errors.push(reason.clone());
+                self.event("upstream_error", serde_json::json!({"error": reason}))
+                    .await;
+                return self.error_response(StatusCode::BAD_GATEWAY, &reason);
+            }
+        };
+        self.event(
+            "http_response",
+            serde_json::json!({
+                "status": response.status().as_u16(),
+                "headers": recorded_headers(response.headers(), None),
+            }),
+        )
+        .await;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                let (client, upstream) = tokio::join!(client_upgrade, upstream_upgrade);
+                if let (Ok(client), Ok(upstream)) = (client, upstream) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(upstream),
+                    )
+                    .await;
+                }
+            });
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, full(Bytes::new()));
+        }
+        let (mut parts, incoming) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        Response::from_parts(parts, incoming.map_err(BoxError::from).boxed_unsync())
+    }
+
+    /// The target's credential, resolved once per session.
+    fn credential(&self, target: usize, credentials: &Credentials) -> Result<HeaderValue, String> {
+        let mut cached = self
+            .credential
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((t, value)) = &*cached
+            && *t == target
+        {
+            return Ok(value.clone());
+        }
+        let value = resolve_credentials(credentials)?;
+        *cached = Some((target, value.clone()));
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_headers_are_redacted() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer sk-live"));
+        headers.insert("x-api-key", HeaderValue::from_static("k"));
+        headers.insert("x-goog-api-key", HeaderValue::from_static("k"));
+        headers.insert("x-custom", HeaderValue::from_static("v"));
+        headers.insert("x-vault", HeaderValue::from_static("s"));
+        headers.append("cookie", HeaderValue::from_static("a=1"));
+        let json = recorded_headers(&headers, Some("X-Vault"));
+        assert_eq!(json["authorization"], "[REDACTED]");
+        assert_eq!(json["x-api-key"], "[REDACTED]");
+        assert_eq!(json["x-goog-api-key"], "[REDACTED]");
+        assert_eq!(json["cookie"], "[REDACTED]");
+        assert_eq!(json["x-vault"], "[REDACTED]");
+        assert_eq!(json["x-custom"], "v");
+    }
+
+    #[test]
+    fn credentials_resolve_without_leaking() {
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("RG_TEST_CREDENTIAL", "sk-real") };
+        let credentials = Credentials {
+            header: "Authorization".into(),
+            value: "Bearer ${env:RG_TEST_CREDENTIAL}".into(),
+        };
+        let value = resolve_credentials(&credentials).unwrap();
+        assert_eq!(value.to_str().unwrap(), "Bearer sk-real");
+        assert!(value.is_sensitive());
+        let missing = Credentials {
+            header: "Authorization".into(),
+            value: "Bearer ${env:RG_TEST_MISSING}".into(),
+        };
+        let error = resolve_credentials(&missing).unwrap_err();
+        assert!(error.contains("RG_TEST_MISSING"), "{error}");
+        let file = Credentials {
+            header: "X-Key".into(),
+            value: "${file:/nonexistent/key}".into(),
+        };
+        assert!(
+            resolve_credentials(&file)
+                .unwrap_err()
+                .contains("/nonexistent/key")
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("keep-alive, x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-end", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-end"));
+    }
+}
