@@ -750,8 +750,9 @@ impl Conn<'_> {
             served,
             outcome: http,
         } = result;
+        // A host name, not an address literal, is what `destination.host` records.
         if session.destination.host.is_none() {
-            session.destination.host = http.host;
+            session.destination.host = http.host.filter(|h| h.parse::<std::net::IpAddr>().is_err());
         }
         session.rules = http.rules.into_iter().collect();
         let (outcome, error) = if http.blocked {

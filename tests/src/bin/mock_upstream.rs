@@ -1,0 +1,325 @@
+//! `mock-upstream DIR SPEC…`: the loopback servers the TLS/HTTP tests, the demo and the HTTP
+//! benchmark talk to. Each SPEC is `KIND@ADDR:PORT`:
+//!
+//! * `http` — plain HTTP/1.1 (and HTTP/2 with prior knowledge);
+//! * `https` — TLS (1.2/1.3, ALPN h2 and http/1.1) with a certificate from the test CA in
+//!   `DIR/ca.pem`, valid for `localhost`, `*.example.test` and 127.0.0.0/8 addresses used here;
+//! * `https-wrongname` — the test CA, but a certificate for `wrong.invalid` only;
+//! * `https-unknownca` — a certificate from a CA nobody trusts (`DIR/other-ca.pem`).
+//!
+//! Endpoints: `/bytes/N` streams N bytes; `/v1/chat/completions` answers like an
+//! OpenAI-compatible API (SSE with `"stream": true`), checking `Authorization` against
+//! `MOCK_OPENAI_KEY` when set; a request with `Upgrade` gets `101` and an echo of its bytes;
+//! anything else gets a JSON echo (method, path, version, TLS, body length). Every request's
+//! headers are appended to `DIR/requests.jsonl`, so tests see what reached the upstream.
+//! Prints `ready` once every listener is bound.
+
+use std::{
+    convert::Infallible,
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::{Request, Response, body::Frame};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    der: CertificateDer<'static>,
+}
+
+fn ca(name: &str, dir: &Path, file: &str) -> Ca {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).expect("ca");
+    std::fs::write(dir.join(file), cert.pem()).expect("write ca");
+    Ca {
+        der: cert.der().clone(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+fn server_config(ca: &Ca, names: &[&str]) -> Arc<rustls::ServerConfig> {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    params.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName((*n).try_into().expect("dns name")),
+        })
+        .collect();
+    let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone(), ca.der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .expect("cert");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed_unsync()
+}
+
+struct Server {
+    log: Mutex<std::fs::File>,
+    tls: bool,
+}
+
+async fn serve(
+    server: Arc<Server>,
+    mut request: Request<hyper::body::Incoming>,
+    alpn: Option<String>,
+) -> Response<Body> {
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let version = format!("{:?}", request.version());
+    let headers: serde_json::Map<String, serde_json::Value> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+            )
+        })
+        .collect();
+    let auth = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if request.headers().contains_key(hyper::header::UPGRADE) {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        return Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(full(Bytes::new()))
+            .expect("response");
+    }
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    {
+        let record = serde_json::json!({
+            "method": method, "path": path, "version": version, "tls": server.tls,
+            "headers": headers, "body": String::from_utf8_lossy(&body),
+        });
+        let mut log = server.log.lock().expect("log");
+        let _ = writeln!(log, "{record}");
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let total: u64 = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_stream(total, chunk);
+        return Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(StreamBody::new(stream).boxed_unsync())
+            .expect("response");
+    }
+    if path == "/v1/chat/completions" {
+        if let Ok(key) = std::env::var("MOCK_OPENAI_KEY")
+            && auth.as_deref() != Some(&format!("Bearer {key}"))
+        {
+            return Response::builder()
+                .status(401)
+                .header("content-type", "application/json")
+                .body(full(r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}"#))
+                .expect("response");
+        }
+        let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let prompt = request["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("")
+            .to_string();
+        let answer = format!("You said: {prompt}");
+        if request["stream"] == true {
+            let mut events = String::new();
+            for word in answer.split_inclusive(' ') {
+                let chunk = serde_json::json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": "mock",
+                    "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}]});
+                events.push_str(&format!("data: {chunk}\n\n"));
+            }
+            events.push_str("data: [DONE]\n\n");
+            return Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(full(events))
+                .expect("response");
+        }
+        let completion = serde_json::json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": "mock",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        });
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(full(completion.to_string()))
+            .expect("response");
+    }
+    let echo = serde_json::json!({
+        "method": method, "path": path, "version": version, "tls": server.tls, "alpn": alpn,
+        "body_len": body.len(), "authorized": auth.is_some(),
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(full(echo.to_string()))
+        .expect("response")
+}
+
+/// `total` bytes in `chunk`-sized frames, produced as the client reads them.
+fn futures_stream(
+    total: u64,
+    chunk: Bytes,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
+    struct Chunks {
+        left: u64,
+        chunk: Bytes,
+    }
+    impl futures_core::Stream for Chunks {
+        type Item = Result<Frame<Bytes>, Infallible>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            let n = self.left.min(self.chunk.len() as u64);
+            self.left -= n;
+            let data = self.chunk.slice(..usize::try_from(n).unwrap_or(0));
+            std::task::Poll::Ready(Some(Ok(Frame::data(data))))
+        }
+    }
+    Chunks { left: total, chunk }
+}
+
+async fn connection<S>(server: Arc<Server>, io: S, alpn: Option<String>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let (server, alpn) = (Arc::clone(&server), alpn.clone());
+        async move { Ok::<_, Infallible>(serve(server, request, alpn).await) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await;
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = PathBuf::from(
+        args.first()
+            .expect("usage: mock-upstream DIR KIND@ADDR:PORT…"),
+    );
+    std::fs::create_dir_all(&dir).expect("dir");
+    let test_ca = ca("react-gateway test upstream CA", &dir, "ca.pem");
+    let other_ca = ca("nobody trusts this CA", &dir, "other-ca.pem");
+    let names = [
+        "localhost",
+        "*.example.test",
+        "example.test",
+        "127.0.0.1",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+        "::1",
+    ];
+    let good = server_config(&test_ca, &names);
+    let wrong = server_config(&test_ca, &["wrong.invalid"]);
+    let unknown = server_config(&other_ca, &names);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("requests.jsonl"))
+        .expect("log");
+    let log = Arc::new(Mutex::new(log));
+    for spec in &args[1..] {
+        let (kind, addr) = spec.split_once('@').expect("KIND@ADDR:PORT");
+        let addr: SocketAddr = addr.parse().expect("address");
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let tls = match kind {
+            "http" => None,
+            "https" => Some(Arc::clone(&good)),
+            "https-wrongname" => Some(Arc::clone(&wrong)),
+            "https-unknownca" => Some(Arc::clone(&unknown)),
+            other => panic!("unknown kind {other}"),
+        };
+        let server = Arc::new(Server {
+            log: Mutex::new(log.lock().expect("log").try_clone().expect("clone")),
+            tls: tls.is_some(),
+        });
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let server = Arc::clone(&server);
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls {
+                        None => connection(server, stream, None).await,
+                        Some(config) => {
+                            if let Ok(stream) =
+                                tokio_rustls::TlsAcceptor::from(config).accept(stream).await
+                            {
+                                let alpn = stream
+                                    .get_ref()
+                                    .1
+                                    .alpn_protocol()
+                                    .map(|p| String::from_utf8_lossy(p).into_owned());
+                                connection(server, stream, alpn).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+    println!("ready");
+    std::future::pending::<()>().await;
+}
