@@ -391,14 +391,19 @@ fn request_host<B>(request: &Request<B>) -> Option<String> {
 /// The session's binding to a target and upstream, fixed by its first request (or by the TLS
 /// handshake). A later request for another target is refused with 421.
 pub struct Binding {
+    /// The agent's original destination (the upstream may listen elsewhere: `originate`).
+    pub destination: SocketAddr,
     pub target: Option<usize>,
     pub upstream: Arc<Upstream>,
     /// Why every request fails (e.g. the upstream certificate was refused).
     pub broken: Option<String>,
 }
 
+/// Why a session could not be bound: the status answered, the reason, the target (if any).
+pub type Refused = (StatusCode, String, Option<usize>);
+
 /// How a plain-HTTP session finds its binding from its first request.
-pub type Binder = Box<dyn Fn(Option<&str>) -> Result<Binding, (StatusCode, String)> + Send + Sync>;
+pub type Binder = Box<dyn Fn(Option<&str>) -> Result<Binding, Refused> + Send + Sync>;
 
 /// What one HTTP session did, for its record.
 #[derive(Debug, Default)]
@@ -409,6 +414,8 @@ pub struct Outcome {
     pub errors: Vec<String>,
     pub requests: u64,
     pub host: Option<String>,
+    /// The target of a session refused before it was bound.
+    pub refused_target: Option<usize>,
 }
 
 /// One HTTP session between an agent and its upstream.
@@ -523,15 +530,22 @@ impl HttpSession {
             .get_or_try_init(|| async {
                 match &self.binder {
                     Some(bind) => bind(host.as_deref()),
-                    None => Err((StatusCode::BAD_GATEWAY, "session has no upstream".into())),
+                    None => Err((
+                        StatusCode::BAD_GATEWAY,
+                        "session has no upstream".into(),
+                        None,
+                    )),
                 }
             })
             .await
         {
             Ok(binding) => binding,
-            Err((status, error)) => {
-                if status == StatusCode::FORBIDDEN {
-                    self.lock().denied = true;
+            Err((status, error, target)) => {
+                {
+                    let mut outcome = self.lock();
+                    outcome.refused_target = target;
+                    outcome.denied |= status == StatusCode::FORBIDDEN;
+                    outcome.errors.push(error.clone());
                 }
                 self.event(
                     "denied",
@@ -549,7 +563,7 @@ impl HttpSession {
         }
         // One session, one target: a request for another target is misdirected (RFC 9110).
         if self.binder.is_some() && binding.target.is_some() {
-            let dst = binding.upstream.addr;
+            let dst = binding.destination;
             let resolved = self.policy.resolve(dst.ip(), dst.port(), host.as_deref());
             if resolved.target != binding.target {
                 return self.error_response(

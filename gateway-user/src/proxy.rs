@@ -606,6 +606,7 @@ impl Conn<'_> {
         let client_leg = tls::config::negotiated(stream.get_ref().1);
         let h2_only = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let binding = http::Binding {
+            destination: self.destination,
             target: resolution.target,
             upstream: Arc::clone(&upstream),
             broken,
@@ -658,13 +659,20 @@ impl Conn<'_> {
                         host.unwrap_or("this destination")
                     ),
                 };
-                return Err((hyper::StatusCode::FORBIDDEN, reason));
+                return Err((hyper::StatusCode::FORBIDDEN, reason, resolution.target));
             }
             let settings = tls::config::settings(&policy, resolution.target);
             let originate = settings.mode == TlsMode::Originate
                 || (settings.requires_tls && settings.mode == TlsMode::Intercept);
             if settings.requires_tls && !originate {
-                return Err((hyper::StatusCode::FORBIDDEN, "target requires TLS upstream but tls.mode = \"none\" would send clear text; refused".into()));
+                let mode = format!("{:?}", settings.mode).to_ascii_lowercase();
+                return Err((
+                    hyper::StatusCode::FORBIDDEN,
+                    format!(
+                        "target requires TLS but the agent spoke clear text and tls.mode = \"{mode}\" does not originate TLS; refused"
+                    ),
+                    resolution.target,
+                ));
             }
             let (addr, tls) = if originate {
                 let port = settings.upstream_port.unwrap_or(destination.port());
@@ -686,6 +694,7 @@ impl Conn<'_> {
                 Vec::new()
             };
             Ok(http::Binding {
+                destination,
                 target: resolution.target,
                 upstream: Arc::new(http::Upstream::new(addr, tls, alpn)),
                 broken: None,
@@ -717,6 +726,14 @@ impl Conn<'_> {
             binder,
         ));
         let served = http.serve(io, h2_only, cut).await;
+        let refused = http
+            .outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .refused_target;
+        if let Some(t) = refused {
+            session.target = Some(self.policy.targets[t].name.clone());
+        }
         if let Some(binding) = http.binding() {
             session.target = binding.target.map(|t| self.policy.targets[t].name.clone());
             if session.tls.is_none() && binding.upstream.tls.is_some() {

@@ -471,3 +471,68 @@ pub fn sessions_to<'a>(sessions: &'a [Value], ip: &str, port: u16) -> Vec<&'a Va
         .filter(|s| s["destination"]["ip"] == ip && s["destination"]["port"] == port)
         .collect()
 }
+
+/// The `mock-upstream` binary (`tests/src/bin/mock_upstream.rs`) serving `specs`
+/// (`KIND@ADDR:PORT`), with its test CA in `dir`; killed on drop.
+pub struct MockUpstream {
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl MockUpstream {
+    /// `bin` is `env!("CARGO_BIN_EXE_mock-upstream")` of the calling test.
+    pub fn start(bin: &str, name: &str, specs: &[String]) -> Self {
+        let dir = std::env::temp_dir().join(format!("rg-mock-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut child = Command::new(bin)
+            .arg(&dir)
+            .args(specs)
+            .env("MOCK_OPENAI_KEY", "sk-real-upstream-key")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mock-upstream");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        assert_eq!(line.trim(), "ready", "mock-upstream did not start");
+        Self { dir, child }
+    }
+
+    /// The CA that signed the `https` listeners' certificates.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Every request the upstream received (method, path, headers, body, tls).
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("requests.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `sessions show ID --json`.
+pub fn session_show(gateway: &Gateway, id: &str) -> Value {
+    let out = gateway
+        .cli()
+        .args(["--json", "sessions", "show", id])
+        .output()
+        .expect("sessions show");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("sessions show json")
+}
