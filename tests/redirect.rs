@@ -68,7 +68,10 @@ fn unmodified_clients_are_governed_with_destination_and_identity() {
     );
     assert_eq!(curl["identity"]["uid"], 0);
     assert!(curl["identity"]["pid"].as_u64().is_some_and(|p| p > 1));
-    assert_eq!(curl["protocol"], "tcp");
+    assert_eq!(
+        curl["protocol"], "http",
+        "plain HTTP is parsed, not relayed blind"
+    );
     assert_eq!(curl["outcome"], "ok");
     assert!(curl["bytes_up"].as_u64().unwrap() > 0 && curl["bytes_down"].as_u64().unwrap() > 0);
     let pythons = ours

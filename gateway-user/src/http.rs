@@ -185,6 +185,8 @@ pub struct Upstream {
     /// ALPN offered upstream (the client's, filtered to h2 / http/1.1).
     pub alpn: Vec<Vec<u8>>,
     sender: tokio::sync::Mutex<Option<Sender>>,
+    /// A TCP connection already made to `addr` (while sniffing), used by the first connect.
+    preconnected: Mutex<Option<tokio::net::TcpStream>>,
     /// Negotiated TLS of the upstream leg (the last connection's).
     pub negotiated: Mutex<Option<TlsLeg>>,
 }
@@ -196,8 +198,17 @@ impl Upstream {
             tls,
             alpn,
             sender: tokio::sync::Mutex::new(None),
+            preconnected: Mutex::new(None),
             negotiated: Mutex::new(None),
         }
+    }
+
+    /// Hands over a connection already made to `addr`.
+    pub fn preconnect(&self, tcp: Option<tokio::net::TcpStream>) {
+        *self
+            .preconnected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tcp;
     }
 
     /// Connects (TCP, then TLS when configured) and returns the stream with whether it speaks
@@ -207,9 +218,17 @@ impl Upstream {
         ctx: &ProxyContext,
         host: Option<&str>,
     ) -> Result<(Box<dyn Io>, bool), String> {
-        let tcp = crate::proxy::connect_upstream(self.addr, ctx.connect_timeout)
-            .await
-            .map_err(|e| format!("upstream {} unreachable: {e}", self.addr))?;
+        let early = self
+            .preconnected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let tcp = match early {
+            Some(tcp) => tcp,
+            None => crate::proxy::connect_upstream(self.addr, ctx.connect_timeout)
+                .await
+                .map_err(|e| format!("upstream {} unreachable: {e}", self.addr))?,
+        };
         let Some(tls) = &self.tls else {
             let h2 = self.alpn.first().is_some_and(|p| p == b"h2");
             return Ok((Box::new(tcp), h2));

@@ -206,6 +206,7 @@ async fn handle(
         policy: &policy,
         ids,
         destination,
+        early: None,
     };
     // Decided by address and port alone: refused before a byte is read.
     if !resolution.pending
@@ -229,10 +230,26 @@ async fn handle(
         _ => SNIFF_WINDOW,
     };
     let mut prefix = Vec::new();
-    let sniffed = if wait.is_zero() {
-        Sniffed::Silent
-    } else {
-        sniff::sniff(&mut client, &mut prefix, wait).await
+    // An unknown protocol may be one where the server speaks first: connect upstream now, and
+    // stop sniffing as soon as it says something. An unreachable upstream fails the agent at
+    // once, as a direct connection would.
+    if wait == SNIFF_WINDOW {
+        match connect_upstream(destination, ctx.connect_timeout).await {
+            Ok(upstream) => conn.early = Some(upstream),
+            Err(error) => {
+                conn.started(&session).await;
+                conn.unreachable(&mut session, &error, 0).await;
+                return;
+            }
+        }
+    }
+    let sniffed = match &conn.early {
+        _ if wait.is_zero() => Sniffed::Silent,
+        Some(upstream) => tokio::select! {
+            sniffed = sniff::sniff(&mut client, &mut prefix, wait) => sniffed,
+            _ = upstream.readable() => Sniffed::Silent,
+        },
+        None => sniff::sniff(&mut client, &mut prefix, wait).await,
     };
     match sniffed {
         Sniffed::Kind(Kind::Tls(hello)) => {
@@ -314,6 +331,8 @@ struct Conn<'a> {
     policy: &'a Arc<Policy>,
     ids: IdSet,
     destination: SocketAddr,
+    /// The upstream connection made while sniffing an unknown protocol, for the handler.
+    early: Option<TcpStream>,
 }
 
 impl Conn<'_> {
@@ -373,42 +392,45 @@ impl Conn<'_> {
             .await;
     }
 
+    /// Records a session whose upstream could not be reached.
+    async fn unreachable(&self, session: &mut Session, error: &io::Error, up: u64) {
+        self.ctx
+            .stats
+            .upstream_errors
+            .fetch_add(1, Ordering::Relaxed);
+        let reason = format!("upstream {} unreachable: {error}", self.destination);
+        tracing::info!(id = %session.id, %reason);
+        self.event(
+            session,
+            1,
+            "upstream_error",
+            serde_json::json!({ "error": reason }),
+        )
+        .await;
+        self.close(session, Outcome::Error, Some(reason), up, 0)
+            .await;
+    }
+
     /// Raw TCP: the sniffed bytes first, then splice both ways.
     async fn raw(
-        &self,
+        &mut self,
         client: TcpStream,
         prefix: Vec<u8>,
         mut session: Session,
         cut: &mut watch::Receiver<bool>,
     ) {
         self.started(&session).await;
-        let mut upstream = match connect_upstream(self.destination, self.ctx.connect_timeout).await
-        {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                self.ctx
-                    .stats
-                    .upstream_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                let reason = format!("upstream {} unreachable: {error}", self.destination);
-                tracing::info!(id = %session.id, %reason);
-                self.event(
-                    &session,
-                    1,
-                    "upstream_error",
-                    serde_json::json!({ "error": reason }),
-                )
-                .await;
-                self.close(
-                    &mut session,
-                    Outcome::Error,
-                    Some(reason),
-                    prefix.len() as u64,
-                    0,
-                )
-                .await;
-                return;
-            }
+        let early = self.early.take();
+        let mut upstream = match early {
+            Some(upstream) => upstream,
+            None => match connect_upstream(self.destination, self.ctx.connect_timeout).await {
+                Ok(upstream) => upstream,
+                Err(error) => {
+                    self.unreachable(&mut session, &error, prefix.len() as u64)
+                        .await;
+                    return;
+                }
+            },
         };
         if !prefix.is_empty()
             && let Err(error) = upstream.write_all(&prefix).await
@@ -523,6 +545,7 @@ impl Conn<'_> {
             }),
             alpn.clone(),
         ));
+        upstream.preconnect(self.early.take());
         let (chosen, broken) = match upstream.connect(self.ctx, None).await {
             Ok((io, h2)) => {
                 let chosen = if h2 {
@@ -644,6 +667,7 @@ impl Conn<'_> {
             Arc::clone(self.ctx),
         );
         let h2c = prefix.starts_with(b"PRI * HTTP/2.0");
+        let early = std::sync::Mutex::new(self.early.take());
         let binder: http::Binder = Box::new(move |host: Option<&str>| {
             let resolution = if resolution.pending {
                 policy.resolve(destination.ip(), destination.port(), host)
@@ -693,10 +717,19 @@ impl Conn<'_> {
             } else {
                 Vec::new()
             };
+            let upstream = http::Upstream::new(addr, tls, alpn);
+            if addr == destination {
+                upstream.preconnect(
+                    early
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take(),
+                );
+            }
             Ok(http::Binding {
                 destination,
                 target: resolution.target,
-                upstream: Arc::new(http::Upstream::new(addr, tls, alpn)),
+                upstream: Arc::new(upstream),
                 broken: None,
             })
         });

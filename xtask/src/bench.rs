@@ -35,11 +35,12 @@ const BYPASS_MARK: &str = "0x52470001";
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("redirect") => redirect(),
+        Some("http") => crate::bench_http::run(),
         Some("policy") => crate::util::cargo(
             &["bench", "--package", "gateway-user", "--bench", "policy"],
             &[],
         ),
-        _ => bail!("usage: cargo xtask bench redirect|policy"),
+        _ => bail!("usage: cargo xtask bench redirect|http|policy"),
     }
 }
 

@@ -50,6 +50,8 @@ impl Demo {
                 "--policy-dir",
             ])
             .arg(self.policy_dir())
+            // The real LLM API key: only the daemon holds it (policy `${env:OPENAI_API_KEY}`).
+            .env("OPENAI_API_KEY", DEMO_KEY)
             .stderr(log)
             .spawn()
             .context("cannot start react-gateway")?;
@@ -77,6 +79,31 @@ impl Demo {
             thread::sleep(Duration::from_millis(100));
         }
         bail!("react-gateway did not come up within 20 s")
+    }
+
+    /// Waits until the daemon enforces a policy loaded from a file whose name contains `file`.
+    fn wait_for_policy_with(&self, file: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.cli().args(["--json", "status"]).output()?;
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let loaded = status["policy"]["files"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|p| p.as_str().is_some_and(|p| p.contains(file)))
+            });
+            if status["policy"]["mode"] == "enforcing" && loaded {
+                println!(
+                    "  status: policy {} enforcing ({} reload)",
+                    status["policy"]["version"].as_str().unwrap_or("?"),
+                    status["policy"]["reloads"]
+                );
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon did not load {file}: {status}");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn stop(&mut self, signal: &str) {
@@ -176,23 +203,7 @@ pub fn run() -> Result<()> {
         policy.display()
     );
     std::fs::copy(&policy, demo.policy_dir().join("demo.toml"))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = demo.cli().args(["--json", "status"]).output()?;
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if status["policy"]["mode"] == "enforcing" {
-            println!(
-                "  status: policy {} enforcing ({} reload)",
-                status["policy"]["version"].as_str().unwrap_or("?"),
-                status["policy"]["reloads"]
-            );
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the daemon did not load the demo policy: {status}");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    demo.wait_for_policy_with("demo.toml")?;
     let out = demo.exec(
         "agent-1",
         &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
@@ -220,7 +231,10 @@ pub fn run() -> Result<()> {
         .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
 
-    section("5. fail closed: kill -9 the daemon, then try again");
+    section("5. encryption in transit: an unmodified openai agent, the key held by the gateway");
+    llm_demo(&demo)?;
+
+    section("6. fail closed: kill -9 the daemon, then try again");
     demo.stop("-KILL");
     let out = demo.exec("agent-1", &["curl", "-sS", "--max-time", "3", &url])?;
     println!(
@@ -243,6 +257,125 @@ pub fn run() -> Result<()> {
 
     section("done: stopping the daemon and removing the demo cgroups, pins and state");
     Ok(())
+}
+
+/// An OpenAI-compatible mock API over HTTPS (its own CA) on 127.0.0.3; a policy that
+/// intercepts it, verifies it against that CA and injects the real key; the `openai` agent.
+fn llm_demo(demo: &Demo) -> Result<()> {
+    let port = free_port()?;
+    let dir = demo.state.join("llm-mock");
+    let mut mock = MockApi::start(&dir, &format!("https@127.0.0.3:{port}"))?;
+    let policy = format!(
+        r#"# Rendered by `cargo xtask demo`: the mock LLM API, intercepted and re-encrypted.
+version = 1
+
+[[target]]
+name = "llm-api"
+addresses = ["127.0.0.3/32"]
+ports = [{port}]
+protocol = "https"
+
+[target.tls]
+mode = "intercept"
+min_version = "1.2"
+upstream_ca = "{ca}"
+
+[target.credentials]
+header = "Authorization"
+value = "Bearer ${{env:OPENAI_API_KEY}}"
+
+[[rule]]
+name = "record-llm-calls"
+target = "llm-api"
+action = "record"
+"#,
+        ca = dir.join("ca.pem").display()
+    );
+    std::fs::write(demo.policy_dir().join("llm-api.toml"), policy)?;
+    println!(
+        "$ cat <policy dir>/llm-api.toml   (target llm-api: intercept, upstream_ca, credentials)"
+    );
+    demo.wait_for_policy_with("llm-api")?;
+    let base = format!("https://127.0.0.3:{port}/v1");
+    let agent = workspace_root().join("xtask/assets/llm_agent.py");
+    println!("$ react-gateway exec --cgroup agent-3 -- python3 llm_agent.py {base}");
+    let out = demo.exec("agent-3", &["python3", &agent.to_string_lossy(), &base])?;
+    print!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("the openai agent failed");
+    }
+    thread::sleep(Duration::from_millis(300));
+    let json = demo
+        .cli()
+        .args(["--json", "sessions", "list", "--target", "llm-api"])
+        .output()?;
+    let sessions: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap_or_default();
+    for session in sessions.as_array().into_iter().flatten() {
+        let leg = |name: &str| {
+            format!(
+                "{} {}",
+                session["tls"][name]["version"].as_str().unwrap_or("-"),
+                session["tls"][name]["cipher"].as_str().unwrap_or("-")
+            )
+        };
+        println!(
+            "  session {}: agent leg {} | upstream leg {} (verified against the mock's CA) | {}",
+            session["id"].as_str().unwrap_or("?"),
+            leg("client"),
+            leg("upstream"),
+            session["outcome"].as_str().unwrap_or("?")
+        );
+    }
+    let seen = std::fs::read_to_string(dir.join("requests.jsonl")).unwrap_or_default();
+    let real = seen.matches(DEMO_KEY).count();
+    println!(
+        "  the mock API received the real key on {real} request(s), the placeholder on {}; the store and logs hold neither",
+        seen.matches("sk-placeholder").count()
+    );
+    mock.stop();
+    Ok(())
+}
+
+/// The real key of the demo's mock LLM API: the daemon has it (environment), the agent not.
+pub const DEMO_KEY: &str = "sk-demo-real-key-held-by-the-gateway";
+
+/// `mock-upstream` (built with the daemon), stopped by PID on drop.
+struct MockApi(Option<Child>);
+
+impl MockApi {
+    fn start(dir: &Path, spec: &str) -> Result<Self> {
+        let bin = workspace_root().join("target/release/mock-upstream");
+        let mut child = Command::new(&bin)
+            .arg(dir)
+            .arg(spec)
+            .env("MOCK_OPENAI_KEY", DEMO_KEY)
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("mock-upstream did not start");
+        }
+        Ok(Self(Some(child)))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for MockApi {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 fn section(title: &str) {

@@ -4,6 +4,7 @@
 //! only what is missing (idempotent; a few hundred milliseconds when all is present).
 
 mod bench;
+mod bench_http;
 mod demo;
 mod setup;
 mod util;
@@ -82,7 +83,7 @@ fn run() -> Result<()> {
 /// How long `cargo xtask test` fuzzes each target.
 const FUZZ_SECONDS: u64 = 60;
 /// The cargo-fuzz targets (`fuzz/fuzz_targets`).
-const FUZZ_TARGETS: &[&str] = &["policy"];
+const FUZZ_TARGETS: &[&str] = &["policy", "tls_hello"];
 
 /// Runs every fuzz target for `seconds`, seeded with the shipped policies. A crash fails,
 /// leaving its input in `fuzz/artifacts/`.
@@ -96,6 +97,13 @@ fn fuzz(seconds: u64) -> Result<()> {
                 std::fs::copy(entry.path(), corpus.join(entry.file_name()))?;
             }
         }
+    }
+    // Committed seeds (real ClientHellos, HTTP, PostgreSQL) for the byte-level targets.
+    let seeds = root.join("fuzz/seeds/tls_hello");
+    let hello_corpus = root.join("fuzz/corpus/tls_hello");
+    std::fs::create_dir_all(&hello_corpus)?;
+    for entry in std::fs::read_dir(&seeds)?.flatten() {
+        std::fs::copy(entry.path(), hello_corpus.join(entry.file_name()))?;
     }
     for target in FUZZ_TARGETS {
         println!("xtask: fuzzing {target} for {seconds} s");

@@ -31,8 +31,20 @@ pub fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
+/// The daemon, and the mock upstream the demo and benchmarks talk to.
 pub fn build_release() -> Result<()> {
-    cargo(&["build", "--release", "-p", "gateway-user"], &[])
+    cargo(
+        &[
+            "build",
+            "--release",
+            "-p",
+            "gateway-user",
+            "-p",
+            "react-gateway-tests",
+            "--bins",
+        ],
+        &[],
+    )
 }
 
 pub fn daemon_bin() -> PathBuf {

@@ -1,0 +1,489 @@
+//! `cargo xtask bench http`: the HTTP(S) data path against its peers, in one run.
+//!
+//! Peers, all behind the same upstream (`mock-upstream`, HTTPS on 127.0.0.2, HTTP on
+//! 127.0.0.3) and driven by the same load generator (`loadgen`, HTTP/1.1):
+//! * direct to the upstream (HTTPS, and HTTP for the plain relay's reference);
+//! * nginx (Debian package, 1 worker) terminating TLS and re-encrypting to the upstream, with
+//!   upstream keep-alive, certificate verification and session reuse;
+//! * react-gateway intercepting TLS (the load generator in the governed cgroup);
+//! * react-gateway relaying plain HTTP.
+//!
+//! Figures: requests/s and p50/p99 at saturation (16 connections, 1 KiB and 64 KiB bodies),
+//! p50/p99 at a fixed 1,000 requests/s, and new TLS connections/s (a full client handshake per
+//! request), with the daemon's CPU use to give a per-core rate. Loopback only; every run is
+//! bounded by time.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{
+    demo::remove_instance,
+    util::{daemon_bin, free_port, workspace_root},
+};
+
+const SECONDS: &str = "5";
+
+fn bin(name: &str) -> PathBuf {
+    workspace_root().join("target/release").join(name)
+}
+
+/// A child process stopped by PID on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
+}
+
+struct Run {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    errors: u64,
+    /// Daemon CPU seconds per wall second during the run (when measured).
+    cores: Option<f64>,
+}
+
+/// Runs `loadgen ARGS`, inside the governed cgroup when `governed` is the `exec` prefix.
+fn loadgen(governed: Option<&[&str]>, args: &[&str], watch: Option<u32>) -> Result<Run> {
+    let cpu_before = watch.map(cpu_seconds);
+    let started = Instant::now();
+    let mut cmd = match governed {
+        Some([program, rest @ ..]) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(bin("loadgen"));
+            cmd
+        }
+        _ => Command::new(bin("loadgen")),
+    };
+    cmd.args(args);
+    let out = cmd.stderr(Stdio::inherit()).output().context("loadgen")?;
+    if !out.status.success() {
+        bail!(
+            "loadgen {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let json: Value = serde_json::from_slice(&out.stdout).context("loadgen output")?;
+    Ok(Run {
+        rps: json["rps"].as_f64().unwrap_or(0.0),
+        p50: json["p50_us"].as_f64().unwrap_or(0.0),
+        p99: json["p99_us"].as_f64().unwrap_or(0.0),
+        errors: json["errors"].as_u64().unwrap_or(0),
+        cores: watch
+            .zip(cpu_before)
+            .map(|(pid, before)| (cpu_seconds(pid) - before) / wall),
+    })
+}
+
+fn nginx_config(dir: &Path, port: u16, upstream: &str, upstream_ca: &Path) -> Result<PathBuf> {
+    let (cert, key) = (dir.join("nginx.pem"), dir.join("nginx.key"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("openssl could not make nginx's certificate");
+    }
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let config = format!(
+        r"worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp;
+    proxy_temp_path {dir}/tmp;
+    fastcgi_temp_path {dir}/tmp;
+    uwsgi_temp_path {dir}/tmp;
+    scgi_temp_path {dir}/tmp;
+    upstream up {{ server {upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{
+            proxy_pass https://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection '';
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {ca};
+            proxy_ssl_name api.example.test;
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;
+            proxy_buffering off;
+        }}
+    }}
+}}
+",
+        dir = dir.display(),
+        cert = cert.display(),
+        key = key.display(),
+        ca = upstream_ca.display(),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+fn wait_port(addr: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("{addr} did not come up");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+pub fn run() -> Result<()> {
+    let id = std::process::id();
+    let dir = std::env::temp_dir().join(format!("react-gateway-bench-http-{id}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policies"))?;
+    let (tls_port, plain_port, nginx_port, gw_port) =
+        (free_port()?, free_port()?, free_port()?, free_port()?);
+    let mock_dir = dir.join("mock");
+    let mut mock = Command::new(bin("mock-upstream"))
+        .arg(&mock_dir)
+        .arg(format!("https@127.0.0.2:{tls_port}"))
+        .arg(format!("http@127.0.0.3:{plain_port}"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("mock-upstream (built by `cargo xtask bench`)")?;
+    {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        std::io::BufReader::new(mock.stdout.take().context("stdout")?).read_line(&mut line)?;
+    }
+    let _mock = Proc(mock);
+    // The request log would grow by millions of lines: point it at /dev/null.
+    let _ = std::fs::remove_file(mock_dir.join("requests.jsonl"));
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("/dev/null", mock_dir.join("requests.jsonl"))?;
+    let upstream_ca = mock_dir.join("ca.pem");
+
+    let nginx_conf = nginx_config(
+        &dir,
+        nginx_port,
+        &format!("127.0.0.2:{tls_port}"),
+        &upstream_ca,
+    )?;
+    let nginx = Proc(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&nginx_conf)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("nginx (Debian package nginx-light, installed by setup)")?,
+    );
+    wait_port(&format!("127.0.0.1:{nginx_port}"))?;
+    let nginx_pid = std::fs::read_to_string(dir.join("nginx.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    // The worker is the master's only child; its CPU is what serves.
+    let nginx_worker = nginx_pid.and_then(|master| {
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+    });
+
+    std::fs::write(
+        dir.join("policies/bench.toml"),
+        format!(
+            r#"[defaults]
+unmatched = "deny"
+record = "metadata"
+
+[[target]]
+name = "https-upstream"
+addresses = ["127.0.0.2/32"]
+ports = [{tls_port}]
+protocol = "https"
+[target.tls]
+mode = "intercept"
+upstream_ca = "{ca}"
+
+[[target]]
+name = "http-upstream"
+addresses = ["127.0.0.3/32"]
+ports = [{plain_port}]
+protocol = "http"
+"#,
+            ca = upstream_ca.display()
+        ),
+    )?;
+    let state = dir.join("state");
+    let cgroup = format!("react-gateway-bench-http-{id}");
+    let daemon = Proc(
+        Command::new(daemon_bin())
+            .arg("--state-dir")
+            .arg(&state)
+            .args([
+                "run",
+                "--cgroup",
+                &cgroup,
+                "--listen-port",
+                &gw_port.to_string(),
+                "--policy-dir",
+            ])
+            .arg(dir.join("policies"))
+            .env("REACT_GATEWAY_LOG", "warn")
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("react-gateway")?,
+    );
+    let _cleanup = Cleanup {
+        state: state.clone(),
+        cgroup: cgroup.clone(),
+        dir: dir.clone(),
+    };
+    wait_port(&format!("127.0.0.1:{gw_port}"))?;
+    thread::sleep(Duration::from_millis(500));
+    let daemon_pid = daemon.0.id();
+    let node_ca = state.join("ca.pem");
+    let rg = daemon_bin();
+    let governed: Vec<&str> = vec![
+        rg.to_str().unwrap_or_default(),
+        "--state-dir",
+        state.to_str().unwrap_or_default(),
+        "exec",
+        "--cgroup",
+        "bench",
+        "--",
+    ];
+    let direct_tls = format!("https://127.0.0.2:{tls_port}");
+    let direct_plain = format!("http://127.0.0.3:{plain_port}");
+    let via_nginx = format!("https://127.0.0.1:{nginx_port}");
+    let nginx_ca = dir.join("nginx.pem");
+    let (mock_ca, node, ngx) = (
+        upstream_ca.to_str().unwrap_or_default(),
+        node_ca.to_str().unwrap_or_default(),
+        nginx_ca.to_str().unwrap_or_default(),
+    );
+
+    struct Peer<'a> {
+        name: &'a str,
+        base: &'a str,
+        ca: Option<&'a str>,
+        governed: bool,
+        watch: Option<u32>,
+    }
+    let peers = [
+        Peer {
+            name: "direct HTTPS",
+            base: &direct_tls,
+            ca: Some(mock_ca),
+            governed: false,
+            watch: None,
+        },
+        Peer {
+            name: "nginx TLS proxy (1 worker)",
+            base: &via_nginx,
+            ca: Some(ngx),
+            governed: false,
+            watch: nginx_worker,
+        },
+        Peer {
+            name: "react-gateway intercept",
+            base: &direct_tls,
+            ca: Some(node),
+            governed: true,
+            watch: Some(daemon_pid),
+        },
+        Peer {
+            name: "direct HTTP",
+            base: &direct_plain,
+            ca: None,
+            governed: false,
+            watch: None,
+        },
+        Peer {
+            name: "react-gateway HTTP relay",
+            base: &direct_plain,
+            ca: None,
+            governed: true,
+            watch: Some(daemon_pid),
+        },
+    ];
+    let measure = |peer: &Peer<'_>, path: &str, extra: &[&str]| -> Result<Run> {
+        let url = format!("{}{path}", peer.base);
+        let mut args = vec![url.as_str(), "--seconds", SECONDS];
+        if let Some(ca) = peer.ca {
+            args.extend(["--cacert", ca]);
+        }
+        args.extend(extra);
+        loadgen(
+            peer.governed.then_some(governed.as_slice()),
+            &args,
+            peer.watch,
+        )
+    };
+
+    println!(
+        "react-gateway bench http — HTTP/1.1, loopback, {SECONDS} s per figure, 2 cores shared by client, proxy and upstream"
+    );
+    let mut nginx_rps = [0.0; 2];
+    let mut gw_rps = [0.0; 2];
+    for (i, (label, path)) in [("1 KiB", "/bytes/1024"), ("64 KiB", "/bytes/65536")]
+        .iter()
+        .enumerate()
+    {
+        println!("\nsaturation, 16 keep-alive connections, {label} responses");
+        println!(
+            "{:<30} {:>10} {:>9} {:>9} {:>8} {:>9}",
+            "peer", "req/s", "p50 µs", "p99 µs", "errors", "vs nginx"
+        );
+        let mut rows = Vec::new();
+        for peer in &peers {
+            rows.push((peer.name, measure(peer, path, &[])?));
+        }
+        let nginx = rows[1].1.rps;
+        nginx_rps[i] = nginx;
+        gw_rps[i] = rows[2].1.rps;
+        for (name, run) in &rows {
+            println!(
+                "{:<30} {:>10.0} {:>9.0} {:>9.0} {:>8} {:>8.2}x",
+                name,
+                run.rps,
+                run.p50,
+                run.p99,
+                run.errors,
+                run.rps / nginx
+            );
+        }
+    }
+
+    println!(
+        "\nfixed rate 1,000 req/s, 16 connections, 1 KiB responses (latency from the scheduled send)"
+    );
+    println!(
+        "{:<30} {:>10} {:>9} {:>9} {:>16}",
+        "peer", "req/s", "p50 µs", "p99 µs", "added p99 µs"
+    );
+    let mut direct_p99 = [0.0; 2];
+    let mut added_intercept = 0.0;
+    for (i, peer) in peers.iter().enumerate() {
+        let run = measure(peer, "/bytes/1024", &["--rate", "1000"])?;
+        let reference = if i >= 3 { direct_p99[1] } else { direct_p99[0] };
+        if i == 0 {
+            direct_p99[0] = run.p99;
+        }
+        if i == 3 {
+            direct_p99[1] = run.p99;
+        }
+        let added = run.p99 - reference;
+        if i == 2 {
+            added_intercept = added;
+        }
+        let shown = if i == 0 || i == 3 {
+            "-".to_string()
+        } else {
+            format!("{added:.0}")
+        };
+        println!(
+            "{:<30} {:>10.0} {:>9.0} {:>9.0} {:>16}",
+            peer.name, run.rps, run.p50, run.p99, shown
+        );
+    }
+
+    println!(
+        "\nnew TLS connections/s (full client handshake per request, 16 concurrent; upstream sessions resumed by the proxies)"
+    );
+    println!(
+        "{:<30} {:>10} {:>12} {:>14}",
+        "peer", "conns/s", "proxy cores", "conns/s/core"
+    );
+    let mut intercept_per_core = 0.0;
+    for peer in &peers[..3] {
+        let run = measure(peer, "/bytes/1024", &["--new-conn"])?;
+        let (cores, per_core) = match run.cores {
+            Some(c) if c > 0.0 => (format!("{c:.2}"), format!("{:.0}", run.rps / c)),
+            _ => ("-".into(), "-".into()),
+        };
+        if peer.name.starts_with("react-gateway") {
+            intercept_per_core = run.cores.filter(|c| *c > 0.0).map_or(0.0, |c| run.rps / c);
+        }
+        println!(
+            "{:<30} {:>10.0} {:>12} {:>14}",
+            peer.name, run.rps, cores, per_core
+        );
+    }
+
+    println!("\ngoals:");
+    println!(
+        "  intercept vs nginx requests/s: {:.2}x (1 KiB), {:.2}x (64 KiB) — goal >= 0.8x",
+        gw_rps[0] / nginx_rps[0],
+        gw_rps[1] / nginx_rps[1]
+    );
+    println!(
+        "  added p99 at 1,000 req/s (intercept vs direct HTTPS): {added_intercept:.0} µs — goal <= 250 µs"
+    );
+    println!(
+        "  new intercepted TLS connections per daemon core: {intercept_per_core:.0}/s — goal >= 1,500"
+    );
+    drop(nginx);
+    drop(daemon);
+    Ok(())
+}
+
+/// Removes the daemon's pins, cgroups and the bench directory.
+struct Cleanup {
+    state: PathBuf,
+    cgroup: String,
+    dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        remove_instance(&self.state, &self.cgroup);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
