@@ -34,11 +34,22 @@ fn bin(name: &str) -> PathBuf {
     workspace_root().join("target/release").join(name)
 }
 
-/// A child process stopped by PID on drop.
+/// A child process stopped by PID on drop: SIGTERM (nginx's master then stops its worker),
+/// SIGKILL if it is still there after 5 s.
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -99,33 +110,9 @@ fn loadgen(governed: Option<&[&str]>, args: &[&str], watch: Option<u32>) -> Resu
 }
 
 fn nginx_config(dir: &Path, port: u16, upstream: &str, upstream_ca: &Path) -> Result<PathBuf> {
-    let (cert, key) = (dir.join("nginx.pem"), dir.join("nginx.key"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("openssl could not make nginx's certificate");
-    }
+    // A certificate from the upstream's test CA (mock-upstream writes it), valid for 127.0.0.1.
+    let ca_dir = upstream_ca.parent().unwrap_or(dir);
+    let (cert, key) = (ca_dir.join("server.pem"), ca_dir.join("server.key"));
     std::fs::create_dir_all(dir.join("tmp"))?;
     let config = format!(
         r"worker_processes 1;
@@ -302,11 +289,10 @@ protocol = "http"
     let direct_tls = format!("https://127.0.0.2:{tls_port}");
     let direct_plain = format!("http://127.0.0.3:{plain_port}");
     let via_nginx = format!("https://127.0.0.1:{nginx_port}");
-    let nginx_ca = dir.join("nginx.pem");
     let (mock_ca, node, ngx) = (
         upstream_ca.to_str().unwrap_or_default(),
         node_ca.to_str().unwrap_or_default(),
-        nginx_ca.to_str().unwrap_or_default(),
+        upstream_ca.to_str().unwrap_or_default(),
     );
 
     struct Peer<'a> {
@@ -401,9 +387,7 @@ protocol = "http"
         }
     }
 
-    println!(
-        "\nfixed rate 1,000 req/s, 16 connections, 1 KiB responses (latency from the scheduled send)"
-    );
+    println!("\nfixed rate 1,000 req/s, 16 connections, 1 KiB responses (latency from each send)");
     println!(
         "{:<30} {:>10} {:>9} {:>9} {:>16}",
         "peer", "req/s", "p50 µs", "p99 µs", "added p99 µs"

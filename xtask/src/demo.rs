@@ -332,10 +332,25 @@ action = "record"
     }
     let seen = std::fs::read_to_string(dir.join("requests.jsonl")).unwrap_or_default();
     let real = seen.matches(DEMO_KEY).count();
+    let mut leaked = 0;
+    for file in [
+        demo.state.join("gateway.db"),
+        demo.state.join("gateway.db-wal"),
+        demo.state.with_extension("log"),
+    ] {
+        let bytes = std::fs::read(file).unwrap_or_default();
+        leaked += bytes
+            .windows(DEMO_KEY.len())
+            .filter(|w| *w == DEMO_KEY.as_bytes())
+            .count();
+    }
     println!(
-        "  the mock API received the real key on {real} request(s), the placeholder on {}; the store and logs hold neither",
+        "  the mock API received the real key on {real} request(s), the placeholder on {}; the key appears {leaked} time(s) in the store and the daemon log",
         seen.matches("sk-placeholder").count()
     );
+    if real == 0 || leaked > 0 {
+        bail!("credential injection did not behave");
+    }
     mock.stop();
     Ok(())
 }

@@ -2,8 +2,9 @@
 //! HTTP/1.1 load generator of `cargo xtask bench http`, run the same way against every peer.
 //!
 //! `C` connections send GET requests back to back (saturation) or, with `--rate`, on a fixed
-//! schedule of `R` requests/s in all, latency counted from the scheduled time (no coordinated
-//! omission). `--new-conn` opens a new connection (a full TLS handshake, no client-side
+//! schedule of `R` requests/s in all, latency counted from each send (no coordinated
+//! omission at these rates: sends are never held back by slow responses unless a connection is
+//! busy). `--new-conn` opens a new connection (a full TLS handshake, no client-side
 //! resumption) for every request. Prints one JSON line: requests, errors, rps, p50/p99 µs.
 //! Bounded: at most `S` seconds and 10 million requests.
 

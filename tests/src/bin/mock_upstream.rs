@@ -12,7 +12,8 @@
 //! `MOCK_OPENAI_KEY` when set; a request with `Upgrade` gets `101` and an echo of its bytes;
 //! anything else gets a JSON echo (method, path, version, TLS, body length). Every request's
 //! headers are appended to `DIR/requests.jsonl`, so tests see what reached the upstream.
-//! Prints `ready` once every listener is bound.
+//! Prints `ready` once every listener is bound. `DIR/server.pem` + `DIR/server.key` are a
+//! certificate from the test CA for the same names, for other servers (the benchmark's nginx).
 
 use std::{
     convert::Infallible,
@@ -57,7 +58,8 @@ fn ca(name: &str, dir: &Path, file: &str) -> Ca {
     }
 }
 
-fn server_config(ca: &Ca, names: &[&str]) -> Arc<rustls::ServerConfig> {
+/// A leaf for `names` from `ca`: (certificate DER, PKCS#8 key DER, chain PEM, key PEM).
+fn leaf(ca: &Ca, names: &[&str]) -> (CertificateDer<'static>, Vec<u8>, String, String) {
     let key = KeyPair::generate().expect("key");
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -70,14 +72,24 @@ fn server_config(ca: &Ca, names: &[&str]) -> Arc<rustls::ServerConfig> {
         })
         .collect();
     let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
+    (
+        cert.der().clone(),
+        key.serialize_der(),
+        cert.pem(),
+        key.serialize_pem(),
+    )
+}
+
+fn server_config(ca: &Ca, names: &[&str]) -> Arc<rustls::ServerConfig> {
+    let (cert, key, _, _) = leaf(ca, names);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_no_client_auth()
         .with_single_cert(
-            vec![cert.der().clone(), ca.der.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            vec![cert, ca.der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
         )
         .expect("cert");
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -269,6 +281,10 @@ async fn main() {
     let good = server_config(&test_ca, &names);
     let wrong = server_config(&test_ca, &["wrong.invalid"]);
     let unknown = server_config(&other_ca, &names);
+    // A certificate and key from the test CA for other servers (the benchmark's nginx).
+    let (_, _, chain, key) = leaf(&test_ca, &names);
+    std::fs::write(dir.join("server.pem"), chain).expect("server.pem");
+    std::fs::write(dir.join("server.key"), key).expect("server.key");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
