@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
-    policy::{Credentials, IdSet, Operation, Policy, Verdict},
+    policy::{Credentials, IdSet, Operation, Policy, TemplatePart, Verdict, template_parts},
     proxy::ProxyContext,
     session::{Event, TlsLeg},
     store::Write,
@@ -128,28 +128,20 @@ fn recorded_headers(headers: &HeaderMap, extra: Option<&str>) -> serde_json::Val
 /// value.
 pub fn resolve_credentials(credentials: &Credentials) -> Result<HeaderValue, String> {
     let mut out = String::new();
-    let mut rest = credentials.value.as_str();
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let end = rest[start..]
-            .find('}')
-            .ok_or("unterminated reference in credentials")?;
-        let reference = &rest[start + 2..start + end];
-        match reference.split_once(':') {
-            Some(("env", name)) => out
+    for part in template_parts(&credentials.value)? {
+        match part {
+            TemplatePart::Literal(text) => out.push_str(text),
+            TemplatePart::Env(name) => out
                 .push_str(&std::env::var(name).map_err(|_| {
                     format!("environment variable {name} is not set in the daemon")
                 })?),
-            Some(("file", path)) => out.push_str(
+            TemplatePart::File(path) => out.push_str(
                 std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read credentials file {path}: {}", e.kind()))?
                     .trim_end_matches(['\r', '\n']),
             ),
-            _ => return Err(format!("invalid reference ${{{reference}}}")),
         }
-        rest = &rest[start + end + 1..];
     }
-    out.push_str(rest);
     let mut value = HeaderValue::from_str(&out)
         .map_err(|_| "the credential contains characters not allowed in a header".to_string())?;
     value.set_sensitive(true);
@@ -205,10 +197,7 @@ impl Upstream {
 
     /// Hands over a connection already made to `addr`.
     pub fn preconnect(&self, tcp: Option<tokio::net::TcpStream>) {
-        *self
-            .preconnected
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = tcp;
+        *crate::lock(&self.preconnected) = tcp;
     }
 
     /// Connects (TCP, then TLS when configured) and returns the stream with whether it speaks
@@ -218,11 +207,7 @@ impl Upstream {
         ctx: &ProxyContext,
         host: Option<&str>,
     ) -> Result<(Box<dyn Io>, bool), String> {
-        let early = self
-            .preconnected
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let early = crate::lock(&self.preconnected).take();
         let tcp = match early {
             Some(tcp) => tcp,
             None => crate::proxy::connect_upstream(self.addr, ctx.connect_timeout)
@@ -252,11 +237,7 @@ impl Upstream {
         .map_err(|_| format!("upstream TLS handshake with {name} timed out"))?
         .map_err(|e| format!("upstream TLS with {name} ({}) failed: {e}", self.addr))?;
         let (_, conn) = stream.get_ref();
-        *self
-            .negotiated
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(crate::tls::config::negotiated(conn));
+        *crate::lock(&self.negotiated) = Some(crate::tls::config::negotiated(conn));
         let h2 = conn.alpn_protocol() == Some(b"h2");
         Ok((Box::new(stream), h2))
     }
@@ -298,10 +279,6 @@ impl Upstream {
             }
             None => Err("no upstream connection".into()),
         }
-    }
-
-    pub fn is_h2(&self) -> bool {
-        self.alpn.first().is_some_and(|p| p == b"h2")
     }
 }
 
@@ -431,7 +408,6 @@ pub struct Outcome {
     pub blocked: bool,
     pub denied: bool,
     pub errors: Vec<String>,
-    pub requests: u64,
     pub host: Option<String>,
     /// The target of a session refused before it was bound.
     pub refused_target: Option<usize>,
@@ -481,9 +457,7 @@ impl HttpSession {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Outcome> {
-        self.outcome
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.outcome)
     }
 
     pub async fn event(&self, kind: &str, data: serde_json::Value) {
@@ -543,7 +517,6 @@ impl HttpSession {
         let method = request.method().as_str().to_string();
         let path = request.uri().path().to_string();
         let host = request_host(&request);
-        self.lock().requests += 1;
         let binding = match self
             .binding
             .get_or_try_init(|| async {
@@ -764,10 +737,7 @@ impl HttpSession {
 
     /// The target's credential, resolved once per session.
     fn credential(&self, target: usize, credentials: &Credentials) -> Result<HeaderValue, String> {
-        let mut cached = self
-            .credential
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cached = crate::lock(&self.credential);
         if let Some((t, value)) = &*cached
             && *t == target
         {

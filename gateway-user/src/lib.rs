@@ -40,3 +40,11 @@ pub mod sql;
 pub mod state;
 pub mod store;
 pub mod tls;
+
+/// Locks a mutex, taking it over if a holder panicked: the data behind every lock here is
+/// plain state (caches, counters) that stays usable.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

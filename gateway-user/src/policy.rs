@@ -223,6 +223,49 @@ pub struct Credentials {
     pub value: String,
 }
 
+/// One piece of a credentials template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart<'a> {
+    Literal(&'a str),
+    Env(&'a str),
+    File(&'a str),
+}
+
+/// Splits `Bearer ${env:KEY}` into its pieces; the error says what is wrong with a reference
+/// (never a value). Used to validate policies and to resolve credentials on the data path.
+pub fn template_parts(value: &str) -> Result<Vec<TemplatePart<'_>>, String> {
+    let mut parts = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            parts.push(TemplatePart::Literal(&rest[..start]));
+        }
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| "unterminated `${` in credentials value".to_string())?;
+        let reference = &rest[start + 2..start + end];
+        parts.push(match reference.split_once(':') {
+            Some(("env", name))
+                if !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                TemplatePart::Env(name)
+            }
+            Some(("file", path)) if Path::new(path).is_absolute() => TemplatePart::File(path),
+            _ => {
+                return Err(format!(
+                    "invalid reference `${{{reference}}}` in credentials value"
+                ));
+            }
+        });
+        rest = &rest[start + end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Literal(rest));
+    }
+    Ok(parts)
+}
+
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")

@@ -639,11 +639,7 @@ impl Conn<'_> {
             .await;
         session.tls = Some(session::Tls {
             client: Some(client_leg),
-            upstream: upstream
-                .negotiated
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            upstream: crate::lock(&upstream.negotiated).clone(),
         });
         self.finish_http(session, result, &counters).await;
     }
@@ -719,12 +715,7 @@ impl Conn<'_> {
             };
             let upstream = http::Upstream::new(addr, tls, alpn);
             if addr == destination {
-                upstream.preconnect(
-                    early
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .take(),
-                );
+                upstream.preconnect(crate::lock(&early).take());
             }
             Ok(http::Binding {
                 destination,
@@ -759,11 +750,7 @@ impl Conn<'_> {
             binder,
         ));
         let served = http.serve(io, h2_only, cut).await;
-        let refused = http
-            .outcome
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .refused_target;
+        let refused = crate::lock(&http.outcome).refused_target;
         if let Some(t) = refused {
             session.target = Some(self.policy.targets[t].name.clone());
         }
@@ -772,21 +759,11 @@ impl Conn<'_> {
             if session.tls.is_none() && binding.upstream.tls.is_some() {
                 session.tls = Some(session::Tls {
                     client: None,
-                    upstream: binding
-                        .upstream
-                        .negotiated
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .clone(),
+                    upstream: crate::lock(&binding.upstream.negotiated).clone(),
                 });
             }
         }
-        let outcome = std::mem::take(
-            &mut *http
-                .outcome
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let outcome = std::mem::take(&mut *crate::lock(&http.outcome));
         HttpResult { served, outcome }
     }
 

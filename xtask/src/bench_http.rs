@@ -15,7 +15,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -25,34 +25,13 @@ use serde_json::Value;
 
 use crate::{
     demo::remove_instance,
-    util::{daemon_bin, free_port, workspace_root},
+    util::{Spawned, daemon_bin, free_port, mock_upstream, workspace_root},
 };
 
 const SECONDS: &str = "5";
 
 fn bin(name: &str) -> PathBuf {
     workspace_root().join("target/release").join(name)
-}
-
-/// A child process stopped by PID on drop: SIGTERM (nginx's master then stops its worker),
-/// SIGKILL if it is still there after 5 s.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
@@ -176,23 +155,18 @@ pub fn run() -> Result<()> {
     let (tls_port, plain_port, nginx_port, gw_port) =
         (free_port()?, free_port()?, free_port()?, free_port()?);
     let mock_dir = dir.join("mock");
-    let mut mock = Command::new(bin("mock-upstream"))
-        .arg(&mock_dir)
-        .arg(format!("https@127.0.0.2:{tls_port}"))
-        .arg(format!("http@127.0.0.3:{plain_port}"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("mock-upstream (built by `cargo xtask bench`)")?;
-    {
-        use std::io::BufRead as _;
-        let mut line = String::new();
-        std::io::BufReader::new(mock.stdout.take().context("stdout")?).read_line(&mut line)?;
-    }
-    let _mock = Proc(mock);
-    // The request log would grow by millions of lines: point it at /dev/null.
-    let _ = std::fs::remove_file(mock_dir.join("requests.jsonl"));
-    #[cfg(unix)]
+    // The request log would grow by millions of lines: it goes to /dev/null (the link is made
+    // before the mock opens it).
+    std::fs::create_dir_all(&mock_dir)?;
     std::os::unix::fs::symlink("/dev/null", mock_dir.join("requests.jsonl"))?;
+    let _mock = mock_upstream(
+        &mock_dir,
+        &[
+            format!("https@127.0.0.2:{tls_port}"),
+            format!("http@127.0.0.3:{plain_port}"),
+        ],
+        None,
+    )?;
     let upstream_ca = mock_dir.join("ca.pem");
 
     let nginx_conf = nginx_config(
@@ -201,7 +175,7 @@ pub fn run() -> Result<()> {
         &format!("127.0.0.2:{tls_port}"),
         &upstream_ca,
     )?;
-    let nginx = Proc(
+    let nginx = Spawned(
         Command::new("nginx")
             .arg("-c")
             .arg(&nginx_conf)
@@ -249,7 +223,7 @@ protocol = "http"
     )?;
     let state = dir.join("state");
     let cgroup = format!("react-gateway-bench-http-{id}");
-    let daemon = Proc(
+    let daemon = Spawned(
         Command::new(daemon_bin())
             .arg("--state-dir")
             .arg(&state)
@@ -274,7 +248,7 @@ protocol = "http"
     };
     wait_port(&format!("127.0.0.1:{gw_port}"))?;
     thread::sleep(Duration::from_millis(500));
-    let daemon_pid = daemon.0.id();
+    let daemon_pid = daemon.id();
     let node_ca = state.join("ca.pem");
     let rg = daemon_bin();
     let governed: Vec<&str> = vec![

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{daemon_bin, free_port, workspace_root};
+use crate::util::{daemon_bin, free_port, mock_upstream, workspace_root};
 
 struct Demo {
     state: PathBuf,
@@ -264,7 +264,7 @@ pub fn run() -> Result<()> {
 fn llm_demo(demo: &Demo) -> Result<()> {
     let port = free_port()?;
     let dir = demo.state.join("llm-mock");
-    let mut mock = MockApi::start(&dir, &format!("https@127.0.0.3:{port}"))?;
+    let mock = mock_upstream(&dir, &[format!("https@127.0.0.3:{port}")], Some(DEMO_KEY))?;
     let policy = format!(
         r#"# Rendered by `cargo xtask demo`: the mock LLM API, intercepted and re-encrypted.
 version = 1
@@ -351,47 +351,12 @@ action = "record"
     if real == 0 || leaked > 0 {
         bail!("credential injection did not behave");
     }
-    mock.stop();
+    drop(mock);
     Ok(())
 }
 
 /// The real key of the demo's mock LLM API: the daemon has it (environment), the agent not.
 pub const DEMO_KEY: &str = "sk-demo-real-key-held-by-the-gateway";
-
-/// `mock-upstream` (built with the daemon), stopped by PID on drop.
-struct MockApi(Option<Child>);
-
-impl MockApi {
-    fn start(dir: &Path, spec: &str) -> Result<Self> {
-        let bin = workspace_root().join("target/release/mock-upstream");
-        let mut child = Command::new(&bin)
-            .arg(dir)
-            .arg(spec)
-            .env("MOCK_OPENAI_KEY", DEMO_KEY)
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        if line.trim() != "ready" {
-            bail!("mock-upstream did not start");
-        }
-        Ok(Self(Some(child)))
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for MockApi {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn section(title: &str) {
     println!("\n=== {title}");

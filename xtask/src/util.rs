@@ -99,3 +99,56 @@ pub fn free_port() -> Result<u16> {
     }
     bail!("no free port on 127.0.0.1 and ::1")
 }
+
+/// A child process this command started, stopped by PID on drop: SIGTERM first (nginx's
+/// master then stops its workers), SIGKILL if it is still there after 5 s.
+pub struct Spawned(pub std::process::Child);
+
+impl Spawned {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `mock-upstream DIR SPEC…` (built with the daemon) and waits for its `ready` line.
+/// `openai_key`: the key its OpenAI-compatible endpoint accepts.
+pub fn mock_upstream(
+    dir: &std::path::Path,
+    specs: &[String],
+    openai_key: Option<&str>,
+) -> Result<Spawned> {
+    use std::io::BufRead as _;
+    let bin = workspace_root().join("target/release/mock-upstream");
+    let mut cmd = Command::new(&bin);
+    cmd.arg(dir).args(specs).stdout(Stdio::piped());
+    if let Some(key) = openai_key {
+        cmd.env("MOCK_OPENAI_KEY", key);
+    }
+    let mut child = Spawned(
+        cmd.spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?,
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().context("stdout")?).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("mock-upstream did not start");
+    }
+    Ok(child)
+}

@@ -657,33 +657,13 @@ impl Compiler<'_> {
             self.error(&def.header, format!("invalid header name `{header}`"), None);
             return None;
         }
-        let mut rest = def.value.get_ref().as_str();
-        while let Some(start) = rest.find("${") {
-            let Some(end) = rest[start..].find('}') else {
-                self.error(
-                    &def.value,
-                    "unterminated `${` in credentials value",
-                    Some("write ${env:NAME} or ${file:/path}"),
-                );
-                return None;
-            };
-            let reference = &rest[start + 2..start + end];
-            let ok = match reference.split_once(':') {
-                Some(("env", name)) => {
-                    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                }
-                Some(("file", path)) => Path::new(path).is_absolute(),
-                _ => false,
-            };
-            if !ok {
-                self.error(
-                    &def.value,
-                    format!("invalid reference `${{{reference}}}` in credentials value"),
-                    Some("write ${env:NAME} or ${file:/absolute/path}"),
-                );
-                return None;
-            }
-            rest = &rest[start + end + 1..];
+        if let Err(message) = super::template_parts(def.value.get_ref()) {
+            self.error(
+                &def.value,
+                message,
+                Some("write ${env:NAME} or ${file:/absolute/path}"),
+            );
+            return None;
         }
         Some(Credentials {
             header: header.clone(),

@@ -76,19 +76,13 @@ impl LivePolicy {
     }
 
     pub fn status(&self) -> PolicyStatus {
-        match self.status.lock() {
-            Ok(status) => status.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::lock(&self.status).clone()
     }
 
     /// Whether the directory changed since the last (attempted) load.
     pub fn changed(&self) -> bool {
         let now = fingerprint(&self.dir);
-        let mut last = self
-            .fingerprint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = crate::lock(&self.fingerprint);
         if *last == now {
             return false;
         }
@@ -105,10 +99,7 @@ impl LivePolicy {
         } else {
             Ok(Policy::record_only())
         };
-        let mut status = self
-            .status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut status = crate::lock(&self.status);
         match loaded {
             Ok(policy) => {
                 status.last_error = None;

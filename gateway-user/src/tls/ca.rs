@@ -156,24 +156,18 @@ impl NodeCa {
     /// A leaf for `name` (a DNS name or an IP address), from the cache while it is fresh.
     pub fn leaf(&self, name: &str) -> Result<Arc<CertifiedKey>, CaError> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some((leaf, minted)) = self.lock().get(&name)
+        if let Some((leaf, minted)) = crate::lock(&self.leaves).get(&name)
             && minted.elapsed() < LEAF_VALIDITY / 2
         {
             return Ok(Arc::clone(leaf));
         }
         let leaf = Arc::new(self.mint(&name)?);
-        let mut leaves = self.lock();
+        let mut leaves = crate::lock(&self.leaves);
         if leaves.len() >= LEAF_CACHE {
             leaves.clear();
         }
         leaves.insert(name, (Arc::clone(&leaf), Instant::now()));
         Ok(leaf)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<CertifiedKey>, Instant)>> {
-        self.leaves
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn mint(&self, name: &str) -> Result<CertifiedKey, CaError> {

@@ -245,17 +245,13 @@ fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
 fn cached<K: Hash + Eq, V>(
     cache: &Mutex<HashMap<K, Arc<V>>>,
     key: K,
-    make: impl FnOnce() -> Result<V, ConfigError>,
+    make: impl FnOnce(&K) -> Result<V, ConfigError>,
 ) -> Result<Arc<V>, ConfigError> {
-    let lock = || {
-        cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
+    let lock = || crate::lock(&cache);
     if let Some(found) = lock().get(&key) {
         return Ok(Arc::clone(found));
     }
-    let made = Arc::new(make()?);
+    let made = Arc::new(make(&key)?);
     let mut map = lock();
     if map.len() >= CACHE {
         map.clear();
@@ -285,15 +281,15 @@ impl TlsContext {
             alpn: alpn.map(<[u8]>::to_vec),
             fallback,
         };
-        cached(&self.servers, key.clone(), || {
+        cached(&self.servers, key, |key| {
             let mut config = ServerConfig::builder_with_provider(Arc::new(provider(leg)))
                 .with_protocol_versions(versions(leg.min_version))?
                 .with_no_client_auth()
                 .with_cert_resolver(Arc::new(LeafResolver {
                     ca: Arc::clone(&self.ca),
-                    fallback: key.fallback,
+                    fallback: key.fallback.clone(),
                 }));
-            config.alpn_protocols = key.alpn.into_iter().collect();
+            config.alpn_protocols = key.alpn.iter().cloned().collect();
             Ok(config)
         })
     }
@@ -309,7 +305,7 @@ impl TlsContext {
             leg: leg.clone(),
             alpn: alpn.to_vec(),
         };
-        cached(&self.clients, key, || {
+        cached(&self.clients, key, |_| {
             let mut roots = RootCertStore::empty();
             roots.add_parsable_certificates(system_roots().iter().cloned());
             if let Some(path) = &leg.upstream_ca {

@@ -223,10 +223,10 @@ pub fn version_name(version: u16) -> String {
 /// rustls' name of a cipher suite (`TLS13_AES_128_GCM_SHA256`), or its number.
 pub fn suite_name(suite: u16) -> String {
     let name = format!("{:?}", rustls::CipherSuite::from(suite));
-    if !name.starts_with("TLS") {
-        format!("0x{suite:04x}")
-    } else {
+    if name.starts_with("TLS") {
         name
+    } else {
+        format!("0x{suite:04x}")
     }
 }
 
