@@ -5,8 +5,15 @@
 //! code that runs on the data path.
 
 pub mod detectors;
+pub mod sse;
+pub mod stream;
 
-use std::{borrow::Cow, collections::BTreeMap, fmt::Write as _, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{Arc, LazyLock},
+};
 
 use aho_corasick::AhoCorasick;
 use hmac::{Hmac, Mac};
@@ -138,14 +145,26 @@ pub struct Masker {
     keyword_owner: Vec<usize>,
     pub strategy: Strategy,
     pub json_paths: Vec<JsonPath>,
+    /// Bytes a stream must hold back: the longest match plus one byte of look-ahead.
+    holdback: usize,
 }
 
-/// A value found in a text: byte range and detector index.
+/// A value found in a text: the value's byte range (what is replaced), the end of the whole
+/// match (context such as `Bearer ` or a trailing `@` included) and the detector index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finding {
     pub start: usize,
     pub end: usize,
     pub detector: usize,
+}
+
+/// A candidate match of one detector.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    match_start: usize,
+    match_end: usize,
+    start: usize,
+    end: usize,
 }
 
 /// Per-session masking state: the HMAC key, counts per detector and the tokenize vault.
@@ -154,7 +173,9 @@ pub struct MaskContext {
     key: Arc<[u8]>,
     pub counts: BTreeMap<String, u64>,
     /// Placeholder → original, for `tokenize`; lives only in memory for the session.
-    vault: Vec<(String, String)>,
+    vault: Vec<(String, Vec<u8>)>,
+    /// What masking had to fall back on (recorded with the session, never with values).
+    pub notes: std::collections::BTreeSet<&'static str>,
 }
 
 impl MaskContext {
@@ -163,19 +184,96 @@ impl MaskContext {
             key,
             counts: BTreeMap::new(),
             vault: Vec::new(),
+            notes: std::collections::BTreeSet::new(),
         }
+    }
+
+    pub fn note(&mut self, note: &'static str) {
+        self.notes.insert(note);
+    }
+
+    /// Whether `tokenize` has put anything in the vault (then responses are restored).
+    pub fn has_tokens(&self) -> bool {
+        !self.vault.is_empty()
+    }
+
+    /// The original behind a placeholder of this session.
+    pub fn original(&self, placeholder: &[u8]) -> Option<&[u8]> {
+        self.vault
+            .iter()
+            .find(|(p, _)| p.as_bytes() == placeholder)
+            .map(|(_, original)| original.as_slice())
     }
 
     /// Puts tokenized originals back into text coming back to the agent.
     pub fn restore<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        if self.vault.is_empty() || !text.contains("[TOKEN:") {
-            return Cow::Borrowed(text);
+        match restore_bytes(text.as_bytes(), self) {
+            Cow::Borrowed(_) => Cow::Borrowed(text),
+            Cow::Owned(bytes) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
         }
-        let mut out = text.to_string();
-        for (placeholder, original) in &self.vault {
-            out = out.replace(placeholder, original);
+    }
+}
+
+/// `[TOKEN:EMAIL:12]`: what `tokenize` writes, and what comes back to be restored.
+pub static PLACEHOLDER: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
+    regex::bytes::Regex::new(r"(?-u)\[TOKEN:[A-Z0-9_]{1,64}:[0-9]{1,9}\]")
+        .expect("the placeholder pattern compiles")
+});
+
+/// Longest placeholder plus one byte.
+pub const PLACEHOLDER_HOLDBACK: usize = 82;
+
+/// Replaces this session's placeholders in `text` by their originals.
+pub fn restore_bytes<'a>(text: &'a [u8], ctx: &MaskContext) -> Cow<'a, [u8]> {
+    if !ctx.has_tokens() || memchr::memmem::find(text, b"[TOKEN:").is_none() {
+        return Cow::Borrowed(text);
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut at = 0;
+    for found in PLACEHOLDER.find_iter(text) {
+        if let Some(original) = ctx.original(found.as_bytes()) {
+            out.extend_from_slice(&text[at..found.start()]);
+            out.extend_from_slice(original);
+            at = found.end();
         }
-        Cow::Owned(out)
+    }
+    if at == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.extend_from_slice(&text[at..]);
+    Cow::Owned(out)
+}
+
+/// What every detector's gate looks at, counted in one pass over a window.
+#[derive(Debug, Default)]
+struct Census {
+    digits: usize,
+    at: usize,
+    colon: usize,
+}
+
+impl Census {
+    fn of(text: &[u8]) -> Self {
+        // Three branch-free counters: the compiler vectorises this loop.
+        let (mut digits, mut at, mut colon) = (0usize, 0usize, 0usize);
+        for &b in text {
+            digits += usize::from(b.wrapping_sub(b'0') < 10);
+            at += usize::from(b == b'@');
+            colon += usize::from(b == b':');
+        }
+        Self { digits, at, colon }
+    }
+
+    fn passes(&self, gate: detectors::Gate) -> bool {
+        if self.digits < usize::from(gate.digits) {
+            return false;
+        }
+        match gate.byte {
+            None => true,
+            Some((b'@', n)) => self.at >= usize::from(n),
+            Some((b':', n)) => self.colon >= usize::from(n),
+            Some(_) => true,
+        }
     }
 }
 
@@ -199,12 +297,14 @@ impl Masker {
                 .build(&keywords)
                 .expect("keyword literals build an automaton")
         });
+        let holdback = detectors.iter().map(|d| d.max_len).max().unwrap_or(0) + 1;
         Self {
             detectors,
             prefilter,
             keyword_owner,
             strategy,
             json_paths,
+            holdback,
         }
     }
 
@@ -212,71 +312,194 @@ impl Masker {
         &self.detectors
     }
 
-    /// Non-overlapping findings in `text`, leftmost first; of overlapping candidates the
-    /// longest wins.
-    pub fn find(&self, text: &str) -> Vec<Finding> {
-        let mut wanted = vec![false; self.detectors.len()];
-        for (index, detector) in self.detectors.iter().enumerate() {
-            wanted[index] = detector.keywords.is_empty();
-        }
-        if let Some(prefilter) = &self.prefilter {
-            for hit in prefilter.find_overlapping_iter(text) {
-                wanted[self.keyword_owner[hit.pattern().as_usize()]] = true;
-            }
-        }
-        let mut found = Vec::new();
-        for (index, detector) in self.detectors.iter().enumerate() {
-            if !wanted[index] {
+    /// How many trailing bytes of `window` a stream must keep until more input arrives: the
+    /// longest match (plus a byte of look-ahead), except for detectors whose matches start
+    /// with a literal, which only need to keep from that literal's last occurrence.
+    pub fn holdback(&self, window: &[u8]) -> usize {
+        let mut keep = 0;
+        for detector in &self.detectors {
+            let need = detector.max_len + 1;
+            if detector.starts.is_empty() {
+                keep = keep.max(need);
                 continue;
             }
-            for captures in detector.regex.captures_iter(text) {
-                let Some(value) = captures.get(detector.group).or_else(|| captures.get(0)) else {
-                    continue;
-                };
-                if detector.validator.accepts(value.as_str()) {
-                    found.push(Finding {
-                        start: value.start(),
-                        end: value.end(),
-                        detector: index,
-                    });
+            let tail = &window[window.len().saturating_sub(need)..];
+            let mut from_start = 0;
+            for literal in detector.starts {
+                let literal = literal.as_bytes();
+                // A literal begun in the tail, or cut by its end.
+                let at = memchr::memmem::find(tail, literal).or_else(|| {
+                    (1..literal.len())
+                        .rev()
+                        .find(|&n| tail.ends_with(&literal[..n]))
+                        .map(|n| tail.len() - n)
+                });
+                if let Some(at) = at {
+                    from_start = from_start.max(tail.len() - at);
                 }
             }
+            keep = keep.max(from_start);
         }
-        found.sort_by_key(|f| (f.start, std::cmp::Reverse(f.end)));
-        let mut kept: Vec<Finding> = Vec::with_capacity(found.len());
-        for finding in found {
-            if kept.last().is_none_or(|last| finding.start >= last.end) {
-                kept.push(finding);
-            }
-        }
-        kept
+        keep.min(self.holdback)
     }
 
-    /// Masks every finding in `text`.
-    pub fn mask_text<'a>(&self, text: &'a str, ctx: &mut MaskContext) -> Cow<'a, str> {
+    /// The longest hold-back [`Masker::holdback`] can ask for.
+    pub fn max_holdback(&self) -> usize {
+        self.holdback
+    }
+
+    /// Detectors that can match somewhere in `window`.
+    fn enabled(&self, window: &[u8]) -> Vec<bool> {
+        let census = Census::of(window);
+        let mut enabled: Vec<bool> = self
+            .detectors
+            .iter()
+            .map(|d| d.keywords.is_empty() && census.passes(d.gate))
+            .collect();
+        if let Some(prefilter) = &self.prefilter {
+            for hit in prefilter.find_overlapping_iter(window) {
+                let owner = self.keyword_owner[hit.pattern().as_usize()];
+                enabled[owner] = census.passes(self.detectors[owner].gate);
+            }
+        }
+        enabled
+    }
+
+    /// The leftmost valid match of detector `index` starting at or after `from`.
+    fn candidate(&self, index: usize, hay: &[u8], from: usize) -> Option<Candidate> {
+        let detector = &self.detectors[index];
+        let mut at = from;
+        while at <= hay.len() {
+            let captures = detector.regex.captures_at(hay, at)?;
+            let whole = captures.get(0)?;
+            let value = captures.iter().skip(1).flatten().last().unwrap_or(whole);
+            if !value.is_empty() && detector.validator.accepts(value.as_bytes()) {
+                return Some(Candidate {
+                    match_start: whole.start(),
+                    match_end: whole.end(),
+                    start: value.start(),
+                    end: value.end(),
+                });
+            }
+            // A rejected match: the next one may start inside it.
+            at = whole.start() + 1;
+        }
+        None
+    }
+
+    /// Scans `hay[from..]` and reports each finding whose match starts before `settle`:
+    /// leftmost match first, the longest value on a tie, and every detector resumes after
+    /// the end of the match kept. Returns the offset up to which the text is settled (no
+    /// later input can change anything before it). Text before `from` is context only.
+    ///
+    /// The findings depend only on the bytes around each position, never on where `hay`
+    /// was cut, which is what makes the streaming masker chunking-invariant.
+    fn scan(
+        &self,
+        hay: &[u8],
+        from: usize,
+        settle: usize,
+        report: &mut impl FnMut(Finding),
+    ) -> usize {
+        let enabled = self.enabled(&hay[from..]);
+        let mut cache: Vec<Option<Option<Candidate>>> = vec![None; self.detectors.len()];
+        let mut pos = from;
+        loop {
+            let mut best: Option<(usize, Candidate)> = None;
+            for (index, slot) in cache.iter_mut().enumerate() {
+                if !enabled[index] {
+                    continue;
+                }
+                let stale = match slot {
+                    None => true,
+                    Some(Some(c)) => c.match_start < pos,
+                    Some(None) => false,
+                };
+                if stale {
+                    *slot = Some(self.candidate(index, hay, pos));
+                }
+                if let Some(Some(c)) = slot {
+                    let better = best.is_none_or(|(_, b)| {
+                        (c.match_start, std::cmp::Reverse(c.end - c.start))
+                            < (b.match_start, std::cmp::Reverse(b.end - b.start))
+                    });
+                    if better {
+                        best = Some((index, *c));
+                    }
+                }
+            }
+            match best {
+                Some((detector, c)) if c.match_start < settle => {
+                    report(Finding {
+                        start: c.start,
+                        end: c.end,
+                        detector,
+                    });
+                    pos = c.match_end;
+                }
+                _ => return pos.max(settle),
+            }
+        }
+    }
+
+    /// Findings in the whole of `text`.
+    pub fn find(&self, text: &[u8]) -> Vec<Finding> {
+        let mut found = Vec::new();
+        self.scan(text, 0, text.len(), &mut |f| found.push(f));
+        found
+    }
+
+    /// Masks every finding in `text` (any bytes; invalid UTF-8 passes through).
+    pub fn mask_bytes<'a>(&self, text: &'a [u8], ctx: &mut MaskContext) -> Cow<'a, [u8]> {
         let findings = self.find(text);
         if findings.is_empty() {
             return Cow::Borrowed(text);
         }
-        let mut out = String::with_capacity(text.len());
-        let mut at = 0;
-        for finding in findings {
-            out.push_str(&text[at..finding.start]);
-            let detector = &self.detectors[finding.detector];
-            let value = &text[finding.start..finding.end];
-            out.push_str(&self.replacement(detector, value, ctx));
-            *ctx.counts.entry(detector.name.clone()).or_default() += 1;
-            at = finding.end;
-        }
-        out.push_str(&text[at..]);
+        let mut out = Vec::with_capacity(text.len());
+        let at = self.apply(text, 0, &findings, ctx, &mut out);
+        out.extend_from_slice(&text[at..]);
         Cow::Owned(out)
     }
 
-    fn replacement(&self, detector: &Detector, value: &str, ctx: &mut MaskContext) -> String {
+    /// Writes `text[from..]` up to the last finding with each finding replaced; returns where
+    /// it stopped.
+    fn apply(
+        &self,
+        text: &[u8],
+        from: usize,
+        findings: &[Finding],
+        ctx: &mut MaskContext,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        let mut at = from;
+        for finding in findings {
+            out.extend_from_slice(&text[at..finding.start]);
+            let detector = &self.detectors[finding.detector];
+            let value = &text[finding.start..finding.end];
+            out.extend_from_slice(self.replacement(detector, value, ctx).as_bytes());
+            *ctx.counts.entry(detector.name.clone()).or_default() += 1;
+            at = finding.end;
+        }
+        at
+    }
+
+    /// Masks every finding in `text`.
+    pub fn mask_text<'a>(&self, text: &'a str, ctx: &mut MaskContext) -> Cow<'a, str> {
+        match self.mask_bytes(text.as_bytes(), ctx) {
+            Cow::Borrowed(_) => Cow::Borrowed(text),
+            Cow::Owned(bytes) => Cow::Owned(match String::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            }),
+        }
+    }
+
+    fn replacement(&self, detector: &Detector, value: &[u8], ctx: &mut MaskContext) -> String {
         let label = detector.label();
         match self.strategy {
             Strategy::Redact => format!("[REDACTED:{label}]"),
             Strategy::Partial => {
+                let value = String::from_utf8_lossy(value);
                 let count = value.chars().count();
                 let keep = if count > 8 { 4 } else { 0 };
                 let mut out: String = "*".repeat(count - keep);
@@ -288,7 +511,7 @@ impl Masker {
                     .expect("HMAC accepts keys of any length");
                 mac.update(detector.name.as_bytes());
                 mac.update(&[0]);
-                mac.update(value.as_bytes());
+                mac.update(value);
                 let digest = mac.finalize().into_bytes();
                 let mut hex = String::with_capacity(16);
                 for byte in &digest[..8] {
@@ -301,7 +524,7 @@ impl Masker {
                     return placeholder.clone();
                 }
                 let placeholder = format!("[TOKEN:{label}:{}]", ctx.vault.len() + 1);
-                ctx.vault.push((placeholder.clone(), value.to_string()));
+                ctx.vault.push((placeholder.clone(), value.to_vec()));
                 placeholder
             }
         }
@@ -314,10 +537,15 @@ impl Masker {
         self.walk(value, &mut at, ctx);
     }
 
+    /// Whether `json_paths` selects the value at `at` (no paths: everything).
+    pub fn selects(&self, at: &[PathStep]) -> bool {
+        self.json_paths.is_empty() || self.json_paths.iter().any(|p| p.selects(at))
+    }
+
     fn walk(&self, value: &mut Value, at: &mut Vec<PathStep>, ctx: &mut MaskContext) {
         match value {
             Value::String(text) => {
-                if (self.json_paths.is_empty() || self.json_paths.iter().any(|p| p.selects(at)))
+                if self.selects(at)
                     && let Cow::Owned(masked) = self.mask_text(text, ctx)
                 {
                     *text = masked;
@@ -343,8 +571,9 @@ impl Masker {
 }
 
 /// Applies `maskers` in order to a body. JSON bodies (by content type, or by shape when the
-/// type is missing) are masked value by value and stay valid JSON; other UTF-8 bodies are
-/// masked as text; binary bodies are returned unchanged. `None` means nothing was masked.
+/// type is missing) are masked value by value and stay valid JSON; a body that claims to be
+/// JSON and does not parse is masked as text, and the context notes it. Other bodies are
+/// masked as bytes (invalid UTF-8 passes through untouched). `None` means nothing changed.
 pub fn mask_body(
     maskers: &[&Masker],
     content_type: Option<&str>,
@@ -354,35 +583,46 @@ pub fn mask_body(
     if maskers.is_empty() {
         return None;
     }
-    let json_type = content_type.is_some_and(|t| t.to_ascii_lowercase().contains("json"));
+    let json_type = content_type.is_some_and(is_json_type);
     let looks_json = content_type.is_none()
         && body
             .iter()
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|b| matches!(b, b'{' | b'['));
     let before: u64 = ctx.counts.values().sum();
-    if (json_type || looks_json)
-        && let Ok(mut value) = serde_json::from_slice::<Value>(body)
-    {
-        for masker in maskers {
-            masker.mask_json(&mut value, ctx);
+    if json_type || looks_json {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(mut value) => {
+                for masker in maskers {
+                    masker.mask_json(&mut value, ctx);
+                }
+                if ctx.counts.values().sum::<u64>() == before {
+                    return None;
+                }
+                return serde_json::to_vec(&value).ok();
+            }
+            Err(_) if json_type => ctx.note("json body did not parse: masked as text"),
+            Err(_) => {}
         }
-        if ctx.counts.values().sum::<u64>() == before {
-            return None;
-        }
-        return serde_json::to_vec(&value).ok();
     }
-    let text = std::str::from_utf8(body).ok()?;
-    let mut current = Cow::Borrowed(text);
+    let mut current = Cow::Borrowed(body);
     for masker in maskers {
-        if let Cow::Owned(masked) = masker.mask_text(&current, ctx) {
+        if let Cow::Owned(masked) = masker.mask_bytes(&current, ctx) {
             current = Cow::Owned(masked);
         }
     }
     match current {
         Cow::Borrowed(_) => None,
-        Cow::Owned(masked) => Some(masked.into_bytes()),
+        Cow::Owned(masked) => Some(masked),
     }
+}
+
+/// `application/json`, `application/problem+json`, `text/json`, …
+pub fn is_json_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence.eq_ignore_ascii_case("text/json")
+        || essence.to_ascii_lowercase().ends_with("+json")
 }
 
 #[cfg(test)]

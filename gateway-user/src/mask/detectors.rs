@@ -1,11 +1,15 @@
-//! The detector catalogue: each detector is an optional literal prefilter, a regex and a
-//! validator, under a stable name used in policies. Validators keep precision: a 16-digit
-//! number is a card only if it passes Luhn and has an issuer prefix, an IBAN only if mod-97
-//! holds, and so on.
+//! The detector catalogue: each detector is a cheap gate (literal keywords, a minimum count of
+//! digits or of one byte), a regex and a validator, under a stable name used in policies.
+//! Validators keep precision: a 16-digit number is a card only if it passes Luhn and has an
+//! issuer prefix, an IBAN only if mod-97 holds, and so on.
+//!
+//! Every pattern has a bounded match length ([`Detector::max_len`]): that bound is what lets
+//! the streaming masker hold back only a window of bytes and still give the same output for
+//! any chunking of its input.
 
 use std::sync::{Arc, LazyLock};
 
-use regex::Regex;
+use regex::bytes::Regex;
 
 /// What a detector finds: personal data or a secret (the `pii` and `secrets` groups).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,16 +45,19 @@ impl Validator {
         }
     }
 
-    pub fn accepts(self, value: &str) -> bool {
+    pub fn accepts(self, value: &[u8]) -> bool {
         match self {
             Self::None => true,
             Self::Luhn => card_number(value),
             Self::Mod97 => iban(value),
             Self::UsSsn => us_ssn(value),
-            Self::Ipv4 => value.parse::<std::net::Ipv4Addr>().is_ok(),
-            Self::Ipv6 => value.contains("::") || value.matches(':').count() == 7,
+            Self::Ipv4 => {
+                std::str::from_utf8(value).is_ok_and(|v| v.parse::<std::net::Ipv4Addr>().is_ok())
+            }
+            Self::Ipv6 => std::str::from_utf8(value)
+                .is_ok_and(|v| v.parse::<std::net::Ipv6Addr>().is_ok() && v.contains(':')),
             Self::Phone => {
-                let digits = value.bytes().filter(u8::is_ascii_digit).count();
+                let digits = value.iter().filter(|b| b.is_ascii_digit()).count();
                 (7..=15).contains(&digits)
             }
             Self::Entropy => high_entropy(value),
@@ -58,31 +65,52 @@ impl Validator {
     }
 }
 
+/// A cheap test on a whole window of text that every match needs, so that a detector whose
+/// gate fails does not run its regex there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gate {
+    /// At least this many ASCII digits.
+    pub digits: u16,
+    /// At least `.1` occurrences of byte `.0`.
+    pub byte: Option<(u8, u16)>,
+}
+
 /// One detector.
 #[derive(Debug)]
 pub struct Detector {
     pub name: String,
     pub kind: Kind,
+    /// The value masked is the last capture group that took part in the match, or the whole
+    /// match when the pattern has no group (context like `Bearer ` stays).
     pub regex: Regex,
-    /// Capture group holding the value to mask (0 = the whole match), for detectors that need
-    /// context around the value (`bearer_token`, `aws_secret_key`, …).
-    pub group: usize,
     pub validator: Validator,
-    /// Lower-case literals of which at least one must occur for the regex to run.
+    /// Lower-case literals of which at least one occurs in every match.
     pub keywords: &'static [&'static str],
+    pub gate: Gate,
+    /// Literals one of which every match starts with: lets a long detector (PEM blocks, JWTs)
+    /// hold back only from where such a literal occurs rather than its whole length.
+    pub starts: &'static [&'static str],
+    /// The longest match the pattern can produce, in bytes.
+    pub max_len: usize,
 }
 
 impl Detector {
-    /// A custom detector from a policy's `[[detector]]`.
-    pub fn custom(name: &str, regex: Regex, validator: Validator) -> Self {
-        Self {
+    /// A custom detector from a policy's `[[detector]]`; the pattern must have a bounded
+    /// match length (`{m,n}` rather than `+` or `*`), returned as the error otherwise.
+    pub fn custom(name: &str, regex: Regex, validator: Validator) -> Result<Self, String> {
+        let max_len = max_len(regex.as_str()).ok_or_else(|| {
+            "the pattern's matches have no length bound; streaming masking needs one".to_string()
+        })?;
+        Ok(Self {
             name: name.to_string(),
             kind: Kind::Pii,
             regex,
-            group: 0,
             validator,
             keywords: &[],
-        }
+            gate: Gate::default(),
+            starts: &[],
+            max_len,
+        })
     }
 
     /// `[REDACTED:EMAIL]`: the name in upper snake case.
@@ -91,180 +119,238 @@ impl Detector {
     }
 }
 
-/// Compiled-program size limit for every detector regex, built-in or from a policy.
+/// Upper bound, in bytes, of what `pattern` can match; `None` if unbounded or unparsable.
+pub fn max_len(pattern: &str) -> Option<usize> {
+    regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .ok()?
+        .properties()
+        .maximum_len()
+}
+
+/// Largest length bound accepted for a detector (a custom one beyond it is refused).
+pub const MAX_MATCH_LEN: usize = 16 << 10;
+
+/// Compiled-program size limit for detector regexes from a policy.
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// The built-in ones: long bounded repetitions (PEM bodies, JWT parts) take more room.
+const BUILTIN_SIZE_LIMIT: usize = 4 << 20;
 
 struct Spec {
     name: &'static str,
     kind: Kind,
     pattern: &'static str,
-    group: usize,
     validator: Validator,
     keywords: &'static [&'static str],
+    gate: Gate,
+    starts: &'static [&'static str],
 }
 
+const fn digits(n: u16) -> Gate {
+    Gate {
+        digits: n,
+        byte: None,
+    }
+}
+
+const fn byte(b: u8, n: u16) -> Gate {
+    Gate {
+        digits: 0,
+        byte: Some((b, n)),
+    }
+}
+
+const NO_GATE: Gate = Gate {
+    digits: 0,
+    byte: None,
+};
+
+// `(?-u:\b)`: ASCII word boundaries keep every pattern on the regex crate's DFA engines
+// (a Unicode `\b` makes them give up on non-ASCII text).
 const SPECS: &[Spec] = &[
     Spec {
         name: "email",
         kind: Kind::Pii,
-        pattern: r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,24}\b",
-        group: 0,
+        pattern: r"(?i-u)\b[a-z0-9._%+-]{1,64}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63}){0,4}\.[a-z]{2,24}\b",
         validator: Validator::None,
-        keywords: &["@"],
+        keywords: &[],
+        gate: byte(b'@', 1),
+        starts: &[],
     },
     Spec {
         // E.164 (+ and 7–15 digits) anywhere; national formats only after a phone-ish word,
         // which keeps order numbers and dates out.
         name: "phone",
         kind: Kind::Pii,
-        pattern: r"(?i)(\+[1-9](?:[ .-]?\d){6,14}\b|(?:phone|tel|mobile|cell|call|fax|contact)\b[^0-9\n]{0,16}(\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4})\b)",
-        group: 0,
+        pattern: r"(?i-u)(?:(\+[1-9](?:[ .-]?\d){6,14})\b|\b(?:phone|tel|mobile|cell|call|fax|contact|whatsapp|sms)[a-z]{0,3}\b[^0-9\n]{0,16}(\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4})\b)",
         validator: Validator::Phone,
         keywords: &[],
+        gate: digits(7),
+        starts: &[],
     },
     Spec {
         name: "credit_card",
         kind: Kind::Pii,
-        pattern: r"\b(?:\d[ -]?){12,18}\d\b",
-        group: 0,
+        pattern: r"(?-u)\b(?:\d[ -]?){12,18}\d\b",
         validator: Validator::Luhn,
         keywords: &[],
+        gate: digits(13),
+        starts: &[],
     },
     Spec {
         name: "us_ssn",
         kind: Kind::Pii,
-        pattern: r"\b\d{3}-\d{2}-\d{4}\b",
-        group: 0,
+        pattern: r"(?-u)\b\d{3}-\d{2}-\d{4}\b",
         validator: Validator::UsSsn,
-        keywords: &["-"],
+        keywords: &[],
+        gate: digits(9),
+        starts: &[],
     },
     Spec {
         name: "iban",
         kind: Kind::Pii,
-        pattern: r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
-        group: 0,
+        pattern: r"(?-u)\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
         validator: Validator::Mod97,
         keywords: &[],
+        gate: digits(2),
+        starts: &[],
     },
     Spec {
         name: "ipv4",
         kind: Kind::Pii,
-        pattern: r"\b(?:\d{1,3}\.){3}\d{1,3}\b",
-        group: 0,
+        pattern: r"(?-u)\b(?:\d{1,3}\.){3}\d{1,3}\b",
         validator: Validator::Ipv4,
-        keywords: &["."],
+        keywords: &[],
+        gate: digits(4),
+        starts: &[],
     },
     Spec {
         name: "ipv6",
         kind: Kind::Pii,
-        pattern: r"(?i)(?:\b[0-9a-f]{1,4}|)(?::[0-9a-f]{0,4}){2,7}\b",
-        group: 0,
+        pattern: r"(?i-u)(?:\b[0-9a-f]{1,4}|)(?::[0-9a-f]{0,4}){2,7}\b",
         validator: Validator::Ipv6,
-        keywords: &[":"],
+        keywords: &[],
+        gate: byte(b':', 2),
+        starts: &[],
     },
     Spec {
         name: "mac",
         kind: Kind::Pii,
-        pattern: r"(?i)\b[0-9a-f]{2}(?:[:-][0-9a-f]{2}){5}\b",
-        group: 0,
+        pattern: r"(?i-u)\b[0-9a-f]{2}(?:[:-][0-9a-f]{2}){5}\b",
         validator: Validator::None,
         keywords: &[],
+        gate: digits(1),
+        starts: &[],
     },
     Spec {
         name: "aws_access_key",
         kind: Kind::Secret,
-        pattern: r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
-        group: 0,
+        pattern: r"(?-u)\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
         validator: Validator::None,
         keywords: &["akia", "asia", "abia", "acca"],
+        gate: NO_GATE,
+        starts: &[],
     },
     Spec {
         name: "aws_secret_key",
         kind: Kind::Secret,
-        pattern: r#"(?i)aws.{0,20}?(?:secret|key).{0,20}?['"=:\s]\s*([A-Za-z0-9/+=]{40})\b"#,
-        group: 1,
+        pattern: r#"(?i-u)aws.{0,20}?(?:secret|key).{0,20}?['"=:\s]\s{0,4}([A-Za-z0-9/+=]{40})\b"#,
         validator: Validator::None,
         keywords: &["aws"],
+        gate: NO_GATE,
+        starts: &[],
     },
     Spec {
         name: "github_token",
         kind: Kind::Secret,
-        pattern: r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
-        group: 0,
+        pattern: r"(?-u)\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
         validator: Validator::None,
         keywords: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+        gate: NO_GATE,
+        starts: &[],
     },
     Spec {
         name: "openai_key",
         kind: Kind::Secret,
-        pattern: r"\bsk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}|[A-Za-z0-9]{20,})",
-        group: 0,
+        pattern: r"(?-u)\bsk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,200}|[A-Za-z0-9]{20,200})",
         validator: Validator::None,
         keywords: &["sk-"],
+        gate: NO_GATE,
+        starts: &[],
     },
     Spec {
         name: "anthropic_key",
         kind: Kind::Secret,
-        pattern: r"\bsk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{20,}",
-        group: 0,
+        pattern: r"(?-u)\bsk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{20,200}",
         validator: Validator::None,
         keywords: &["sk-ant-"],
+        gate: NO_GATE,
+        starts: &[],
     },
     Spec {
         name: "slack_token",
         kind: Kind::Secret,
-        pattern: r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
-        group: 0,
+        pattern: r"(?-u)\bxox[abposr]-[A-Za-z0-9-]{10,200}",
         validator: Validator::None,
         keywords: &["xox"],
+        gate: NO_GATE,
+        starts: &[],
     },
     Spec {
         name: "stripe_key",
         kind: Kind::Secret,
-        pattern: r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}\b",
-        group: 0,
+        pattern: r"(?-u)\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,200}\b",
         validator: Validator::None,
         keywords: &["_live_", "_test_"],
+        gate: NO_GATE,
+        starts: &[],
     },
     Spec {
         name: "jwt",
         kind: Kind::Secret,
-        pattern: r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}",
-        group: 0,
+        pattern: r"(?-u)\beyJ[A-Za-z0-9_-]{5,1024}\.eyJ[A-Za-z0-9_-]{5,4096}\.[A-Za-z0-9_-]{10,1024}",
         validator: Validator::None,
         keywords: &["eyj"],
+        gate: NO_GATE,
+        starts: &["eyJ"],
     },
     Spec {
         name: "private_key",
         kind: Kind::Secret,
-        pattern: r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
-        group: 0,
+        pattern: r"(?-u)-----BEGIN (?:[A-Z0-9]{1,10} ){0,3}PRIVATE KEY-----[A-Za-z0-9+/=:,\s-]{1,4096}?-----END (?:[A-Z0-9]{1,10} ){0,3}PRIVATE KEY-----",
         validator: Validator::None,
         keywords: &["private key-----"],
+        gate: NO_GATE,
+        starts: &["-----BEGIN "],
     },
     Spec {
         name: "bearer_token",
         kind: Kind::Secret,
-        pattern: r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{16,}=*)",
-        group: 1,
+        pattern: r"(?i-u)\bbearer\s{1,4}([A-Za-z0-9._~+/-]{16,1024}={0,2})",
         validator: Validator::None,
         keywords: &["bearer"],
+        gate: NO_GATE,
+        starts: &[],
     },
     Spec {
         name: "password_in_url",
         kind: Kind::Secret,
-        pattern: r"(?i)\b[a-z][a-z0-9+.-]*://[^\s:/@]+:([^\s/@]+)@",
-        group: 1,
+        pattern: r"(?i-u)\b[a-z][a-z0-9+.-]{0,15}://[^\s:/@]{1,128}:([^\s/@]{1,128})@",
         validator: Validator::None,
         keywords: &["://"],
+        gate: NO_GATE,
+        starts: &[],
     },
     Spec {
         name: "generic_secret",
         kind: Kind::Secret,
-        pattern: r#"(?i)\b[a-z0-9_.-]*(?:secret|token|passw(?:or)?d|api[_-]?key|access[_-]?key|private[_-]?key)[a-z0-9_.-]*["']?\s*[:=]\s*["']?([A-Za-z0-9/+=_.@!#$%^&*-]{12,})"#,
-        group: 1,
+        pattern: r#"(?i-u)\b[a-z0-9_.-]{0,40}(?:secret|token|passw(?:or)?d|passwd|pwd|api[_-]?key|access[_-]?key|private[_-]?key|credential)[a-z0-9_.-]{0,40}["']?\s{0,4}[:=]\s{0,4}["']?([A-Za-z0-9/+=_.@!#$%^&*~-]{12,256})"#,
         validator: Validator::Entropy,
-        keywords: &["secret", "token", "passw", "key"],
+        keywords: &["secret", "token", "passw", "pwd", "key", "credential"],
+        gate: NO_GATE,
+        starts: &[],
     },
 ];
 
@@ -276,13 +362,15 @@ pub static CATALOGUE: LazyLock<Vec<Arc<Detector>>> = LazyLock::new(|| {
             Arc::new(Detector {
                 name: spec.name.to_string(),
                 kind: spec.kind,
-                regex: regex::RegexBuilder::new(spec.pattern)
-                    .size_limit(REGEX_SIZE_LIMIT)
+                regex: regex::bytes::RegexBuilder::new(spec.pattern)
+                    .size_limit(BUILTIN_SIZE_LIMIT)
                     .build()
-                    .expect("built-in detector regexes compile"),
-                group: spec.group,
+                    .unwrap_or_else(|e| panic!("built-in detector {} compiles: {e}", spec.name)),
                 validator: spec.validator,
                 keywords: spec.keywords,
+                gate: spec.gate,
+                starts: spec.starts,
+                max_len: max_len(spec.pattern).expect("built-in detector patterns are bounded"),
             })
         })
         .collect()
@@ -305,8 +393,12 @@ pub fn expand(name: &str) -> Vec<Arc<Detector>> {
         .collect()
 }
 
-fn card_number(value: &str) -> bool {
-    let digits: Vec<u32> = value.chars().filter_map(|c| c.to_digit(10)).collect();
+fn card_number(value: &[u8]) -> bool {
+    let digits: Vec<u32> = value
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .map(|b| u32::from(b - b'0'))
+        .collect();
     if !(13..=19).contains(&digits.len()) {
         return false;
     }
@@ -337,8 +429,8 @@ fn luhn(digits: &[u32]) -> bool {
     sum.is_multiple_of(10)
 }
 
-fn iban(value: &str) -> bool {
-    let compact: Vec<u8> = value.bytes().filter(|b| *b != b' ').collect();
+fn iban(value: &[u8]) -> bool {
+    let compact: Vec<u8> = value.iter().copied().filter(|b| *b != b' ').collect();
     if !(15..=34).contains(&compact.len()) {
         return false;
     }
@@ -361,7 +453,10 @@ fn iban(value: &str) -> bool {
 
 /// Area 001–899 except 666, group 01–99, serial 0001–9999, and not one of the numbers the SSA
 /// lists as never issued (advertising and example numbers).
-fn us_ssn(value: &str) -> bool {
+fn us_ssn(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
     let parts: Vec<&str> = value.split('-').collect();
     let [area, group, serial] = parts[..] else {
         return false;
@@ -393,13 +488,13 @@ const STOP_WORDS: &[&str] = &[
 
 /// Shannon entropy of at least 3 bits per character and no stop-word: real secrets, not
 /// `password = "changeme-please"`.
-fn high_entropy(value: &str) -> bool {
-    let lower = value.to_ascii_lowercase();
+fn high_entropy(value: &[u8]) -> bool {
+    let lower = String::from_utf8_lossy(value).to_ascii_lowercase();
     if STOP_WORDS.iter().any(|w| lower.contains(w)) {
         return false;
     }
     let mut counts = [0u32; 256];
-    for b in value.bytes() {
+    for &b in value {
         counts[usize::from(b)] += 1;
     }
     #[expect(clippy::cast_precision_loss, reason = "lengths are far below 2^52")]
@@ -421,17 +516,17 @@ mod tests {
 
     #[test]
     fn validators() {
-        assert!(card_number("4111 1111 1111 1111"));
-        assert!(!card_number("4111 1111 1111 1112"));
-        assert!(!card_number("1234567812345670")); // Luhn-valid, no issuer
-        assert!(iban("GB82 WEST 1234 5698 7654 32"));
-        assert!(!iban("GB82 WEST 1234 5698 7654 33"));
-        assert!(us_ssn("219-09-9998"));
+        assert!(card_number(b"4111 1111 1111 1111"));
+        assert!(!card_number(b"4111 1111 1111 1112"));
+        assert!(!card_number(b"1234567812345670")); // Luhn-valid, no issuer
+        assert!(iban(b"GB82 WEST 1234 5698 7654 32"));
+        assert!(!iban(b"GB82 WEST 1234 5698 7654 33"));
+        assert!(us_ssn(b"219-09-9998"));
         for bad in ["000-12-3456", "666-12-3456", "900-12-3456", "078-05-1120"] {
-            assert!(!us_ssn(bad), "{bad}");
+            assert!(!us_ssn(bad.as_bytes()), "{bad}");
         }
-        assert!(high_entropy("q8Zr3kP0vX7mW2tL"));
-        assert!(!high_entropy("changeme-changeme"));
+        assert!(high_entropy(b"q8Zr3kP0vX7mW2tL"));
+        assert!(!high_entropy(b"changeme-changeme"));
     }
 
     #[test]
@@ -440,5 +535,14 @@ mod tests {
         assert!(expand("pii").iter().any(|d| d.name == "email"));
         assert!(expand("nope").is_empty());
         assert_eq!(expand("jwt").len(), 1);
+    }
+
+    #[test]
+    fn every_pattern_is_bounded() {
+        for detector in CATALOGUE.iter() {
+            assert!(detector.max_len <= MAX_MATCH_LEN, "{}", detector.name);
+        }
+        assert_eq!(max_len(r"(?-u)\bEMP-\d{6}\b"), Some(10));
+        assert_eq!(max_len(r"\d+"), None);
     }
 }

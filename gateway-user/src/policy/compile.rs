@@ -702,7 +702,7 @@ impl Compiler<'_> {
             );
             return None;
         }
-        let regex = self.regex(&def.regex)?;
+        let regex = self.bytes_regex(&def.regex)?;
         let validator = match &def.validator {
             None => Validator::None,
             Some(v) => {
@@ -718,7 +718,20 @@ impl Compiler<'_> {
                 }
             }
         };
-        Some(Detector::custom(name, regex, validator))
+        match Detector::custom(name, regex, validator) {
+            Ok(detector) if detector.max_len <= detectors::MAX_MATCH_LEN => Some(detector),
+            Ok(_) | Err(_) => {
+                self.error(
+                    &def.regex,
+                    format!(
+                        "detector `{name}` can match more than {} bytes; streaming masking needs a bound",
+                        detectors::MAX_MATCH_LEN
+                    ),
+                    Some("bound every repetition: `\\d{6,12}` rather than `\\d+`"),
+                );
+                None
+            }
+        }
     }
 
     fn regex(&mut self, pattern: &S<String>) -> Option<regex::Regex> {

@@ -1,0 +1,545 @@
+//! Masking of Server-Sent Events from LLM APIs, event by event and without buffering the
+//! response.
+//!
+//! The text a model streams is spread over many events: OpenAI `chat.completions`
+//! (`choices[].delta.content`, `choices[].delta.tool_calls[].function.arguments`), OpenAI
+//! `responses` (`response.*.delta` events) and Anthropic `messages` (`content_block_delta`
+//! with `text_delta`, `input_json_delta`, `thinking_delta`). Each such text stream is fed to
+//! its own [`StreamMasker`], so a value split over several events is found; every event goes
+//! out as a valid SSE event with valid JSON carrying the settled part of its delta. What is
+//! still held back when a stream ends (`finish_reason`, `content_block_stop`, a `.done`
+//! event, `[DONE]` or the end of the body) goes out in one extra event of the same shape,
+//! just before the event that ended it. Other events are masked whole, as JSON or as text.
+
+use serde_json::Value;
+
+use super::{
+    MaskContext, PathStep,
+    stream::{Step, StreamMasker},
+};
+
+/// Longest SSE line buffered; past it the rest of the body is masked as plain text.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// One text stream inside the events.
+struct TextStream {
+    key: String,
+    masker: StreamMasker,
+    /// The last event carrying this stream, its delta emptied: the shape of a flush event.
+    template: Option<(Vec<Vec<u8>>, Value, String)>,
+}
+
+/// The SSE masker of one response body.
+pub struct SseMasker {
+    steps: Vec<Step>,
+    line: Vec<u8>,
+    /// A `\r` ended the last line; a `\n` right after it belongs to it.
+    after_cr: bool,
+    /// Non-data lines of the current event, as received.
+    fields: Vec<Vec<u8>>,
+    data: Vec<u8>,
+    has_data: bool,
+    streams: Vec<TextStream>,
+    /// Past an over-long line everything goes through this text masker.
+    overflow: Option<StreamMasker>,
+}
+
+impl SseMasker {
+    /// `steps` are the masking steps that apply to the response (and `Restore` for a session
+    /// with tokens).
+    pub fn new(steps: Vec<Step>) -> Self {
+        Self {
+            steps,
+            line: Vec::new(),
+            after_cr: false,
+            fields: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+            streams: Vec::new(),
+            overflow: None,
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8], ctx: &mut MaskContext) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(text) = &mut self.overflow {
+            return text.push(chunk, ctx);
+        }
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            if self.after_cr {
+                self.after_cr = false;
+                if rest[0] == b'\n' {
+                    rest = &rest[1..];
+                    continue;
+                }
+            }
+            match memchr::memchr2(b'\n', b'\r', rest) {
+                Some(at) => {
+                    self.line.extend_from_slice(&rest[..at]);
+                    self.after_cr = rest[at] == b'\r';
+                    rest = &rest[at + 1..];
+                    let line = std::mem::take(&mut self.line);
+                    self.line(line, ctx, &mut out);
+                }
+                None => {
+                    self.line.extend_from_slice(rest);
+                    rest = &[];
+                }
+            }
+            if self.line.len() > MAX_LINE {
+                ctx.note("sse line over 1 MiB: rest of the stream masked as text");
+                return self.overflow(rest, ctx, out);
+            }
+        }
+        out
+    }
+
+    /// Everything held so far goes out masked as text, and so will the rest.
+    fn overflow(&mut self, rest: &[u8], ctx: &mut MaskContext, mut out: Vec<u8>) -> Vec<u8> {
+        self.flush_all(ctx, &mut out);
+        let mut text = StreamMasker::new(self.steps.iter().cloned());
+        let mut held = Vec::new();
+        for field in self.fields.drain(..) {
+            held.extend_from_slice(&field);
+            held.push(b'\n');
+        }
+        if self.has_data {
+            held.extend_from_slice(b"data: ");
+            held.extend_from_slice(&self.data);
+            held.push(b'\n');
+        }
+        held.append(&mut self.line);
+        held.extend_from_slice(rest);
+        out.extend(text.push(&held, ctx));
+        self.overflow = Some(text);
+        out
+    }
+
+    pub fn finish(&mut self, ctx: &mut MaskContext) -> Vec<u8> {
+        if let Some(text) = &mut self.overflow {
+            return text.finish(ctx);
+        }
+        let mut out = Vec::new();
+        if !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.line(line, ctx, &mut out);
+        }
+        if self.has_data || !self.fields.is_empty() {
+            self.dispatch(ctx, &mut out);
+        }
+        self.flush_all(ctx, &mut out);
+        out
+    }
+
+    fn line(&mut self, line: Vec<u8>, ctx: &mut MaskContext, out: &mut Vec<u8>) {
+        if line.is_empty() {
+            self.dispatch(ctx, out);
+            return;
+        }
+        if let Some(value) = line.strip_prefix(b"data") {
+            if value.is_empty() || value[0] == b':' {
+                let value = value.get(1..).unwrap_or_default();
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+                self.has_data = true;
+                return;
+            }
+        }
+        self.fields.push(line);
+    }
+
+    /// One complete event.
+    fn dispatch(&mut self, ctx: &mut MaskContext, out: &mut Vec<u8>) {
+        let fields = std::mem::take(&mut self.fields);
+        let data = std::mem::take(&mut self.data);
+        let has_data = std::mem::take(&mut self.has_data);
+        if !has_data {
+            write_event(out, &fields, None);
+            return;
+        }
+        if data.trim_ascii() == b"[DONE]" {
+            self.flush_all(ctx, out);
+            write_event(out, &fields, Some(&data));
+            return;
+        }
+        let Ok(mut value) = serde_json::from_slice::<Value>(&data) else {
+            let masked = self.mask_whole_text(&data, ctx);
+            write_event(out, &fields, Some(&masked));
+            return;
+        };
+        let event_name = event_name(&fields, &value);
+        for key in ends(&event_name, &value) {
+            self.flush(&key, ctx, out);
+        }
+        let deltas = deltas(&event_name, &value);
+        if deltas.is_empty() {
+            self.mask_whole_json(&mut value, ctx);
+        }
+        for (key, pointer) in deltas {
+            let Some(Value::String(text)) = value.pointer(&pointer).cloned() else {
+                continue;
+            };
+            let index = self.stream(&key, &pointer);
+            let stream = &mut self.streams[index];
+            let settled = stream.masker.push(text.as_bytes(), ctx);
+            let mut template = value.clone();
+            if let Some(slot) = template.pointer_mut(&pointer) {
+                *slot = Value::String(String::new());
+            }
+            strip_ends(&mut template);
+            stream.template = Some((fields.clone(), template, pointer.clone()));
+            if let Some(slot) = value.pointer_mut(&pointer) {
+                *slot = Value::String(String::from_utf8_lossy(&settled).into_owned());
+            }
+        }
+        let json = serde_json::to_vec(&value).unwrap_or(data);
+        write_event(out, &fields, Some(&json));
+    }
+
+    fn stream(&mut self, key: &str, pointer: &str) -> usize {
+        if let Some(index) = self.streams.iter().position(|s| s.key == key) {
+            return index;
+        }
+        let at = pointer_steps(pointer);
+        let steps = self.steps.iter().filter(|step| match step {
+            Step::Mask(masker) => masker.selects(&at),
+            Step::Restore => true,
+        });
+        self.streams.push(TextStream {
+            key: key.to_string(),
+            masker: StreamMasker::new(steps.cloned()),
+            template: None,
+        });
+        self.streams.len() - 1
+    }
+
+    /// Ends the text streams whose key starts with `prefix`, emitting what they held.
+    fn flush(&mut self, prefix: &str, ctx: &mut MaskContext, out: &mut Vec<u8>) {
+        let mut index = 0;
+        while index < self.streams.len() {
+            if !self.streams[index].key.starts_with(prefix) {
+                index += 1;
+                continue;
+            }
+            let mut stream = self.streams.remove(index);
+            let rest = stream.masker.finish(ctx);
+            if let (false, Some((fields, mut template, pointer))) =
+                (rest.is_empty(), stream.template)
+            {
+                if let Some(slot) = template.pointer_mut(&pointer) {
+                    *slot = Value::String(String::from_utf8_lossy(&rest).into_owned());
+                }
+                let fields: Vec<Vec<u8>> = fields
+                    .into_iter()
+                    .filter(|f| !f.starts_with(b"id"))
+                    .collect();
+                let json = serde_json::to_vec(&template).unwrap_or_default();
+                write_event(out, &fields, Some(&json));
+            }
+        }
+    }
+
+    fn flush_all(&mut self, ctx: &mut MaskContext, out: &mut Vec<u8>) {
+        self.flush("", ctx, out);
+    }
+
+    fn mask_whole_json(&self, value: &mut Value, ctx: &mut MaskContext) {
+        for step in &self.steps {
+            match step {
+                Step::Mask(masker) => masker.mask_json(value, ctx),
+                Step::Restore => restore_json(value, ctx),
+            }
+        }
+    }
+
+    fn mask_whole_text(&self, data: &[u8], ctx: &mut MaskContext) -> Vec<u8> {
+        let mut text = StreamMasker::new(self.steps.iter().cloned());
+        let mut out = text.push(data, ctx);
+        out.extend(text.finish(ctx));
+        out
+    }
+}
+
+fn restore_json(value: &mut Value, ctx: &MaskContext) {
+    match value {
+        Value::String(text) => {
+            if let std::borrow::Cow::Owned(restored) = ctx.restore(text) {
+                *text = restored;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| restore_json(v, ctx)),
+        Value::Object(fields) => fields.values_mut().for_each(|v| restore_json(v, ctx)),
+        _ => {}
+    }
+}
+
+/// The event's name: its `event:` field, else the `type` of its JSON.
+fn event_name(fields: &[Vec<u8>], value: &Value) -> String {
+    for field in fields {
+        if let Some(name) = field.strip_prefix(b"event:") {
+            return String::from_utf8_lossy(name.trim_ascii()).into_owned();
+        }
+    }
+    value["type"].as_str().unwrap_or_default().to_string()
+}
+
+fn index_of(value: &Value, key: &str, fallback: usize) -> u64 {
+    value[key].as_u64().unwrap_or(fallback as u64)
+}
+
+/// The text streams of an event: (stream key, JSON pointer of the delta text).
+fn deltas(name: &str, value: &Value) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    // OpenAI chat.completions (and legacy completions).
+    if let Some(choices) = value["choices"].as_array() {
+        for (i, choice) in choices.iter().enumerate() {
+            let c = index_of(choice, "index", i);
+            let delta = &choice["delta"];
+            for field in ["content", "refusal", "reasoning_content"] {
+                if delta[field].is_string() {
+                    found.push((
+                        format!("c{c}.{field}"),
+                        format!("/choices/{i}/delta/{field}"),
+                    ));
+                }
+            }
+            if let Some(calls) = delta["tool_calls"].as_array() {
+                for (j, call) in calls.iter().enumerate() {
+                    if call["function"]["arguments"].is_string() {
+                        let t = index_of(call, "index", j);
+                        found.push((
+                            format!("c{c}.tool{t}"),
+                            format!("/choices/{i}/delta/tool_calls/{j}/function/arguments"),
+                        ));
+                    }
+                }
+            }
+            if choice["text"].is_string() {
+                found.push((format!("c{c}.text"), format!("/choices/{i}/text")));
+            }
+        }
+        return found;
+    }
+    // OpenAI responses.
+    if name.starts_with("response.") && name.ends_with(".delta") && value["delta"].is_string() {
+        let item = value["item_id"].as_str().map_or_else(
+            || index_of(value, "output_index", 0).to_string(),
+            str::to_string,
+        );
+        let part = index_of(value, "content_index", 0);
+        found.push((format!("r{item}.{part}"), "/delta".to_string()));
+        return found;
+    }
+    // Anthropic messages.
+    if name == "content_block_delta" {
+        let b = index_of(value, "index", 0);
+        for field in ["text", "partial_json", "thinking"] {
+            if value["delta"][field].is_string() {
+                found.push((format!("a{b}"), format!("/delta/{field}")));
+            }
+        }
+    }
+    found
+}
+
+/// Stream keys that end with this event (their held text must go out before it).
+fn ends(name: &str, value: &Value) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(choices) = value["choices"].as_array() {
+        for (i, choice) in choices.iter().enumerate() {
+            if !choice["finish_reason"].is_null() {
+                keys.push(format!("c{}.", index_of(choice, "index", i)));
+            }
+        }
+    } else if name.starts_with("response.") && name.ends_with(".done") {
+        let item = value["item_id"].as_str().map_or_else(
+            || index_of(value, "output_index", 0).to_string(),
+            str::to_string,
+        );
+        keys.push(format!("r{item}.{}", index_of(value, "content_index", 0)));
+    } else if name == "response.completed" || name == "message_stop" || name == "error" {
+        keys.push(String::new());
+    } else if name == "content_block_stop" {
+        keys.push(format!("a{}", index_of(value, "index", 0)));
+    }
+    keys
+}
+
+/// A flush event must not end its choice again.
+fn strip_ends(template: &mut Value) {
+    if let Some(choices) = template["choices"].as_array_mut() {
+        for choice in choices {
+            if let Some(reason) = choice.get_mut("finish_reason") {
+                *reason = Value::Null;
+            }
+        }
+    }
+}
+
+fn pointer_steps(pointer: &str) -> Vec<PathStep> {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|step| match step.parse() {
+            Ok(index) => PathStep::Index(index),
+            Err(_) => PathStep::Key(step.replace("~1", "/").replace("~0", "~")),
+        })
+        .collect()
+}
+
+fn write_event(out: &mut Vec<u8>, fields: &[Vec<u8>], data: Option<&[u8]>) {
+    for field in fields {
+        out.extend_from_slice(field);
+        out.push(b'\n');
+    }
+    if let Some(data) = data {
+        for line in data.split(|&b| b == b'\n') {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+    }
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::mask::{Masker, Strategy, detectors};
+
+    fn steps(strategy: Strategy) -> Vec<Step> {
+        let detectors = ["email", "credit_card"]
+            .iter()
+            .flat_map(|n| detectors::expand(n))
+            .collect();
+        vec![Step::Mask(Arc::new(Masker::new(
+            detectors,
+            strategy,
+            Vec::new(),
+        )))]
+    }
+
+    fn ctx() -> MaskContext {
+        MaskContext::new(Arc::from(&b"k"[..]))
+    }
+
+    fn chat_chunk(content: &str, finish: Option<&str>) -> String {
+        let v = serde_json::json!({"id": "c1", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]});
+        format!("data: {v}\n\n")
+    }
+
+    fn events(out: &[u8]) -> Vec<Value> {
+        String::from_utf8(out.to_vec())
+            .unwrap()
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).expect("every event stays valid JSON"))
+            .collect()
+    }
+
+    fn text_of(events: &[Value]) -> String {
+        events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn openai_chat_value_split_over_events() {
+        let mut body = String::new();
+        for piece in [
+            "Write to bob",
+            "@exam",
+            "ple.com and pay 4111 1111",
+            " 1111 1111",
+            ".",
+        ] {
+            body.push_str(&chat_chunk(piece, None));
+        }
+        body.push_str(&chat_chunk("", Some("stop")));
+        body.push_str("data: [DONE]\n\n");
+        for size in [1, 3, 17, body.len()] {
+            let mut sse = SseMasker::new(steps(Strategy::Redact));
+            let mut c = ctx();
+            let mut out = Vec::new();
+            for chunk in body.as_bytes().chunks(size) {
+                out.extend(sse.push(chunk, &mut c));
+            }
+            out.extend(sse.finish(&mut c));
+            let events = events(&out);
+            assert_eq!(
+                text_of(&events),
+                "Write to [REDACTED:EMAIL] and pay [REDACTED:CREDIT_CARD].",
+                "chunks of {size}"
+            );
+            assert_eq!(
+                events.last().unwrap()["choices"][0]["finish_reason"],
+                "stop"
+            );
+            assert!(
+                String::from_utf8(out)
+                    .unwrap()
+                    .ends_with("data: [DONE]\n\n")
+            );
+            assert_eq!(c.counts["email"], 1);
+        }
+    }
+
+    #[test]
+    fn anthropic_and_tool_arguments() {
+        let events_in = [
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"mail a@b"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":".io ok"}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"message_stop"}"#,
+        ];
+        let body: String = events_in
+            .iter()
+            .map(|e| {
+                let v: Value = serde_json::from_str(e).unwrap();
+                format!("event: {}\ndata: {e}\n\n", v["type"].as_str().unwrap())
+            })
+            .collect();
+        let mut sse = SseMasker::new(steps(Strategy::Redact));
+        let mut c = ctx();
+        let mut out = sse.push(body.as_bytes(), &mut c);
+        out.extend(sse.finish(&mut c));
+        let text = String::from_utf8(out).unwrap();
+        let joined: String = text
+            .split("\n\n")
+            .filter_map(|e| e.split_once("data: ").map(|(_, d)| d))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| v["delta"]["text"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(joined, "mail [REDACTED:EMAIL] ok");
+        assert!(!text.contains("a@b"));
+        // The held text comes out before the block ends.
+        assert!(
+            text.find("[REDACTED:EMAIL]").unwrap() < text.find("content_block_stop\n").unwrap()
+        );
+    }
+
+    #[test]
+    fn over_long_lines_fall_back_to_text() {
+        let mut sse = SseMasker::new(steps(Strategy::Redact));
+        let mut c = ctx();
+        let long = format!("data: {}a@b.io", "x ".repeat(MAX_LINE / 2 + 10));
+        let mut out = sse.push(long.as_bytes(), &mut c);
+        out.extend(sse.finish(&mut c));
+        assert!(c.notes.iter().any(|n| n.contains("1 MiB")));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("[REDACTED:EMAIL]")
+        );
+    }
+}
