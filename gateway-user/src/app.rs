@@ -310,6 +310,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         accept_nat_redirect: settings.accept_nat_redirect,
         connect_timeout: Duration::from_secs(10),
         tls: Arc::new(crate::tls::TlsContext::new(ca)),
+        mask_key: settings.state.mask_key()?,
         stats: proxy::ProxyStats::default(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

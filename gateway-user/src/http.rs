@@ -9,6 +9,8 @@
 //! [`INSPECT_LIMIT`] (past that the request is refused with 413, never passed unchecked).
 //! Upgrades (WebSocket) are relayed byte for byte after the `101`.
 
+pub mod masking;
+
 use std::{
     collections::BTreeSet,
     convert::Infallible,
@@ -28,6 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
+    mask::{MaskContext, stream::Step},
     policy::{Credentials, IdSet, Operation, Policy, TemplatePart, Verdict, template_parts},
     proxy::ProxyContext,
     session::{Event, TlsLeg},
@@ -35,8 +38,8 @@ use crate::{
     tls::LegPolicy,
 };
 
-/// Largest request body read for `body` conditions.
-pub const INSPECT_LIMIT: usize = 1 << 20;
+/// Largest request body read for `body` conditions or masking (past it: 413).
+pub const INSPECT_LIMIT: usize = masking::JSON_LIMIT;
 /// How long a client may take to send a request's headers (slowloris).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -384,6 +387,63 @@ fn request_host<B>(request: &Request<B>) -> Option<String> {
     (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
+/// A request body: still streaming from the agent, or read whole.
+enum Pending {
+    Streaming(Incoming),
+    Read(Bytes),
+}
+
+impl Pending {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Streaming(_) => &[],
+            Self::Read(bytes) => bytes,
+        }
+    }
+
+    fn into_body(self) -> Body {
+        match self {
+            Self::Streaming(incoming) => incoming.map_err(BoxError::from).boxed_unsync(),
+            Self::Read(bytes) => full(bytes),
+        }
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Drops from `Accept-Encoding` the codings the gateway cannot decode.
+fn keep_decodable_codings(headers: &mut HeaderMap) {
+    let Some(value) = header_str(headers, header::ACCEPT_ENCODING) else {
+        return;
+    };
+    let kept: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|c| {
+            let name = c
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            name == "identity" || masking::CODINGS.contains(&name.as_str())
+        })
+        .collect();
+    if kept.is_empty() {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    } else if let Ok(value) = HeaderValue::from_str(&kept.join(", ")) {
+        headers.insert(header::ACCEPT_ENCODING, value);
+    }
+}
+
 /// The session's binding to a target and upstream, fixed by its first request (or by the TLS
 /// handshake). A later request for another target is refused with 421.
 pub struct Binding {
@@ -424,6 +484,10 @@ pub struct HttpSession {
     seq: AtomicU32,
     pub outcome: Mutex<Outcome>,
     credential: Mutex<Option<(usize, HeaderValue)>>,
+    /// Counts, notes and the tokenize vault of this session (never recorded raw).
+    pub mask: Arc<Mutex<MaskContext>>,
+    /// Errors met while streaming a masked response body.
+    pub body_errors: Arc<Mutex<Vec<String>>>,
 }
 
 impl HttpSession {
@@ -440,15 +504,17 @@ impl HttpSession {
             let _ = cell.set(binding);
         }
         Self {
-            ctx,
             policy,
             ids,
             session_id,
             binding: cell,
             binder,
             seq: AtomicU32::new(1),
+            mask: Arc::new(Mutex::new(MaskContext::new(Arc::clone(&ctx.mask_key)))),
+            body_errors: Arc::default(),
             outcome: Mutex::new(Outcome::default()),
             credential: Mutex::new(None),
+            ctx,
         }
     }
 
@@ -583,7 +649,7 @@ impl HttpSession {
             return self.error_response(StatusCode::BAD_GATEWAY, reason);
         }
 
-        // Policy: read the body first only when a rule looks into it.
+        // Policy: read the body first only when a rule looks into it, or masks it.
         let needs_body = target.is_some_and(|t| {
             self.policy.rules_by_target[t]
                 .iter()
@@ -593,49 +659,17 @@ impl HttpSession {
             && request.version() == http::Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, incoming) = request.into_parts();
-        let (body, inspected): (Body, Bytes) = if needs_body {
-            match http_body_util::Limited::new(incoming, INSPECT_LIMIT)
-                .collect()
-                .await
-            {
-                Ok(collected) => {
-                    let bytes = collected.to_bytes();
-                    (full(bytes.clone()), bytes)
-                }
-                Err(error) => {
-                    let (status, reason) = if error
-                        .downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
-                        (
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            format!(
-                                "request body over {INSPECT_LIMIT} bytes cannot be checked against this target's body rules"
-                            ),
-                        )
-                    } else {
-                        (
-                            StatusCode::BAD_REQUEST,
-                            format!("request body unreadable: {error}"),
-                        )
-                    };
-                    self.lock().errors.push(reason.clone());
-                    return self.error_response(status, &reason);
-                }
-            }
-        } else {
-            (
-                incoming.map_err(BoxError::from).boxed_unsync(),
-                Bytes::new(),
-            )
-        };
+        let mut body = Pending::Streaming(incoming);
+        if needs_body && let Err(response) = self.read_body(&mut parts, &mut body).await {
+            return response;
+        }
         let decision = self.policy.evaluate(
             self.ids,
             target,
             &Operation::HttpRequest {
                 method: &method,
                 path: &path,
-                body: &inspected,
+                body: body.bytes(),
             },
         );
         let names = self.policy.rule_names(&decision.acting);
@@ -670,6 +704,31 @@ impl HttpSession {
             }
             Verdict::Allow => {}
         }
+        // Masking: the body is read whole (bounded), decoded and masked before it leaves.
+        let steps = self.policy.stream_steps(&decision);
+        if !steps.is_empty() {
+            if let Err(response) = self.read_body(&mut parts, &mut body).await {
+                return response;
+            }
+            let content_type = header_str(&parts.headers, header::CONTENT_TYPE);
+            let masked = masking::mask_whole(
+                &steps,
+                content_type.as_deref(),
+                body.bytes(),
+                &mut crate::lock(&self.mask),
+            );
+            if let Some(masked) = masked {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, masked.len().into());
+                body = Pending::Read(Bytes::from(masked));
+            }
+        }
+        if target.is_some_and(|t| self.policy.masks_target(t)) {
+            // Ask only for codings the gateway can decode, so responses can be masked.
+            keep_decodable_codings(&mut parts.headers);
+        }
+        let body = body.into_body();
 
         strip_hop_by_hop(&mut parts.headers, upgrade);
         if let (Some(t), Some(credentials)) = (target, credentials) {
@@ -732,7 +791,128 @@ impl HttpSession {
         }
         let (mut parts, incoming) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
-        Response::from_parts(parts, incoming.map_err(BoxError::from).boxed_unsync())
+        let body = match self.response_masking(target, &method, &mut parts) {
+            Ok(Some((decoder, steps))) => masking::MaskedBody::new(
+                incoming,
+                decoder,
+                steps,
+                header_str(&parts.headers, header::CONTENT_TYPE),
+                Arc::clone(&self.mask),
+                Arc::clone(&self.body_errors),
+            )
+            .boxed_unsync(),
+            Ok(None) => incoming.map_err(BoxError::from).boxed_unsync(),
+            Err(reason) => {
+                self.lock().errors.push(reason.clone());
+                return self.error_response(StatusCode::BAD_GATEWAY, &reason);
+            }
+        };
+        Response::from_parts(parts, body)
+    }
+
+    /// Whether and how a response is masked: the steps of the response-direction mask rules
+    /// (then the restoring of tokens this session sent), and the decoder of its coding.
+    #[allow(clippy::type_complexity)]
+    fn response_masking(
+        &self,
+        target: Option<usize>,
+        method: &str,
+        parts: &mut http::response::Parts,
+    ) -> Result<Option<(Option<masking::Decoder>, Vec<Step>)>, String> {
+        let status = parts.status;
+        if method == "HEAD"
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status.is_informational()
+        {
+            return Ok(None);
+        }
+        let decision = self.policy.evaluate(
+            self.ids,
+            target,
+            &Operation::HttpResponse {
+                status: status.as_u16(),
+                body: &[],
+            },
+        );
+        let mut steps = self.policy.stream_steps(&decision);
+        if crate::lock(&self.mask).has_tokens() {
+            steps.push(Step::Restore);
+        }
+        if steps.is_empty() {
+            return Ok(None);
+        }
+        let names = self.policy.rule_names(&decision.acting);
+        self.lock().rules.extend(names);
+        let content_type = header_str(&parts.headers, header::CONTENT_TYPE);
+        if masking::is_binary_type(content_type.as_deref()) {
+            return Ok(None);
+        }
+        let decoder = masking::Decoder::for_encoding(&parts.headers)?;
+        if decoder.is_some() {
+            parts.headers.remove(header::CONTENT_ENCODING);
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove("content-md5");
+        Ok(Some((decoder, steps)))
+    }
+
+    /// Reads (bounded) and decodes the request body, once.
+    async fn read_body(
+        &self,
+        parts: &mut http::request::Parts,
+        body: &mut Pending,
+    ) -> Result<(), Response<Body>> {
+        let Pending::Streaming(_) = body else {
+            return Ok(());
+        };
+        let Pending::Streaming(incoming) = std::mem::replace(body, Pending::Read(Bytes::new()))
+        else {
+            unreachable!("checked above");
+        };
+        let bytes = match http_body_util::Limited::new(incoming, INSPECT_LIMIT)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) => {
+                let (status, reason) = if error
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "request body over {INSPECT_LIMIT} bytes cannot be checked or masked for this target"
+                        ),
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("request body unreadable: {error}"),
+                    )
+                };
+                self.lock().errors.push(reason.clone());
+                return Err(self.error_response(status, &reason));
+            }
+        };
+        let (bytes, decoded) = match masking::decode_all(&parts.headers, bytes) {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                self.lock().errors.push(reason.clone());
+                return Err(self.error_response(StatusCode::BAD_REQUEST, &reason));
+            }
+        };
+        if decoded {
+            parts.headers.remove(header::CONTENT_ENCODING);
+        }
+        if decoded || parts.headers.contains_key(header::CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, bytes.len().into());
+        }
+        *body = Pending::Read(bytes);
+        Ok(())
     }
 
     /// The target's credential, resolved once per session.

@@ -147,6 +147,8 @@ pub struct Masker {
     pub json_paths: Vec<JsonPath>,
     /// Bytes a stream must hold back: the longest match plus one byte of look-ahead.
     holdback: usize,
+    /// The rule this masker belongs to, for the session's counts per rule.
+    rule: Option<String>,
 }
 
 /// A value found in a text: the value's byte range (what is replaced), the end of the whole
@@ -172,6 +174,8 @@ struct Candidate {
 pub struct MaskContext {
     key: Arc<[u8]>,
     pub counts: BTreeMap<String, u64>,
+    /// Masked values per rule (`rule:NAME`).
+    pub by_rule: BTreeMap<String, u64>,
     /// Placeholder → original, for `tokenize`; lives only in memory for the session.
     vault: Vec<(String, Vec<u8>)>,
     /// What masking had to fall back on (recorded with the session, never with values).
@@ -183,6 +187,7 @@ impl MaskContext {
         Self {
             key,
             counts: BTreeMap::new(),
+            by_rule: BTreeMap::new(),
             vault: Vec::new(),
             notes: std::collections::BTreeSet::new(),
         }
@@ -305,7 +310,15 @@ impl Masker {
             strategy,
             json_paths,
             holdback,
+            rule: None,
         }
+    }
+
+    /// Names the rule this masker belongs to (its counts go under `rule:NAME` too).
+    #[must_use]
+    pub fn named(mut self, rule: &str) -> Self {
+        self.rule = Some(format!("rule:{rule}"));
+        self
     }
 
     pub fn detectors(&self) -> &[Arc<Detector>] {
@@ -478,6 +491,9 @@ impl Masker {
             let value = &text[finding.start..finding.end];
             out.extend_from_slice(self.replacement(detector, value, ctx).as_bytes());
             *ctx.counts.entry(detector.name.clone()).or_default() += 1;
+            if let Some(rule) = &self.rule {
+                *ctx.by_rule.entry(rule.clone()).or_default() += 1;
+            }
             at = finding.end;
         }
         at

@@ -366,7 +366,7 @@ pub struct Rule {
     pub identities: Option<IdSet>,
     pub direction: Direction,
     pub action: Action,
-    pub masker: Option<Masker>,
+    pub masker: Option<std::sync::Arc<Masker>>,
     pub columns: Vec<String>,
     pub conditions: Conditions,
     pub approval: Option<Approval>,

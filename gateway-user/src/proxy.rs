@@ -54,6 +54,8 @@ pub struct ProxyContext {
     pub connect_timeout: Duration,
     /// The node CA and cached rustls configurations.
     pub tls: Arc<TlsContext>,
+    /// The installation's key of the `hash` masking strategy.
+    pub mask_key: Arc<[u8]>,
     pub stats: ProxyStats,
 }
 
@@ -763,7 +765,25 @@ impl Conn<'_> {
                 });
             }
         }
-        let outcome = std::mem::take(&mut *crate::lock(&http.outcome));
+        let mut outcome = std::mem::take(&mut *crate::lock(&http.outcome));
+        outcome
+            .errors
+            .extend(std::mem::take(&mut *crate::lock(&http.body_errors)));
+        let (masked, summary) = {
+            let mask = crate::lock(&http.mask);
+            let summary = (!mask.counts.is_empty() || !mask.notes.is_empty()).then(|| {
+                serde_json::json!({
+                    "masked": mask.counts,
+                    "by_rule": mask.by_rule,
+                    "notes": mask.notes,
+                })
+            });
+            (mask.counts.clone(), summary)
+        };
+        if let Some(summary) = summary {
+            http.event("masking", summary).await;
+        }
+        session.masked = masked;
         HttpResult { served, outcome }
     }
 

@@ -264,7 +264,8 @@ impl SseMasker {
     }
 }
 
-fn restore_json(value: &mut Value, ctx: &MaskContext) {
+/// Restores this session's placeholders in every string of a JSON value.
+pub fn restore_json(value: &mut Value, ctx: &MaskContext) {
     match value {
         Value::String(text) => {
             if let std::borrow::Cow::Owned(restored) = ctx.restore(text) {

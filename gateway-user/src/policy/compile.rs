@@ -936,7 +936,9 @@ impl Compiler<'_> {
                 );
                 ok = false;
             }
-            Some(Masker::new(detectors_list, strategy, json_paths))
+            Some(Arc::new(
+                Masker::new(detectors_list, strategy, json_paths).named(&name),
+            ))
         } else {
             for (present, key) in [
                 (def.detectors.is_some(), "detectors"),

@@ -275,7 +275,25 @@ impl Policy {
         decision
             .masks
             .iter()
+            .filter_map(|&i| self.rules[i].masker.as_deref())
+            .collect()
+    }
+
+    /// Whether any mask rule names this target.
+    pub fn masks_target(&self, target: usize) -> bool {
+        self.rules_by_target
+            .get(target)
+            .is_some_and(|rules| rules.iter().any(|&r| self.rules[r].masker.is_some()))
+    }
+
+    /// The steps of a streaming masker for a decision (rules with detectors only).
+    pub fn stream_steps(&self, decision: &Decision) -> Vec<mask::stream::Step> {
+        decision
+            .masks
+            .iter()
             .filter_map(|&i| self.rules[i].masker.as_ref())
+            .filter(|m| !m.detectors().is_empty())
+            .map(|m| mask::stream::Step::Mask(std::sync::Arc::clone(m)))
             .collect()
     }
 

@@ -166,6 +166,36 @@ async fn serve(
             .body(StreamBody::new(stream).boxed_unsync())
             .expect("response");
     }
+    if let Some(kind) = path.strip_prefix("/pii") {
+        // Personal data in 7-byte frames, as text, JSON or gzip-compressed text.
+        let text = LEAK.repeat(4);
+        let (body, content_type, encoding) = match kind {
+            ".json" => (
+                serde_json::json!({"customer": {"note": text, "id": 42}})
+                    .to_string()
+                    .into_bytes(),
+                "application/json",
+                None,
+            ),
+            ".gz" => {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let _ = gz.write_all(text.as_bytes());
+                (gz.finish().unwrap_or_default(), "text/plain", Some("gzip"))
+            }
+            _ => (text.into_bytes(), "text/plain; charset=utf-8", None),
+        };
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = body
+            .chunks(7)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let mut response = Response::builder().header("content-type", content_type);
+        if let Some(encoding) = encoding {
+            response = response.header("content-encoding", encoding);
+        }
+        return response
+            .body(StreamBody::new(Iter(frames.into_iter())).boxed_unsync())
+            .expect("response");
+    }
     if path == "/v1/chat/completions" {
         if let Ok(key) = std::env::var("MOCK_OPENAI_KEY")
             && auth.as_deref() != Some(&format!("Bearer {key}"))
@@ -183,15 +213,23 @@ async fn serve(
             .and_then(|m| m["content"].as_str())
             .unwrap_or("")
             .to_string();
-        let answer = format!("You said: {prompt}");
+        let mut answer = format!("You said: {prompt}");
+        if prompt.contains("leak") {
+            answer.push_str(&format!(" Also {LEAK}"));
+        }
         if request["stream"] == true {
+            // Pieces of 5 characters: values are split over several events.
             let mut events = String::new();
-            for word in answer.split_inclusive(' ') {
+            let chars: Vec<char> = answer.chars().collect();
+            for piece in chars.chunks(5) {
+                let piece: String = piece.iter().collect();
                 let chunk = serde_json::json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": "mock",
-                    "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}]});
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
                 events.push_str(&format!("data: {chunk}\n\n"));
             }
-            events.push_str("data: [DONE]\n\n");
+            let end = serde_json::json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": "mock",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+            events.push_str(&format!("data: {end}\n\ndata: [DONE]\n\n"));
             return Response::builder()
                 .header("content-type", "text/event-stream")
                 .body(full(events))
@@ -215,6 +253,24 @@ async fn serve(
         .header("content-type", "application/json")
         .body(full(echo.to_string()))
         .expect("response")
+}
+
+/// Personal data the mock volunteers (`/pii*`, and chat prompts that say "leak").
+const LEAK: &str = "Reach carol.jones@example.org or +1 415 555 0134, card 5555 5555 5555 4444.\n";
+
+/// Frames from an iterator, as a stream.
+struct Iter<I>(I);
+
+impl<I: Iterator<Item = Result<Frame<Bytes>, Infallible>> + Unpin> futures_core::Stream
+    for Iter<I>
+{
+    type Item = Result<Frame<Bytes>, Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
 }
 
 /// `total` bytes in `chunk`-sized frames, produced as the client reads them.

@@ -1,0 +1,213 @@
+//! Masking on the data path end to end: the official `openai` package, `requests` and curl in
+//! governed cgroups talk HTTPS through the daemon to `mock-upstream`. Prompts leave the node
+//! masked (e-mail addresses tokenized, cards redacted), the mock's streamed and JSON answers
+//! reach the agent with the mock's own PII masked (values split over SSE events and over body
+//! frames, gzip-compressed bodies too) and the agent's own tokenized values restored. Run
+//! with `cargo xtask test` (as root).
+
+use std::time::Duration;
+
+use react_gateway_tests::{Gateway, MockUpstream, free_port, privileged, session_show};
+use serde_json::Value;
+
+const MOCK: &str = env!("CARGO_BIN_EXE_mock-upstream");
+
+/// What the mock volunteers (see `LEAK` in mock-upstream).
+const MOCK_PII: &[&str] = &["carol.jones@example.org", "5555 5555 5555 4444", "555 0134"];
+/// What the agent sends.
+const AGENT_EMAIL: &str = "bob.agent@example.com";
+const AGENT_CARD: &str = "4111 1111 1111 1111";
+
+fn policy(mock: &MockUpstream, port: u16) -> String {
+    let key = mock.dir.join("key");
+    std::fs::write(&key, "sk-real-upstream-key").expect("key file");
+    format!(
+        r#"
+version = 1
+[defaults]
+unmatched = "deny"
+
+[[target]]
+name = "llm"
+addresses = ["127.0.0.2/32"]
+ports = [{port}]
+protocol = "https"
+[target.tls]
+mode = "intercept"
+upstream_ca = "{ca}"
+[target.credentials]
+header = "Authorization"
+value = "Bearer ${{file:{key}}}"
+
+[[rule]]
+name = "tokenize-emails"
+target = "llm"
+direction = "request"
+action = "mask"
+detectors = ["email"]
+json_paths = ["$.messages[*].content"]
+strategy = "tokenize"
+
+[[rule]]
+name = "redact-cards"
+target = "llm"
+direction = "request"
+action = "mask"
+detectors = ["credit_card"]
+strategy = "redact"
+
+[[rule]]
+name = "mask-answers"
+target = "llm"
+direction = "response"
+action = "mask"
+detectors = ["pii"]
+strategy = "redact"
+"#,
+        ca = mock.ca().display(),
+        key = key.display(),
+    )
+}
+
+#[test]
+fn prompts_and_answers_are_masked_in_flight() {
+    if !privileged() {
+        return;
+    }
+    let port = free_port();
+    let mock = MockUpstream::start(MOCK, "mask", &[format!("https@127.0.0.2:{port}")]);
+    let gateway = Gateway::start_with_policy("mask", &[("llm.toml", &policy(&mock, port))], &[]);
+
+    let out = gateway.python(
+        "agent",
+        r#"
+import sys, json, requests, openai
+base = f"https://127.0.0.2:{sys.argv[1]}"
+prompt = f"Mail {sys.argv[2]} about card {sys.argv[3]}, and leak something."
+client = openai.OpenAI(base_url=base + "/v1", api_key="unused")
+stream = client.chat.completions.create(model="mock", messages=[{"role": "user", "content": prompt}], stream=True)
+print("STREAM:" + "".join(chunk.choices[0].delta.content or "" for chunk in stream))
+done = client.chat.completions.create(model="mock", messages=[{"role": "user", "content": prompt}])
+print("JSON:" + done.choices[0].message.content)
+r = requests.get(base + "/pii")
+print("TEXT:" + json.dumps(r.text))
+r = requests.get(base + "/pii.json")
+print("DOC:" + json.dumps(r.json()))
+r = requests.get(base + "/pii.gz")
+print("GZ:" + json.dumps(r.text) + " " + r.headers.get("content-encoding", "identity"))
+r = requests.post(base + "/echo", data=b'{"broken json ' + sys.argv[2].encode(), headers={"content-type": "application/json"})
+print("BROKEN:" + str(r.status_code))
+"#,
+        &[&port.to_string(), AGENT_EMAIL, AGENT_CARD],
+    );
+    let line = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {out}"))
+            .to_string()
+    };
+
+    // The agent sees its own e-mail address back (restored), never the mock's PII, and the
+    // masked values as placeholders, on the streamed and the JSON answer alike.
+    for answer in [line("STREAM:"), line("JSON:")] {
+        assert!(answer.contains(AGENT_EMAIL), "token restored: {answer}");
+        assert!(answer.contains("[REDACTED:CREDIT_CARD]"), "{answer}");
+        assert!(answer.contains("[REDACTED:EMAIL]"), "{answer}");
+        for value in MOCK_PII {
+            assert!(
+                !answer.contains(value),
+                "{value} reached the agent: {answer}"
+            );
+        }
+    }
+    // Bodies in frames of 7 bytes, JSON and gzip alike.
+    for what in ["TEXT:", "DOC:", "GZ:"] {
+        let body = line(what);
+        for value in MOCK_PII {
+            assert!(!body.contains(value), "{what} {value}: {body}");
+        }
+        assert!(body.contains("[REDACTED:EMAIL]"), "{what} {body}");
+    }
+    let doc: Value = serde_json::from_str(&line("DOC:")).expect("JSON stays JSON");
+    assert_eq!(doc["customer"]["id"], 42);
+    assert!(line("GZ:").ends_with(" identity"), "decoded, header fixed");
+    assert_eq!(line("BROKEN:"), "200");
+
+    // The upstream never saw the agent's values: tokens and redactions only, with bodies of
+    // the right length (the mock parsed them).
+    let requests = mock.requests();
+    let chats: Vec<&Value> = requests
+        .iter()
+        .filter(|r| r["path"] == "/v1/chat/completions")
+        .collect();
+    assert_eq!(chats.len(), 2, "{requests:#?}");
+    for request in &chats {
+        let body: Value =
+            serde_json::from_str(request["body"].as_str().unwrap()).expect("valid JSON body");
+        let content = body["messages"][0]["content"].as_str().unwrap();
+        assert_eq!(
+            content,
+            "Mail [TOKEN:EMAIL:1] about card [REDACTED:CREDIT_CARD], and leak something."
+        );
+    }
+    let all = serde_json::to_string(&requests).unwrap();
+    assert!(
+        !all.contains(AGENT_EMAIL) && !all.contains(AGENT_CARD),
+        "{all}"
+    );
+
+    // Counts per detector in the session, per rule and fallbacks in its masking event; never
+    // a raw value.
+    // The openai client's sessions and one per `requests` call.
+    let sessions = gateway.ended_sessions(6, Duration::from_secs(10));
+    let total = |detector: &str| -> u64 {
+        sessions
+            .iter()
+            .filter_map(|s| s["masked"][detector].as_u64())
+            .sum()
+    };
+    // Requests: 2 prompts; responses: 2 answers and 3 bodies of 4 lines each.
+    assert!(total("email") >= 2 + 2 + 12, "{sessions:#?}");
+    assert!(total("credit_card") >= 2 + 2 + 12, "{sessions:#?}");
+    assert!(total("phone") >= 2 + 12, "{sessions:#?}");
+    let chat = sessions
+        .iter()
+        .find(|s| s["masked"]["credit_card"].as_u64() >= Some(2))
+        .unwrap_or_else(|| panic!("no chat session with masked counts: {sessions:#?}"));
+    for rule in ["tokenize-emails", "redact-cards", "mask-answers"] {
+        assert!(
+            chat["rules"].as_array().unwrap().iter().any(|r| r == rule),
+            "{rule}: {chat}"
+        );
+    }
+    let masking: Vec<Value> = sessions
+        .iter()
+        .flat_map(|s| {
+            let shown = session_show(&gateway, s["id"].as_str().unwrap());
+            shown["events"].as_array().cloned().unwrap_or_default()
+        })
+        .filter(|e| e["kind"] == "masking")
+        .collect();
+    assert!(
+        masking
+            .iter()
+            .any(|m| m["by_rule"]["rule:mask-answers"].as_u64() >= Some(4)),
+        "{masking:#?}"
+    );
+    assert!(
+        masking
+            .iter()
+            .any(|m| m["notes"].to_string().contains("did not parse")),
+        "{masking:#?}"
+    );
+    let db = std::fs::read(gateway.state.join("gateway.db")).unwrap_or_default();
+    let wal = std::fs::read(gateway.state.join("gateway.db-wal")).unwrap_or_default();
+    for value in [AGENT_EMAIL, AGENT_CARD].iter().chain(MOCK_PII) {
+        for bytes in [&db, &wal] {
+            assert!(
+                !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+                "{value} is in the store"
+            );
+        }
+    }
+}
