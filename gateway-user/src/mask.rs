@@ -386,7 +386,11 @@ impl Masker {
             let captures = detector.regex.captures_at(hay, at)?;
             let whole = captures.get(0)?;
             let value = captures.iter().skip(1).flatten().last().unwrap_or(whole);
-            if !value.is_empty() && detector.validator.accepts(value.as_bytes()) {
+            if !value.is_empty()
+                && detector
+                    .validator
+                    .accepts_in(hay, value.start(), value.end())
+            {
                 return Some(Candidate {
                     match_start: whole.start(),
                     match_end: whole.end(),
@@ -401,8 +405,9 @@ impl Masker {
     }
 
     /// Scans `hay[from..]` and reports each finding whose match starts before `settle`:
-    /// leftmost match first, the longest value on a tie, and every detector resumes after
-    /// the end of the match kept. Returns the offset up to which the text is settled (no
+    /// the leftmost value first, the longest on a tie, then the detector listed first (so a
+    /// vendor-prefixed key beats `generic_secret`), and every detector resumes after the end
+    /// of the match kept. Returns the offset up to which the text is settled (no
     /// later input can change anything before it). Text before `from` is context only.
     ///
     /// The findings depend only on the bytes around each position, never on where `hay`
@@ -433,8 +438,8 @@ impl Masker {
                 }
                 if let Some(Some(c)) = slot {
                     let better = best.is_none_or(|(_, b)| {
-                        (c.match_start, std::cmp::Reverse(c.end - c.start))
-                            < (b.match_start, std::cmp::Reverse(b.end - b.start))
+                        (c.start, std::cmp::Reverse(c.end - c.start))
+                            < (b.start, std::cmp::Reverse(b.end - b.start))
                     });
                     if better {
                         best = Some((index, *c));
@@ -450,7 +455,17 @@ impl Masker {
                     });
                     pos = c.match_end;
                 }
-                _ => return pos.max(settle),
+                _ => {
+                    // Keep every live candidate for the next scan: none starts before this.
+                    let live = cache
+                        .iter()
+                        .flatten()
+                        .flatten()
+                        .map(|c| c.match_start)
+                        .min()
+                        .unwrap_or(settle);
+                    return pos.max(settle.min(live));
+                }
             }
         }
     }

@@ -45,6 +45,28 @@ impl Validator {
         }
     }
 
+    /// Checks the value at `hay[start..end]`; may look up to [`LOOK_BEHIND`] bytes back.
+    pub fn accepts_in(self, hay: &[u8], start: usize, end: usize) -> bool {
+        let value = &hay[start..end];
+        match self {
+            // A dotted quad after `v`, `version`, `build`, … is a version, not an address.
+            Self::Ipv4 => {
+                let before = &hay[start.saturating_sub(LOOK_BEHIND)..start];
+                let before = String::from_utf8_lossy(before).to_ascii_lowercase();
+                let word = before.trim_end_matches([' ', '=', ':']);
+                !(["v", "ver", "version", "build", "release", "rev", "firmware"]
+                    .iter()
+                    .any(|w| {
+                        word.ends_with(w)
+                            && !word[..word.len() - w.len()]
+                                .ends_with(|c: char| c.is_ascii_alphanumeric())
+                    }))
+                    && self.accepts(value)
+            }
+            _ => self.accepts(value),
+        }
+    }
+
     pub fn accepts(self, value: &[u8]) -> bool {
         match self {
             Self::None => true,
@@ -64,6 +86,9 @@ impl Validator {
         }
     }
 }
+
+/// How far back a validator may look before a value (the stream keeps that much context).
+pub const LOOK_BEHIND: usize = 12;
 
 /// A cheap test on a whole window of text that every match needs, so that a detector whose
 /// gate fails does not run its regex there.
@@ -256,7 +281,7 @@ const SPECS: &[Spec] = &[
     Spec {
         name: "aws_secret_key",
         kind: Kind::Secret,
-        pattern: r#"(?i-u)aws.{0,20}?(?:secret|key).{0,20}?['"=:\s]\s{0,4}([A-Za-z0-9/+=]{40})\b"#,
+        pattern: r#"(?i-u)aws.{0,20}?(?:secret|key).{0,20}?['"=:\s]\s{0,4}([A-Za-z0-9/+=]{40})"#,
         validator: Validator::None,
         keywords: &["aws"],
         gate: NO_GATE,
@@ -491,6 +516,21 @@ const STOP_WORDS: &[&str] = &[
 fn high_entropy(value: &[u8]) -> bool {
     let lower = String::from_utf8_lossy(value).to_ascii_lowercase();
     if STOP_WORDS.iter().any(|w| lower.contains(w)) {
+        return false;
+    }
+    // `min_length=12` is a setting, not a secret: `=` only as base64 padding.
+    let unpadded = value
+        .strip_suffix(b"==")
+        .or_else(|| value.strip_suffix(b"="))
+        .unwrap_or(value);
+    if unpadded.contains(&b'=') {
+        return false;
+    }
+    // An identifier (`snake_case_name`) is no secret: a secret mixes digits or capitals in.
+    if !value
+        .iter()
+        .any(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+    {
         return false;
     }
     let mut counts = [0u32; 256];

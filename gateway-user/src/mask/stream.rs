@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use super::{Finding, MaskContext, Masker, PLACEHOLDER, PLACEHOLDER_HOLDBACK};
 
-/// Bytes kept before the unsettled text, for look-behind (`\b`) at its start.
-const CONTEXT: usize = 4;
+/// Bytes kept before the unsettled text, for look-behind (`\b`, validators) at its start.
+const CONTEXT: usize = crate::mask::detectors::LOOK_BEHIND + 4;
 
 /// One step of a stream.
 #[derive(Debug, Clone)]
