@@ -143,6 +143,8 @@ pub struct Masker {
     prefilter: Option<AhoCorasick>,
     /// Pattern index of `prefilter` → detector index.
     keyword_owner: Vec<usize>,
+    /// All patterns in one automaton: one pass says which detectors match at all in a window.
+    set: Option<regex::bytes::RegexSet>,
     pub strategy: Strategy,
     pub json_paths: Vec<JsonPath>,
     /// Bytes a stream must hold back: the longest match plus one byte of look-ahead.
@@ -219,6 +221,9 @@ impl MaskContext {
     }
 }
 
+/// Size limit of the combined automaton of a rule's detectors.
+const SET_SIZE_LIMIT: usize = 64 << 20;
+
 /// `[TOKEN:EMAIL:12]`: what `tokenize` writes, and what comes back to be restored.
 pub static PLACEHOLDER: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
     regex::bytes::Regex::new(r"(?-u)\[TOKEN:[A-Z0-9_]{1,64}:[0-9]{1,9}\]")
@@ -247,6 +252,16 @@ pub fn restore_bytes<'a>(text: &'a [u8], ctx: &MaskContext) -> Cow<'a, [u8]> {
     }
     out.extend_from_slice(&text[at..]);
     Cow::Owned(out)
+}
+
+/// Adds one to `key`'s count, allocating the key only the first time.
+fn count(counts: &mut BTreeMap<String, u64>, key: &str) {
+    match counts.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(key.to_string(), 1);
+        }
+    }
 }
 
 /// What every detector's gate looks at, counted in one pass over a window.
@@ -303,10 +318,20 @@ impl Masker {
                 .expect("keyword literals build an automaton")
         });
         let holdback = detectors.iter().map(|d| d.max_len).max().unwrap_or(0) + 1;
+        let set = (detectors.len() > 1)
+            .then(|| {
+                regex::bytes::RegexSetBuilder::new(detectors.iter().map(|d| d.regex.as_str()))
+                    .size_limit(SET_SIZE_LIMIT)
+                    .dfa_size_limit(SET_SIZE_LIMIT)
+                    .build()
+                    .ok()
+            })
+            .flatten();
         Self {
             detectors,
             prefilter,
             keyword_owner,
+            set,
             strategy,
             json_paths,
             holdback,
@@ -325,33 +350,33 @@ impl Masker {
         &self.detectors
     }
 
-    /// How many trailing bytes of `window` a stream must keep until more input arrives: the
-    /// longest match (plus a byte of look-ahead), except for detectors whose matches start
-    /// with a literal, which only need to keep from that literal's last occurrence.
+    /// How many trailing bytes of `window` a stream must keep until more input arrives: for
+    /// each detector, from the earliest position where a match could still be in progress.
+    /// That is the detector's longest match (plus a byte of look-ahead), or, for detectors
+    /// with anchors, only as far back as an anchor in the tail (or a part of one at the
+    /// end) allows: no match can start before that without being complete already.
     pub fn holdback(&self, window: &[u8]) -> usize {
+        let end = window.len();
+        let tail = &window[end.saturating_sub(self.holdback)..];
+        let lower = tail.to_ascii_lowercase();
         let mut keep = 0;
         for detector in &self.detectors {
             let need = detector.max_len + 1;
-            if detector.starts.is_empty() {
+            if detector.anchors.is_empty() {
                 keep = keep.max(need);
                 continue;
             }
-            let tail = &window[window.len().saturating_sub(need)..];
-            let mut from_start = 0;
-            for literal in detector.starts {
-                let literal = literal.as_bytes();
-                // A literal begun in the tail, or cut by its end.
-                let at = memchr::memmem::find(tail, literal).or_else(|| {
-                    (1..literal.len())
-                        .rev()
-                        .find(|&n| tail.ends_with(&literal[..n]))
-                        .map(|n| tail.len() - n)
-                });
-                if let Some(at) = at {
-                    from_start = from_start.max(tail.len() - at);
+            let region = &lower[lower.len().saturating_sub(need)..];
+            let mut from_end = 0;
+            for &(anchor, before) in detector.anchors {
+                let before = usize::from(before);
+                // An anchor that has not fully arrived yet.
+                from_end = from_end.max(anchor.len() - 1 + before);
+                if let Some(at) = memchr::memmem::find(region, anchor.as_bytes()) {
+                    from_end = from_end.max(region.len() - at + before);
                 }
             }
-            keep = keep.max(from_start);
+            keep = keep.max(from_end.min(need));
         }
         keep.min(self.holdback)
     }
@@ -361,18 +386,37 @@ impl Masker {
         self.holdback
     }
 
-    /// Detectors that can match somewhere in `window`.
-    fn enabled(&self, window: &[u8]) -> Vec<bool> {
+    /// Detectors that can match somewhere in `hay[from..]`: their gate passes, and (when
+    /// more than one is left) the combined automaton finds a match of theirs.
+    fn enabled(&self, hay: &[u8], from: usize) -> Vec<bool> {
+        let window = &hay[from..];
         let census = Census::of(window);
+        let gated: Vec<bool> = self
+            .detectors
+            .iter()
+            .map(|d| census.passes(d.gate))
+            .collect();
+        if let Some(set) = &self.set
+            && gated.iter().filter(|g| **g).count() > 1
+        {
+            // One pass of the combined automaton beats a keyword pass plus one per detector.
+            let matched = set.matches_at(hay, from);
+            return gated
+                .iter()
+                .enumerate()
+                .map(|(index, on)| *on && matched.matched(index))
+                .collect();
+        }
         let mut enabled: Vec<bool> = self
             .detectors
             .iter()
-            .map(|d| d.keywords.is_empty() && census.passes(d.gate))
+            .zip(&gated)
+            .map(|(d, on)| *on && d.keywords.is_empty())
             .collect();
         if let Some(prefilter) = &self.prefilter {
             for hit in prefilter.find_overlapping_iter(window) {
                 let owner = self.keyword_owner[hit.pattern().as_usize()];
-                enabled[owner] = census.passes(self.detectors[owner].gate);
+                enabled[owner] = gated[owner];
             }
         }
         enabled
@@ -381,25 +425,32 @@ impl Masker {
     /// The leftmost valid match of detector `index` starting at or after `from`.
     fn candidate(&self, index: usize, hay: &[u8], from: usize) -> Option<Candidate> {
         let detector = &self.detectors[index];
+        let grouped = detector.regex.captures_len() > 1;
+        let mut locations = detector.regex.capture_locations();
         let mut at = from;
         while at <= hay.len() {
-            let captures = detector.regex.captures_at(hay, at)?;
-            let whole = captures.get(0)?;
-            let value = captures.iter().skip(1).flatten().last().unwrap_or(whole);
-            if !value.is_empty()
-                && detector
-                    .validator
-                    .accepts_in(hay, value.start(), value.end())
-            {
+            // Capture groups cost a slower engine: only detectors with context ask for them.
+            let (whole, value) = if grouped {
+                let whole = detector.regex.captures_read_at(&mut locations, hay, at)?;
+                let value = (1..locations.len())
+                    .rev()
+                    .find_map(|g| locations.get(g))
+                    .unwrap_or((whole.start(), whole.end()));
+                ((whole.start(), whole.end()), value)
+            } else {
+                let whole = detector.regex.find_at(hay, at)?;
+                ((whole.start(), whole.end()), (whole.start(), whole.end()))
+            };
+            if value.1 > value.0 && detector.validator.accepts_in(hay, value.0, value.1) {
                 return Some(Candidate {
-                    match_start: whole.start(),
-                    match_end: whole.end(),
-                    start: value.start(),
-                    end: value.end(),
+                    match_start: whole.0,
+                    match_end: whole.1,
+                    start: value.0,
+                    end: value.1,
                 });
             }
             // A rejected match: the next one may start inside it.
-            at = whole.start() + 1;
+            at = whole.0 + 1;
         }
         None
     }
@@ -419,7 +470,7 @@ impl Masker {
         settle: usize,
         report: &mut impl FnMut(Finding),
     ) -> usize {
-        let enabled = self.enabled(&hay[from..]);
+        let enabled = self.enabled(hay, from);
         let mut cache: Vec<Option<Option<Candidate>>> = vec![None; self.detectors.len()];
         let mut pos = from;
         loop {
@@ -504,10 +555,16 @@ impl Masker {
             out.extend_from_slice(&text[at..finding.start]);
             let detector = &self.detectors[finding.detector];
             let value = &text[finding.start..finding.end];
-            out.extend_from_slice(self.replacement(detector, value, ctx).as_bytes());
-            *ctx.counts.entry(detector.name.clone()).or_default() += 1;
+            if self.strategy == Strategy::Redact {
+                out.extend_from_slice(b"[REDACTED:");
+                out.extend_from_slice(detector.label.as_bytes());
+                out.push(b']');
+            } else {
+                out.extend_from_slice(self.replacement(detector, value, ctx).as_bytes());
+            }
+            count(&mut ctx.counts, &detector.name);
             if let Some(rule) = &self.rule {
-                *ctx.by_rule.entry(rule.clone()).or_default() += 1;
+                count(&mut ctx.by_rule, rule);
             }
             at = finding.end;
         }
@@ -526,7 +583,7 @@ impl Masker {
     }
 
     fn replacement(&self, detector: &Detector, value: &[u8], ctx: &mut MaskContext) -> String {
-        let label = detector.label();
+        let label = &detector.label;
         match self.strategy {
             Strategy::Redact => format!("[REDACTED:{label}]"),
             Strategy::Partial => {

@@ -36,11 +36,12 @@ pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("redirect") => redirect(),
         Some("http") => crate::bench_http::run(),
+        Some("mask") => crate::bench_mask::run(),
         Some("policy") => crate::util::cargo(
             &["bench", "--package", "gateway-user", "--bench", "policy"],
             &[],
         ),
-        _ => bail!("usage: cargo xtask bench redirect|http|policy"),
+        _ => bail!("usage: cargo xtask bench redirect|http|policy|mask"),
     }
 }
 

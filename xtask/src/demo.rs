@@ -288,12 +288,31 @@ value = "Bearer ${{env:OPENAI_API_KEY}}"
 name = "record-llm-calls"
 target = "llm-api"
 action = "record"
+
+# Prompts leave the node without e-mail addresses or card numbers.
+[[rule]]
+name = "mask-prompts"
+target = "llm-api"
+direction = "request"
+action = "mask"
+detectors = ["email", "credit_card"]
+json_paths = ["$.messages[*].content"]
+strategy = "redact"
+
+# Answers reach the agent without PII, also when it is split over streamed events.
+[[rule]]
+name = "mask-answers"
+target = "llm-api"
+direction = "response"
+action = "mask"
+detectors = ["pii"]
+strategy = "redact"
 "#,
         ca = dir.join("ca.pem").display()
     );
     std::fs::write(demo.policy_dir().join("llm-api.toml"), policy)?;
     println!(
-        "$ cat <policy dir>/llm-api.toml   (target llm-api: intercept, upstream_ca, credentials)"
+        "$ cat <policy dir>/llm-api.toml   (target llm-api: intercept, upstream_ca, credentials, mask rules)"
     );
     demo.wait_for_policy_with("llm-api")?;
     let base = format!("https://127.0.0.3:{port}/v1");
@@ -331,6 +350,30 @@ action = "record"
         );
     }
     let seen = std::fs::read_to_string(dir.join("requests.jsonl")).unwrap_or_default();
+    for line in seen.lines() {
+        let request: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let body: serde_json::Value =
+            serde_json::from_str(request["body"].as_str().unwrap_or("")).unwrap_or_default();
+        if let Some(content) = body["messages"][0]["content"].as_str() {
+            println!("  mock LLM receives:    {content}");
+        }
+    }
+    let agent_out = String::from_utf8_lossy(&out.stdout);
+    for session in sessions.as_array().into_iter().flatten() {
+        if let Some(masked) = session["masked"].as_object().filter(|m| !m.is_empty()) {
+            println!(
+                "  masked in session {}: {}",
+                session["id"].as_str().unwrap_or("?"),
+                serde_json::Value::Object(masked.clone())
+            );
+        }
+    }
+    if seen.contains("jane.doe@example.com") || seen.contains("4111 1111 1111 1111") {
+        bail!("the prompt's PII reached the mock LLM");
+    }
+    if agent_out.contains("carol.jones@example.org") || agent_out.contains("5555 5555 5555 4444") {
+        bail!("the mock LLM's PII reached the agent");
+    }
     let real = seen.matches(DEMO_KEY).count();
     let mut leaked = 0;
     for file in [

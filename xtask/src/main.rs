@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_http;
+mod bench_mask;
 mod demo;
 mod setup;
 mod util;
@@ -22,6 +23,7 @@ usage: cargo xtask <command>
   bench redirect    connects/s (direct, eBPF, iptables), connect4 ns/run, bulk throughput,
                     memory per idle connection
   bench policy      policy evaluations/s on a 100-rule policy (goal 1,000,000/s)
+  bench mask        masking MB/s on clean text, dense PII, JSON and SSE against a naive baseline
   fuzz [SECONDS]    run the fuzz targets (default 60 s each; part of `test`)
   prebuilt          refresh gateway-ebpf/prebuilt (the fallback eBPF object)";
 
@@ -83,7 +85,7 @@ fn run() -> Result<()> {
 /// How long `cargo xtask test` fuzzes each target.
 const FUZZ_SECONDS: u64 = 60;
 /// The cargo-fuzz targets (`fuzz/fuzz_targets`).
-const FUZZ_TARGETS: &[&str] = &["policy", "tls_hello"];
+const FUZZ_TARGETS: &[&str] = &["policy", "tls_hello", "mask"];
 
 /// Runs every fuzz target for `seconds`, seeded with the shipped policies. A crash fails,
 /// leaving its input in `fuzz/artifacts/`.
@@ -98,12 +100,14 @@ fn fuzz(seconds: u64) -> Result<()> {
             }
         }
     }
-    // Committed seeds (real ClientHellos, HTTP, PostgreSQL) for the byte-level targets.
-    let seeds = root.join("fuzz/seeds/tls_hello");
-    let hello_corpus = root.join("fuzz/corpus/tls_hello");
-    std::fs::create_dir_all(&hello_corpus)?;
-    for entry in std::fs::read_dir(&seeds)?.flatten() {
-        std::fs::copy(entry.path(), hello_corpus.join(entry.file_name()))?;
+    // Committed seeds for the byte-level targets (ClientHellos, HTTP and PostgreSQL openings;
+    // SSE streams and text with values).
+    for target in ["tls_hello", "mask"] {
+        let target_corpus = root.join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&target_corpus)?;
+        for entry in std::fs::read_dir(root.join("fuzz/seeds").join(target))?.flatten() {
+            std::fs::copy(entry.path(), target_corpus.join(entry.file_name()))?;
+        }
     }
     for target in FUZZ_TARGETS {
         println!("xtask: fuzzing {target} for {seconds} s");

@@ -104,6 +104,8 @@ pub struct Gate {
 #[derive(Debug)]
 pub struct Detector {
     pub name: String,
+    /// `EMAIL`: the name in upper snake case, as masked values show it.
+    pub label: String,
     pub kind: Kind,
     /// The value masked is the last capture group that took part in the match, or the whole
     /// match when the pattern has no group (context like `Bearer ` stays).
@@ -112,9 +114,10 @@ pub struct Detector {
     /// Lower-case literals of which at least one occurs in every match.
     pub keywords: &'static [&'static str],
     pub gate: Gate,
-    /// Literals one of which every match starts with: lets a long detector (PEM blocks, JWTs)
-    /// hold back only from where such a literal occurs rather than its whole length.
-    pub starts: &'static [&'static str],
+    /// Lower-case literals one of which every match contains, each with the most bytes that
+    /// can precede it in a match: a stream then holds back only from where such a literal
+    /// (or a part of one at the very end) occurs, rather than the whole match length.
+    pub anchors: &'static [(&'static str, u16)],
     /// The longest match the pattern can produce, in bytes.
     pub max_len: usize,
 }
@@ -128,20 +131,25 @@ impl Detector {
         })?;
         Ok(Self {
             name: name.to_string(),
+            label: label_of(name),
             kind: Kind::Pii,
             regex,
             validator,
             keywords: &[],
             gate: Gate::default(),
-            starts: &[],
+            anchors: &[],
             max_len,
         })
     }
 
     /// `[REDACTED:EMAIL]`: the name in upper snake case.
     pub fn label(&self) -> String {
-        self.name.to_ascii_uppercase().replace('-', "_")
+        self.label.clone()
     }
+}
+
+fn label_of(name: &str) -> String {
+    name.to_ascii_uppercase().replace('-', "_")
 }
 
 /// Upper bound, in bytes, of what `pattern` can match; `None` if unbounded or unparsable.
@@ -170,7 +178,7 @@ struct Spec {
     validator: Validator,
     keywords: &'static [&'static str],
     gate: Gate,
-    starts: &'static [&'static str],
+    anchors: &'static [(&'static str, u16)],
 }
 
 const fn digits(n: u16) -> Gate {
@@ -202,7 +210,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &[],
         gate: byte(b'@', 1),
-        starts: &[],
+        anchors: &[("@", 64)],
     },
     Spec {
         // E.164 (+ and 7–15 digits) anywhere; national formats only after a phone-ish word,
@@ -213,7 +221,18 @@ const SPECS: &[Spec] = &[
         validator: Validator::Phone,
         keywords: &[],
         gate: digits(7),
-        starts: &[],
+        anchors: &[
+            ("+", 0),
+            ("phone", 0),
+            ("tel", 0),
+            ("mobile", 0),
+            ("cell", 0),
+            ("call", 0),
+            ("fax", 0),
+            ("contact", 0),
+            ("whatsapp", 0),
+            ("sms", 0),
+        ],
     },
     Spec {
         name: "credit_card",
@@ -222,7 +241,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::Luhn,
         keywords: &[],
         gate: digits(13),
-        starts: &[],
+        anchors: &[],
     },
     Spec {
         name: "us_ssn",
@@ -231,7 +250,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::UsSsn,
         keywords: &[],
         gate: digits(9),
-        starts: &[],
+        anchors: &[],
     },
     Spec {
         name: "iban",
@@ -240,7 +259,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::Mod97,
         keywords: &[],
         gate: digits(2),
-        starts: &[],
+        anchors: &[],
     },
     Spec {
         name: "ipv4",
@@ -249,7 +268,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::Ipv4,
         keywords: &[],
         gate: digits(4),
-        starts: &[],
+        anchors: &[],
     },
     Spec {
         name: "ipv6",
@@ -258,7 +277,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::Ipv6,
         keywords: &[],
         gate: byte(b':', 2),
-        starts: &[],
+        anchors: &[],
     },
     Spec {
         name: "mac",
@@ -267,7 +286,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &[],
         gate: digits(1),
-        starts: &[],
+        anchors: &[],
     },
     Spec {
         name: "aws_access_key",
@@ -276,7 +295,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &["akia", "asia", "abia", "acca"],
         gate: NO_GATE,
-        starts: &[],
+        anchors: &[],
     },
     Spec {
         name: "aws_secret_key",
@@ -285,7 +304,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &["aws"],
         gate: NO_GATE,
-        starts: &[],
+        anchors: &[("aws", 0)],
     },
     Spec {
         name: "github_token",
@@ -294,7 +313,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
         gate: NO_GATE,
-        starts: &[],
+        anchors: &[("gh", 0), ("github_pat_", 0)],
     },
     Spec {
         name: "openai_key",
@@ -303,7 +322,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &["sk-"],
         gate: NO_GATE,
-        starts: &[],
+        anchors: &[("sk-", 0)],
     },
     Spec {
         name: "anthropic_key",
@@ -312,7 +331,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &["sk-ant-"],
         gate: NO_GATE,
-        starts: &[],
+        anchors: &[("sk-ant-", 0)],
     },
     Spec {
         name: "slack_token",
@@ -321,7 +340,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &["xox"],
         gate: NO_GATE,
-        starts: &[],
+        anchors: &[("xox", 0)],
     },
     Spec {
         name: "stripe_key",
@@ -330,7 +349,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &["_live_", "_test_"],
         gate: NO_GATE,
-        starts: &[],
+        anchors: &[("_live_", 2), ("_test_", 2)],
     },
     Spec {
         name: "jwt",
@@ -339,7 +358,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &["eyj"],
         gate: NO_GATE,
-        starts: &["eyJ"],
+        anchors: &[("eyj", 0)],
     },
     Spec {
         name: "private_key",
@@ -348,7 +367,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &["private key-----"],
         gate: NO_GATE,
-        starts: &["-----BEGIN "],
+        anchors: &[("-----begin ", 0)],
     },
     Spec {
         name: "bearer_token",
@@ -357,7 +376,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &["bearer"],
         gate: NO_GATE,
-        starts: &[],
+        anchors: &[("bearer", 0)],
     },
     Spec {
         name: "password_in_url",
@@ -366,7 +385,7 @@ const SPECS: &[Spec] = &[
         validator: Validator::None,
         keywords: &["://"],
         gate: NO_GATE,
-        starts: &[],
+        anchors: &[("://", 16)],
     },
     Spec {
         name: "generic_secret",
@@ -375,7 +394,14 @@ const SPECS: &[Spec] = &[
         validator: Validator::Entropy,
         keywords: &["secret", "token", "passw", "pwd", "key", "credential"],
         gate: NO_GATE,
-        starts: &[],
+        anchors: &[
+            ("secret", 40),
+            ("token", 40),
+            ("passw", 40),
+            ("pwd", 40),
+            ("key", 48),
+            ("credential", 40),
+        ],
     },
 ];
 
@@ -386,6 +412,7 @@ pub static CATALOGUE: LazyLock<Vec<Arc<Detector>>> = LazyLock::new(|| {
         .map(|spec| {
             Arc::new(Detector {
                 name: spec.name.to_string(),
+                label: label_of(spec.name),
                 kind: spec.kind,
                 regex: regex::bytes::RegexBuilder::new(spec.pattern)
                     .size_limit(BUILTIN_SIZE_LIMIT)
@@ -394,7 +421,7 @@ pub static CATALOGUE: LazyLock<Vec<Arc<Detector>>> = LazyLock::new(|| {
                 validator: spec.validator,
                 keywords: spec.keywords,
                 gate: spec.gate,
-                starts: spec.starts,
+                anchors: spec.anchors,
                 max_len: max_len(spec.pattern).expect("built-in detector patterns are bounded"),
             })
         })
@@ -419,11 +446,16 @@ pub fn expand(name: &str) -> Vec<Arc<Detector>> {
 }
 
 fn card_number(value: &[u8]) -> bool {
-    let digits: Vec<u32> = value
-        .iter()
-        .filter(|b| b.is_ascii_digit())
-        .map(|b| u32::from(b - b'0'))
-        .collect();
+    let mut buf = [0u32; 19];
+    let mut len = 0;
+    for b in value.iter().filter(|b| b.is_ascii_digit()) {
+        if len == buf.len() {
+            return false;
+        }
+        buf[len] = u32::from(b - b'0');
+        len += 1;
+    }
+    let digits = &buf[..len];
     if !(13..=19).contains(&digits.len()) {
         return false;
     }
@@ -434,7 +466,7 @@ fn card_number(value: &[u8]) -> bool {
         || matches!(prefix(2), 34 | 37 | 36 | 38 | 30 | 35 | 65 | 62)
         || prefix(4) == 6011
         || (644..=649).contains(&prefix(3));
-    issuer && luhn(&digits)
+    issuer && luhn(digits)
 }
 
 fn luhn(digits: &[u32]) -> bool {

@@ -302,6 +302,18 @@ mod chunking {
         "00:1a:2b:3c:4d:5e",
     ];
 
+    /// One masker with the whole catalogue per strategy, built once.
+    static MASKERS: std::sync::LazyLock<Vec<Arc<Masker>>> = std::sync::LazyLock::new(|| {
+        [How::Redact, How::Partial, How::Hash, How::Tokenize]
+            .into_iter()
+            .map(|how| {
+                let mut all = detectors::expand("pii");
+                all.extend(detectors::expand("secrets"));
+                Arc::new(Masker::new(all, how, Vec::new()))
+            })
+            .collect()
+    });
+
     fn input() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(
             prop_oneof![
@@ -336,12 +348,7 @@ mod chunking {
             cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
             strategy in prop::sample::select(&[How::Redact, How::Partial, How::Hash, How::Tokenize][..]),
         ) {
-            let mut all = detectors::expand("pii");
-            all.extend(detectors::expand("secrets"));
-            let steps = [
-                Step::Restore,
-                Step::Mask(Arc::new(Masker::new(all, strategy, Vec::new()))),
-            ];
+            let steps = [Step::Restore, Step::Mask(Arc::clone(&MASKERS[strategy as usize]))];
             let key: Arc<[u8]> = Arc::from(&b"k"[..]);
             let whole = run(&steps, &[&text], &key);
             let mut at: Vec<usize> = cuts.iter().map(|i| i.index(text.len() + 1)).collect();

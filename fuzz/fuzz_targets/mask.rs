@@ -1,0 +1,49 @@
+//! Arbitrary bytes → the streaming masker (whole catalogue, every strategy) and the SSE
+//! masker: neither may panic, whatever the bytes (invalid UTF-8, unbounded lines, broken
+//! JSON), and the streaming masker must give the same output for two splits of the input.
+#![no_main]
+
+use std::sync::{Arc, LazyLock};
+
+use gateway_user::mask::{
+    MaskContext, Masker, Strategy, detectors,
+    sse::SseMasker,
+    stream::{Step, StreamMasker},
+};
+use libfuzzer_sys::fuzz_target;
+
+static MASKER: LazyLock<Arc<Masker>> = LazyLock::new(|| {
+    let mut all = detectors::expand("pii");
+    all.extend(detectors::expand("secrets"));
+    Arc::new(Masker::new(all, Strategy::Tokenize, Vec::new()))
+});
+
+fn ctx() -> MaskContext {
+    MaskContext::new(Arc::from(&b"fuzz"[..]))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&split, data)) = data.split_first() else {
+        return;
+    };
+    let steps = vec![Step::Mask(Arc::clone(&MASKER)), Step::Restore];
+    let run = |chunks: &[&[u8]]| {
+        let mut ctx = ctx();
+        let mut stream = StreamMasker::new(steps.iter().cloned());
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend(stream.push(chunk, &mut ctx));
+        }
+        out.extend(stream.finish(&mut ctx));
+        out
+    };
+    let cut = usize::from(split) * data.len() / 256;
+    assert_eq!(run(&[data]), run(&[&data[..cut], &data[cut..]]), "chunking changed the output");
+
+    let mut ctx = ctx();
+    let mut sse = SseMasker::new(steps.clone());
+    for chunk in data.chunks(usize::from(split).max(1)) {
+        let _ = sse.push(chunk, &mut ctx);
+    }
+    let _ = sse.finish(&mut ctx);
+});
