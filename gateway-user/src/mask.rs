@@ -144,7 +144,8 @@ pub struct Masker {
     /// Pattern index of `prefilter` → detector index.
     keyword_owner: Vec<usize>,
     /// All patterns in one automaton: one pass says which detectors match at all in a window.
-    set: Option<regex::bytes::RegexSet>,
+    /// Built on first use, so compiling a policy stays cheap.
+    set: std::sync::OnceLock<Option<regex::bytes::RegexSet>>,
     pub strategy: Strategy,
     pub json_paths: Vec<JsonPath>,
     /// Bytes a stream must hold back: the longest match plus one byte of look-ahead.
@@ -318,20 +319,11 @@ impl Masker {
                 .expect("keyword literals build an automaton")
         });
         let holdback = detectors.iter().map(|d| d.max_len).max().unwrap_or(0) + 1;
-        let set = (detectors.len() > 1)
-            .then(|| {
-                regex::bytes::RegexSetBuilder::new(detectors.iter().map(|d| d.regex.as_str()))
-                    .size_limit(SET_SIZE_LIMIT)
-                    .dfa_size_limit(SET_SIZE_LIMIT)
-                    .build()
-                    .ok()
-            })
-            .flatten();
         Self {
             detectors,
             prefilter,
             keyword_owner,
-            set,
+            set: std::sync::OnceLock::new(),
             strategy,
             json_paths,
             holdback,
@@ -386,6 +378,24 @@ impl Masker {
         self.holdback
     }
 
+    fn set(&self) -> Option<&regex::bytes::RegexSet> {
+        self.set
+            .get_or_init(|| {
+                (self.detectors.len() > 1)
+                    .then(|| {
+                        regex::bytes::RegexSetBuilder::new(
+                            self.detectors.iter().map(|d| d.regex.as_str()),
+                        )
+                        .size_limit(SET_SIZE_LIMIT)
+                        .dfa_size_limit(SET_SIZE_LIMIT)
+                        .build()
+                        .ok()
+                    })
+                    .flatten()
+            })
+            .as_ref()
+    }
+
     /// Detectors that can match somewhere in `hay[from..]`: their gate passes, and (when
     /// more than one is left) the combined automaton finds a match of theirs.
     fn enabled(&self, hay: &[u8], from: usize) -> Vec<bool> {
@@ -396,8 +406,8 @@ impl Masker {
             .iter()
             .map(|d| census.passes(d.gate))
             .collect();
-        if let Some(set) = &self.set
-            && gated.iter().filter(|g| **g).count() > 1
+        if gated.iter().filter(|g| **g).count() > 1
+            && let Some(set) = self.set()
         {
             // One pass of the combined automaton beats a keyword pass plus one per detector.
             let matched = set.matches_at(hay, from);
