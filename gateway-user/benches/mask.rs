@@ -110,7 +110,7 @@ impl Naive {
         let set = RegexSet::new(all.iter().map(|d| d.regex.as_str())).expect("set");
         let each = all
             .iter()
-            .map(|d| (d.regex.clone(), d.validator, d.label()))
+            .map(|d| (d.regex.clone(), d.validator, d.label.clone()))
             .collect();
         Self { set, each }
     }
@@ -163,7 +163,7 @@ fn bench(c: &mut Criterion) {
                     "json" => {
                         let mut ctx = ctx();
                         gateway_user::mask::mask_body(
-                            &[&masker],
+                            &[Step::Mask(Arc::clone(&masker))],
                             Some("application/json"),
                             black_box(input),
                             &mut ctx,

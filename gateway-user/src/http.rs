@@ -5,8 +5,9 @@
 //! evaluated against the policy (`block` answers 403 with a JSON body and never reaches the
 //! upstream), gets the target's credential header set by the gateway, and is recorded as an
 //! event with secret-bearing headers redacted. Bodies stream through with hyper's bounded
-//! buffers; only a target with `body` conditions has request bodies read first, up to
-//! [`INSPECT_LIMIT`] (past that the request is refused with 413, never passed unchecked).
+//! buffers; a request matching `body` conditions or mask rules is read first, up to
+//! [`INSPECT_LIMIT`] (past that it is refused with 413, never passed unchecked), and masked
+//! whole; responses are masked as they stream ([`masking`]).
 //! Upgrades (WebSocket) are relayed byte for byte after the `101`.
 
 pub mod masking;
@@ -39,7 +40,7 @@ use crate::{
 };
 
 /// Largest request body read for `body` conditions or masking (past it: 413).
-pub const INSPECT_LIMIT: usize = masking::JSON_LIMIT;
+pub const INSPECT_LIMIT: usize = masking::BODY_LIMIT;
 /// How long a client may take to send a request's headers (slowloris).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -711,7 +712,7 @@ impl HttpSession {
                 return response;
             }
             let content_type = header_str(&parts.headers, header::CONTENT_TYPE);
-            let masked = masking::mask_whole(
+            let masked = crate::mask::mask_body(
                 &steps,
                 content_type.as_deref(),
                 body.bytes(),
@@ -827,6 +828,10 @@ impl HttpSession {
         {
             return Ok(None);
         }
+        let tokens = crate::lock(&self.mask).has_tokens();
+        if !tokens && !target.is_some_and(|t| self.policy.masks_target(t)) {
+            return Ok(None);
+        }
         let decision = self.policy.evaluate(
             self.ids,
             target,
@@ -836,7 +841,7 @@ impl HttpSession {
             },
         );
         let mut steps = self.policy.stream_steps(&decision);
-        if crate::lock(&self.mask).has_tokens() {
+        if tokens {
             steps.push(Step::Restore);
         }
         if steps.is_empty() {
@@ -863,12 +868,12 @@ impl HttpSession {
         parts: &mut http::request::Parts,
         body: &mut Pending,
     ) -> Result<(), Response<Body>> {
-        let Pending::Streaming(_) = body else {
-            return Ok(());
-        };
-        let Pending::Streaming(incoming) = std::mem::replace(body, Pending::Read(Bytes::new()))
-        else {
-            unreachable!("checked above");
+        let incoming = match std::mem::replace(body, Pending::Read(Bytes::new())) {
+            Pending::Streaming(incoming) => incoming,
+            read @ Pending::Read(_) => {
+                *body = read;
+                return Ok(());
+            }
         };
         let bytes = match http_body_util::Limited::new(incoming, INSPECT_LIMIT)
             .collect()

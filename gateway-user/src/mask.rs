@@ -139,7 +139,7 @@ impl JsonPath {
 #[derive(Debug)]
 pub struct Masker {
     detectors: Vec<Arc<Detector>>,
-    /// Keywords of all detectors; a detector with keywords runs only if one occurs.
+    /// Anchors of all detectors; a detector with anchors runs only if one occurs.
     prefilter: Option<AhoCorasick>,
     /// Pattern index of `prefilter` → detector index.
     keyword_owner: Vec<usize>,
@@ -154,8 +154,8 @@ pub struct Masker {
     rule: Option<String>,
 }
 
-/// A value found in a text: the value's byte range (what is replaced), the end of the whole
-/// match (context such as `Bearer ` or a trailing `@` included) and the detector index.
+/// A value found in a text: the value's byte range (what is replaced; context such as
+/// `Bearer ` is not part of it) and the detector index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finding {
     pub start: usize,
@@ -307,8 +307,8 @@ impl Masker {
         let mut keywords = Vec::new();
         let mut keyword_owner = Vec::new();
         for (index, detector) in detectors.iter().enumerate() {
-            for keyword in detector.keywords {
-                keywords.push(*keyword);
+            for (anchor, _) in detector.anchors {
+                keywords.push(*anchor);
                 keyword_owner.push(index);
             }
         }
@@ -421,7 +421,7 @@ impl Masker {
             .detectors
             .iter()
             .zip(&gated)
-            .map(|(d, on)| *on && d.keywords.is_empty())
+            .map(|(d, on)| *on && d.anchors.is_empty())
             .collect();
         if let Some(prefilter) = &self.prefilter {
             for hit in prefilter.find_overlapping_iter(window) {
@@ -668,17 +668,18 @@ impl Masker {
     }
 }
 
-/// Applies `maskers` in order to a body. JSON bodies (by content type, or by shape when the
-/// type is missing) are masked value by value and stay valid JSON; a body that claims to be
-/// JSON and does not parse is masked as text, and the context notes it. Other bodies are
-/// masked as bytes (invalid UTF-8 passes through untouched). `None` means nothing changed.
+/// Masks a whole body with `steps` in order. JSON bodies (by content type, or by shape when
+/// the type is missing) are masked value by value and stay valid JSON (placeholders are
+/// restored inside their strings); a body that claims to be JSON and does not parse is masked
+/// as text, and the context notes it. Other bodies are masked as bytes (invalid UTF-8 passes
+/// through untouched). `None` means nothing changed.
 pub fn mask_body(
-    maskers: &[&Masker],
+    steps: &[stream::Step],
     content_type: Option<&str>,
     body: &[u8],
     ctx: &mut MaskContext,
 ) -> Option<Vec<u8>> {
-    if maskers.is_empty() {
+    if steps.is_empty() {
         return None;
     }
     let json_type = content_type.is_some_and(is_json_type);
@@ -687,14 +688,21 @@ pub fn mask_body(
             .iter()
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|b| matches!(b, b'{' | b'['));
-    let before: u64 = ctx.counts.values().sum();
     if json_type || looks_json {
         match serde_json::from_slice::<Value>(body) {
             Ok(mut value) => {
-                for masker in maskers {
-                    masker.mask_json(&mut value, ctx);
+                let before: u64 = ctx.counts.values().sum();
+                let mut restored = false;
+                for step in steps {
+                    match step {
+                        stream::Step::Mask(masker) => masker.mask_json(&mut value, ctx),
+                        stream::Step::Restore => {
+                            restored = true;
+                            sse::restore_json(&mut value, ctx);
+                        }
+                    }
                 }
-                if ctx.counts.values().sum::<u64>() == before {
+                if !restored && ctx.counts.values().sum::<u64>() == before {
                     return None;
                 }
                 return serde_json::to_vec(&value).ok();
@@ -703,16 +711,10 @@ pub fn mask_body(
             Err(_) => {}
         }
     }
-    let mut current = Cow::Borrowed(body);
-    for masker in maskers {
-        if let Cow::Owned(masked) = masker.mask_bytes(&current, ctx) {
-            current = Cow::Owned(masked);
-        }
-    }
-    match current {
-        Cow::Borrowed(_) => None,
-        Cow::Owned(masked) => Some(masked),
-    }
+    let mut text = stream::StreamMasker::new(steps.iter().cloned());
+    let mut out = text.push(body, ctx);
+    out.extend(text.finish(ctx));
+    (out != body).then_some(out)
 }
 
 /// `application/json`, `application/problem+json`, `text/json`, …
@@ -752,7 +754,8 @@ mod tests {
         let m = masker(&["email"], Strategy::Partial, &["$.messages[*].content"]);
         let body =
             br#"{"user":"a@b.io","messages":[{"role":"user","content":"to \"x@example.com\""}]}"#;
-        let out = mask_body(&[&m], Some("application/json"), body, &mut ctx()).unwrap();
+        let steps = [stream::Step::Mask(Arc::new(m))];
+        let out = mask_body(&steps, Some("application/json"), body, &mut ctx()).unwrap();
         let value: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["user"], "a@b.io");
         assert_eq!(value["messages"][0]["content"], "to \"*********.com\"");

@@ -1,6 +1,6 @@
 //! Masking on the HTTP data path: content codings decoded, request bodies masked whole
 //! (structure-aware), response bodies masked as they stream (text, SSE) or whole (JSON up to
-//! [`JSON_LIMIT`], then as text).
+//! [`BODY_LIMIT`], then as text).
 
 use std::{
     io::{Read as _, Write as _},
@@ -16,14 +16,14 @@ use hyper::body::Incoming;
 
 use super::BoxError;
 use crate::mask::{
-    MaskContext, is_json_type,
-    sse::{SseMasker, restore_json},
+    MaskContext, is_json_type, mask_body,
+    sse::SseMasker,
     stream::{Step, StreamMasker},
 };
 
-/// Largest body masked whole: a request, or a JSON response (past it, a JSON response is
-/// masked as text and a request is refused with 413).
-pub const JSON_LIMIT: usize = 8 << 20;
+/// Largest body read whole: a request with `body` conditions or mask rules (past it: 413), a
+/// JSON response being masked (past it: masked as text), a zstd body.
+pub const BODY_LIMIT: usize = 8 << 20;
 /// Largest output one compressed chunk may inflate to (a decompression bomb fails instead).
 const INFLATE_LIMIT: usize = 64 << 20;
 
@@ -35,7 +35,7 @@ pub enum Decoder {
     Gzip(flate2::write::MultiGzDecoder<Vec<u8>>),
     Zlib(flate2::write::ZlibDecoder<Vec<u8>>),
     Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
-    /// zstd frames are decoded whole, from at most [`JSON_LIMIT`] compressed bytes.
+    /// zstd frames are decoded whole, from at most [`BODY_LIMIT`] compressed bytes.
     Zstd(Vec<u8>),
 }
 
@@ -70,9 +70,9 @@ impl Decoder {
             Self::Zlib(d) => d.write_all(input).map(|()| std::mem::take(d.get_mut())),
             Self::Brotli(d) => d.write_all(input).map(|()| std::mem::take(d.get_mut())),
             Self::Zstd(buf) => {
-                if buf.len() + input.len() > JSON_LIMIT {
+                if buf.len() + input.len() > BODY_LIMIT {
                     return Err(format!(
-                        "zstd body over {JSON_LIMIT} bytes cannot be masked"
+                        "zstd body over {BODY_LIMIT} bytes cannot be masked"
                     ));
                 }
                 buf.extend_from_slice(input);
@@ -148,41 +148,6 @@ pub fn is_binary_type(content_type: Option<&str>) -> bool {
         )
 }
 
-/// Masks a whole body with `steps`: JSON value by value (then placeholders restored inside
-/// its strings), anything else as bytes. `None` if nothing changed.
-pub fn mask_whole(
-    steps: &[Step],
-    content_type: Option<&str>,
-    body: &[u8],
-    ctx: &mut MaskContext,
-) -> Option<Vec<u8>> {
-    let json = content_type.is_some_and(is_json_type);
-    if json {
-        if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) {
-            let before: u64 = ctx.counts.values().sum();
-            let mut restored = false;
-            for step in steps {
-                match step {
-                    Step::Mask(masker) => masker.mask_json(&mut value, ctx),
-                    Step::Restore => {
-                        restored = true;
-                        restore_json(&mut value, ctx);
-                    }
-                }
-            }
-            if !restored && ctx.counts.values().sum::<u64>() == before {
-                return None;
-            }
-            return serde_json::to_vec(&value).ok();
-        }
-        ctx.note("json body did not parse: masked as text");
-    }
-    let mut stream = StreamMasker::new(steps.iter().cloned());
-    let mut out = stream.push(body, ctx);
-    out.extend(stream.finish(ctx));
-    (out != body).then_some(out)
-}
-
 enum Transform {
     Text(StreamMasker),
     Sse(SseMasker),
@@ -247,7 +212,7 @@ impl MaskedBody {
             Transform::Text(stream) => stream.push(chunk, &mut ctx),
             Transform::Sse(sse) => sse.push(chunk, &mut ctx),
             Transform::Json(buf) => {
-                if buf.len() + chunk.len() <= JSON_LIMIT {
+                if buf.len() + chunk.len() <= BODY_LIMIT {
                     buf.extend_from_slice(chunk);
                     return Ok(Vec::new());
                 }
@@ -277,7 +242,7 @@ impl MaskedBody {
             Transform::Sse(sse) => out.extend(sse.finish(&mut ctx)),
             Transform::Json(buf) => {
                 let body = std::mem::take(buf);
-                match mask_whole(&self.steps, self.content_type.as_deref(), &body, &mut ctx) {
+                match mask_body(&self.steps, self.content_type.as_deref(), &body, &mut ctx) {
                     Some(masked) => out.extend(masked),
                     None => out.extend(body),
                 }

@@ -1,4 +1,4 @@
-//! The detector catalogue: each detector is a cheap gate (literal keywords, a minimum count of
+//! The detector catalogue: each detector is a cheap gate (anchor literals, a minimum count of
 //! digits or of one byte), a regex and a validator, under a stable name used in policies.
 //! Validators keep precision: a 16-digit number is a card only if it passes Luhn and has an
 //! issuer prefix, an IBAN only if mod-97 holds, and so on.
@@ -111,11 +111,10 @@ pub struct Detector {
     /// match when the pattern has no group (context like `Bearer ` stays).
     pub regex: Regex,
     pub validator: Validator,
-    /// Lower-case literals of which at least one occurs in every match.
-    pub keywords: &'static [&'static str],
     pub gate: Gate,
     /// Lower-case literals one of which every match contains, each with the most bytes that
-    /// can precede it in a match: a stream then holds back only from where such a literal
+    /// can precede it in a match. A window without any of them cannot hold a match (the
+    /// detector does not run there), and a stream holds back only from where such a literal
     /// (or a part of one at the very end) occurs, rather than the whole match length.
     pub anchors: &'static [(&'static str, u16)],
     /// The longest match the pattern can produce, in bytes.
@@ -135,16 +134,10 @@ impl Detector {
             kind: Kind::Pii,
             regex,
             validator,
-            keywords: &[],
             gate: Gate::default(),
             anchors: &[],
             max_len,
         })
-    }
-
-    /// `[REDACTED:EMAIL]`: the name in upper snake case.
-    pub fn label(&self) -> String {
-        self.label.clone()
     }
 }
 
@@ -176,7 +169,6 @@ struct Spec {
     kind: Kind,
     pattern: &'static str,
     validator: Validator,
-    keywords: &'static [&'static str],
     gate: Gate,
     anchors: &'static [(&'static str, u16)],
 }
@@ -208,7 +200,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Pii,
         pattern: r"(?i-u)\b[a-z0-9._%+-]{1,64}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63}){0,4}\.[a-z]{2,24}\b",
         validator: Validator::None,
-        keywords: &[],
         gate: byte(b'@', 1),
         anchors: &[("@", 64)],
     },
@@ -219,7 +210,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Pii,
         pattern: r"(?i-u)(?:(\+[1-9](?:[ .-]?\d){6,14})\b|\b(?:phone|tel|mobile|cell|call|fax|contact|whatsapp|sms)[a-z]{0,3}\b[^0-9\n]{0,16}(\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4})\b)",
         validator: Validator::Phone,
-        keywords: &[],
         gate: digits(7),
         anchors: &[
             ("+", 0),
@@ -239,7 +229,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Pii,
         pattern: r"(?-u)\b(?:\d[ -]?){12,18}\d\b",
         validator: Validator::Luhn,
-        keywords: &[],
         gate: digits(13),
         anchors: &[],
     },
@@ -248,7 +237,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Pii,
         pattern: r"(?-u)\b\d{3}-\d{2}-\d{4}\b",
         validator: Validator::UsSsn,
-        keywords: &[],
         gate: digits(9),
         anchors: &[],
     },
@@ -257,7 +245,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Pii,
         pattern: r"(?-u)\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
         validator: Validator::Mod97,
-        keywords: &[],
         gate: digits(2),
         anchors: &[],
     },
@@ -266,7 +253,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Pii,
         pattern: r"(?-u)\b(?:\d{1,3}\.){3}\d{1,3}\b",
         validator: Validator::Ipv4,
-        keywords: &[],
         gate: digits(4),
         anchors: &[],
     },
@@ -275,7 +261,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Pii,
         pattern: r"(?i-u)(?:\b[0-9a-f]{1,4}|)(?::[0-9a-f]{0,4}){2,7}\b",
         validator: Validator::Ipv6,
-        keywords: &[],
         gate: byte(b':', 2),
         anchors: &[],
     },
@@ -284,7 +269,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Pii,
         pattern: r"(?i-u)\b[0-9a-f]{2}(?:[:-][0-9a-f]{2}){5}\b",
         validator: Validator::None,
-        keywords: &[],
         gate: digits(1),
         anchors: &[],
     },
@@ -293,16 +277,14 @@ const SPECS: &[Spec] = &[
         kind: Kind::Secret,
         pattern: r"(?-u)\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
         validator: Validator::None,
-        keywords: &["akia", "asia", "abia", "acca"],
         gate: NO_GATE,
-        anchors: &[],
+        anchors: &[("akia", 0), ("asia", 0), ("abia", 0), ("acca", 0)],
     },
     Spec {
         name: "aws_secret_key",
         kind: Kind::Secret,
         pattern: r#"(?i-u)aws.{0,20}?(?:secret|key).{0,20}?['"=:\s]\s{0,4}([A-Za-z0-9/+=]{40})"#,
         validator: Validator::None,
-        keywords: &["aws"],
         gate: NO_GATE,
         anchors: &[("aws", 0)],
     },
@@ -311,7 +293,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Secret,
         pattern: r"(?-u)\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
         validator: Validator::None,
-        keywords: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
         gate: NO_GATE,
         anchors: &[("gh", 0), ("github_pat_", 0)],
     },
@@ -320,7 +301,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Secret,
         pattern: r"(?-u)\bsk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,200}|[A-Za-z0-9]{20,200})",
         validator: Validator::None,
-        keywords: &["sk-"],
         gate: NO_GATE,
         anchors: &[("sk-", 0)],
     },
@@ -329,7 +309,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Secret,
         pattern: r"(?-u)\bsk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{20,200}",
         validator: Validator::None,
-        keywords: &["sk-ant-"],
         gate: NO_GATE,
         anchors: &[("sk-ant-", 0)],
     },
@@ -338,7 +317,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Secret,
         pattern: r"(?-u)\bxox[abposr]-[A-Za-z0-9-]{10,200}",
         validator: Validator::None,
-        keywords: &["xox"],
         gate: NO_GATE,
         anchors: &[("xox", 0)],
     },
@@ -347,7 +325,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Secret,
         pattern: r"(?-u)\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,200}\b",
         validator: Validator::None,
-        keywords: &["_live_", "_test_"],
         gate: NO_GATE,
         anchors: &[("_live_", 2), ("_test_", 2)],
     },
@@ -356,7 +333,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Secret,
         pattern: r"(?-u)\beyJ[A-Za-z0-9_-]{5,1024}\.eyJ[A-Za-z0-9_-]{5,4096}\.[A-Za-z0-9_-]{10,1024}",
         validator: Validator::None,
-        keywords: &["eyj"],
         gate: NO_GATE,
         anchors: &[("eyj", 0)],
     },
@@ -365,7 +341,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Secret,
         pattern: r"(?-u)-----BEGIN (?:[A-Z0-9]{1,10} ){0,3}PRIVATE KEY-----[A-Za-z0-9+/=:,\s-]{1,4096}?-----END (?:[A-Z0-9]{1,10} ){0,3}PRIVATE KEY-----",
         validator: Validator::None,
-        keywords: &["private key-----"],
         gate: NO_GATE,
         anchors: &[("-----begin ", 0)],
     },
@@ -374,7 +349,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Secret,
         pattern: r"(?i-u)\bbearer\s{1,4}([A-Za-z0-9._~+/-]{16,1024}={0,2})",
         validator: Validator::None,
-        keywords: &["bearer"],
         gate: NO_GATE,
         anchors: &[("bearer", 0)],
     },
@@ -383,7 +357,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Secret,
         pattern: r"(?i-u)\b[a-z][a-z0-9+.-]{0,15}://[^\s:/@]{1,128}:([^\s/@]{1,128})@",
         validator: Validator::None,
-        keywords: &["://"],
         gate: NO_GATE,
         anchors: &[("://", 16)],
     },
@@ -392,7 +365,6 @@ const SPECS: &[Spec] = &[
         kind: Kind::Secret,
         pattern: r#"(?i-u)\b[a-z0-9_.-]{0,40}(?:secret|token|passw(?:or)?d|passwd|pwd|api[_-]?key|access[_-]?key|private[_-]?key|credential)[a-z0-9_.-]{0,40}["']?\s{0,4}[:=]\s{0,4}["']?([A-Za-z0-9/+=_.@!#$%^&*~-]{12,256})"#,
         validator: Validator::Entropy,
-        keywords: &["secret", "token", "passw", "pwd", "key", "credential"],
         gate: NO_GATE,
         anchors: &[
             ("secret", 40),
@@ -419,7 +391,6 @@ pub static CATALOGUE: LazyLock<Vec<Arc<Detector>>> = LazyLock::new(|| {
                     .build()
                     .unwrap_or_else(|e| panic!("built-in detector {} compiles: {e}", spec.name)),
                 validator: spec.validator,
-                keywords: spec.keywords,
                 gate: spec.gate,
                 anchors: spec.anchors,
                 max_len: max_len(spec.pattern).expect("built-in detector patterns are bounded"),

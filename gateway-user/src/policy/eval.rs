@@ -12,7 +12,7 @@ use std::{cell::OnceCell, collections::BTreeSet, net::IpAddr};
 
 use super::{Action, Conditions, Direction, Identity, Policy, RecordLevel, Rule, Unmatched};
 use crate::{
-    mask::{self, MaskContext, Masker},
+    mask::{self, MaskContext},
     sql,
 };
 
@@ -270,15 +270,6 @@ impl Policy {
         decision
     }
 
-    /// The maskers of a decision.
-    pub fn maskers(&self, decision: &Decision) -> Vec<&Masker> {
-        decision
-            .masks
-            .iter()
-            .filter_map(|&i| self.rules[i].masker.as_deref())
-            .collect()
-    }
-
     /// Whether any mask rule names this target.
     pub fn masks_target(&self, target: usize) -> bool {
         self.rules_by_target
@@ -305,7 +296,7 @@ impl Policy {
         body: &[u8],
         ctx: &mut MaskContext,
     ) -> Option<Vec<u8>> {
-        mask::mask_body(&self.maskers(decision), content_type, body, ctx)
+        mask::mask_body(&self.stream_steps(decision), content_type, body, ctx)
     }
 
     /// Masks a result row: named `columns` whole, detectors in every value.
