@@ -1,3 +1,4 @@
+-- One definition for both backends (SQLite and PostgreSQL): portable types only (TEXT, BIGINT).
 -- Sessions and their events. Timestamps are RFC 3339 UTC strings with milliseconds, so they
 -- sort lexically; ids are ULIDs, which sort by creation time.
 CREATE TABLE sessions (
@@ -5,18 +6,18 @@ CREATE TABLE sessions (
     started_at     TEXT NOT NULL,
     ended_at       TEXT,
     cgroup         TEXT,
-    pid            INTEGER,
-    uid            INTEGER,
-    gid            INTEGER,
+    pid            BIGINT,
+    uid            BIGINT,
+    gid            BIGINT,
     exe            TEXT,
     dst_ip         TEXT NOT NULL,
-    dst_port       INTEGER NOT NULL,
+    dst_port       BIGINT NOT NULL,
     dst_host       TEXT,
     target         TEXT,
     protocol       TEXT NOT NULL,
     tls            TEXT,
-    bytes_up       INTEGER NOT NULL DEFAULT 0,
-    bytes_down     INTEGER NOT NULL DEFAULT 0,
+    bytes_up       BIGINT NOT NULL DEFAULT 0,
+    bytes_down     BIGINT NOT NULL DEFAULT 0,
     outcome        TEXT,
     error          TEXT,
     rules          TEXT NOT NULL DEFAULT '[]',
@@ -31,7 +32,7 @@ CREATE INDEX sessions_cgroup ON sessions (cgroup, started_at);
 
 CREATE TABLE events (
     session_id TEXT NOT NULL,
-    seq        INTEGER NOT NULL,
+    seq        BIGINT NOT NULL,
     at         TEXT NOT NULL,
     kind       TEXT NOT NULL,
     data       TEXT NOT NULL,

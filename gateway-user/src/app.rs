@@ -21,7 +21,7 @@ use crate::{
     host,
     policy::{Policy, PolicyError, live::LivePolicy},
     proxy::{self, ProxyContext},
-    record::Recorder,
+    record::{Chain, Recorder},
     redirect::{DstPrefix, RedirectError, Redirector},
     state::{DEFAULT_CGROUP, DEFAULT_POLICY_DIR, Instance, StateDir},
     store::Store,
@@ -55,6 +55,29 @@ pub enum AppError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Ca(#[from] crate::tls::ca::CaError),
+    #[error(transparent)]
+    Key(#[from] crate::audit::KeyError),
+}
+
+/// How often retention runs (also once at start).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Retention (`[defaults] retention`): prunes sessions older than the policy keeps, leaving a
+/// signed checkpoint so the ledger still verifies.
+async fn prune_loop(store: Store, signer: Arc<crate::audit::Signer>, live: Arc<LivePolicy>) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(keep) = live.current().defaults.retention else {
+            continue;
+        };
+        let cutoff = crate::session::timestamp(std::time::SystemTime::now() - keep);
+        match store.prune(&signer, &cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, %cutoff, "retention pruned old sessions"),
+            Err(error) => tracing::warn!(%error, "retention could not prune the store"),
+        }
+    }
 }
 
 /// `--config FILE`: the same settings as the flags of `run`.
@@ -223,25 +246,21 @@ impl Daemon {
                 "backlog": r.queued.load(Ordering::Relaxed),
                 "written": r.written.load(Ordering::Relaxed),
                 "write_errors": r.write_errors.load(Ordering::Relaxed),
+                "failing": r.failing.load(Ordering::Relaxed),
+                "last_error": crate::lock(&r.last_error).clone(),
+                "late_events": r.late_events.load(Ordering::Relaxed),
+                "refused_sessions": r.refused.load(Ordering::Relaxed),
+                "on_record_failure": match self.policy.current().defaults.on_record_failure {
+                    crate::policy::OnRecordFailure::Block => "block",
+                    crate::policy::OnRecordFailure::Allow => "allow",
+                },
             },
             "kernel": kernel,
         })
     }
 }
 
-/// Hides a password in a store URL (`postgres://user:secret@host/db`).
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}://{user}:***@{}", &url[..scheme], &url[at + 1..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use crate::store::redact_url;
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(settings: Settings) -> Result<(), AppError> {
@@ -257,14 +276,22 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     let ca = crate::tls::NodeCa::load_or_create(settings.state.root())?;
 
     let store = Store::open(&settings.store_url).await?;
-    let orphans = store.close_orphans(&crate::session::now()).await?;
+    let signer = Arc::new(crate::audit::Signer::load_or_create(settings.state.root())?);
+    let (chain, orphans) = Chain::resume(
+        &store,
+        Arc::clone(&signer),
+        crate::audit::anchor_path(settings.state.root()),
+    )
+    .await?;
     if orphans > 0 {
         tracing::warn!(
             sessions = orphans,
             "closed sessions left open by a previous daemon"
         );
     }
-    let (recorder, writer) = Recorder::spawn(store);
+    tracing::info!(node = signer.node(), store = %redact_url(&settings.store_url), "recording");
+    let retention = tokio::spawn(prune_loop(store.clone(), signer, Arc::clone(&live)));
+    let (recorder, writer) = Recorder::spawn(store, chain);
 
     // Listen before attaching: governed connects must never meet a closed port on first start.
     let listeners = proxy::bind(settings.listen_port).map_err(AppError::Listen)?;
@@ -296,6 +323,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         listen_port: settings.listen_port,
         pin_dir: pin_dir.clone(),
         pid: std::process::id(),
+        policy_dir: Some(settings.policy_dir.clone()),
     })?;
     if let Some(logger) = logger {
         forward_kernel_logs(logger);
@@ -404,6 +432,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         }
     }
     // Sessions are over: the writer drains what is queued and exits.
+    retention.abort();
     ctx.recorder.close();
     let backlog_flushed = tokio::time::timeout(Duration::from_secs(30), writer)
         .await

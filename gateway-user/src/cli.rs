@@ -51,6 +51,27 @@ pub enum Command {
     /// The node CA that intercepted TLS is terminated with.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// The tamper-evident audit trail: verify it, export it.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every event chain, ledger and signature; names each session that was altered,
+    /// reordered, truncated or deleted (exit 1).
+    Verify,
+    /// One JSON object per session, then per event (for a SIEM).
+    Export {
+        /// RFC 3339 time or a duration back from now (e.g. 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Output format.
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+    },
+    /// Print this node's id and Ed25519 public key (hex), to verify its ledger elsewhere.
+    PublicKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +156,29 @@ pub enum SessionsCommand {
     List(ListArgs),
     /// One session with its events.
     Show { id: String },
+    /// The session's transcript in order, with relative timing and bodies pretty-printed.
+    Replay { id: String },
+    /// Re-scan recorded payloads with the current detectors; exit 1 if any value that should
+    /// have been masked is in a recording.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Session id (or a unique prefix).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Every session in the store.
+    #[arg(long)]
+    pub all: bool,
+    /// Policy whose mask rules say what should have been masked [default: the running
+    /// daemon's policy dir].
+    #[arg(long, value_name = "DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// Detectors for sessions whose target has no mask rules (comma-separated names or
+    /// groups; empty: skip them).
+    #[arg(long, value_delimiter = ',', default_value = "pii,secrets")]
+    pub detectors: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -151,7 +195,7 @@ pub struct ListArgs {
     /// ok | blocked | denied | `tls_rejected` | `approval_denied` | error
     #[arg(long)]
     pub outcome: Option<String>,
-    /// Show at most the newest N sessions.
+    /// Show at most the newest N sessions (0: all) [default: 1000].
     #[arg(long)]
     pub limit: Option<u32>,
 }

@@ -11,15 +11,13 @@
 //! Upgrades (WebSocket) are relayed byte for byte after the `101`.
 
 pub mod masking;
+pub mod tap;
 
 use std::{
     collections::BTreeSet,
     convert::Infallible,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -32,7 +30,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
     mask::{MaskContext, stream::Step},
-    policy::{Credentials, IdSet, Operation, Policy, TemplatePart, Verdict, template_parts},
+    policy::{
+        Credentials, IdSet, Operation, Policy, RecordLevel, TemplatePart, Verdict, template_parts,
+    },
     proxy::ProxyContext,
     session::{Event, TlsLeg},
     store::Write,
@@ -482,13 +482,14 @@ pub struct HttpSession {
     pub session_id: String,
     binding: tokio::sync::OnceCell<Binding>,
     binder: Option<Binder>,
-    seq: AtomicU32,
     pub outcome: Mutex<Outcome>,
     credential: Mutex<Option<(usize, HeaderValue)>>,
     /// Counts, notes and the tokenize vault of this session (never recorded raw).
     pub mask: Arc<Mutex<MaskContext>>,
     /// Errors met while streaming a masked response body.
     pub body_errors: Arc<Mutex<Vec<String>>>,
+    /// Body recordings that ended, written before the session's next event.
+    bodies: tap::Pending,
 }
 
 impl HttpSession {
@@ -510,9 +511,9 @@ impl HttpSession {
             session_id,
             binding: cell,
             binder,
-            seq: AtomicU32::new(1),
             mask: Arc::new(Mutex::new(MaskContext::new(Arc::clone(&ctx.mask_key)))),
             body_errors: Arc::default(),
+            bodies: tap::Pending::default(),
             outcome: Mutex::new(Outcome::default()),
             credential: Mutex::new(None),
             ctx,
@@ -527,16 +528,58 @@ impl HttpSession {
         crate::lock(&self.outcome)
     }
 
+    /// How much of this session is recorded (`[defaults] record`, raised by `record` rules of
+    /// its target).
+    fn record_level(&self) -> RecordLevel {
+        self.policy
+            .record_level(self.ids, self.binding().and_then(|b| b.target))
+    }
+
     pub async fn event(&self, kind: &str, data: serde_json::Value) {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.flush().await;
+        if self.record_level() == RecordLevel::Off {
+            return;
+        }
+        self.write(Event::new(kind, data)).await;
+    }
+
+    async fn write(&self, event: Event) {
         self.ctx
             .recorder
             .write(Write::Event {
                 session: self.session_id.clone(),
-                seq,
-                event: Event::new(kind, data),
+                event,
             })
             .await;
+    }
+
+    /// Writes the body recordings that ended since the last event.
+    pub async fn flush(&self) {
+        let bodies = std::mem::take(&mut *crate::lock(&self.bodies));
+        for event in bodies {
+            self.write(event).await;
+        }
+    }
+
+    /// Records a body as it passes (`record = "full"` only).
+    fn tap(
+        &self,
+        body: Body,
+        kind: &'static str,
+        content_type: Option<String>,
+        restores: bool,
+    ) -> Body {
+        if self.record_level() != RecordLevel::Full {
+            return body;
+        }
+        let capture = tap::Capture::new(
+            kind,
+            self.policy.defaults.record_body_limit,
+            content_type,
+            Arc::clone(&self.bodies),
+            restores.then(|| Arc::clone(&self.mask)),
+        );
+        tap::Tap::new(body, capture).boxed_unsync()
     }
 
     fn error_response(&self, status: StatusCode, error: &str) -> Response<Body> {
@@ -729,7 +772,12 @@ impl HttpSession {
             // Ask only for codings the gateway can decode, so responses can be masked.
             keep_decodable_codings(&mut parts.headers);
         }
-        let body = body.into_body();
+        let body = self.tap(
+            body.into_body(),
+            "request_body",
+            header_str(&parts.headers, header::CONTENT_TYPE),
+            false,
+        );
 
         strip_hop_by_hop(&mut parts.headers, upgrade);
         if let (Some(t), Some(credentials)) = (target, credentials) {
@@ -808,6 +856,12 @@ impl HttpSession {
                 return self.error_response(StatusCode::BAD_GATEWAY, &reason);
             }
         };
+        let body = self.tap(
+            body,
+            "response_body",
+            header_str(&parts.headers, header::CONTENT_TYPE),
+            true,
+        );
         Response::from_parts(parts, body)
     }
 

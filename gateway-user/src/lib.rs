@@ -24,6 +24,7 @@
 //! * [`cli`] — the command line contract.
 
 pub mod app;
+pub mod audit;
 pub mod cgroup;
 pub mod cli;
 pub mod control;
@@ -35,6 +36,7 @@ pub mod policy;
 pub mod proxy;
 pub mod record;
 pub mod redirect;
+pub mod review;
 pub mod session;
 pub mod sql;
 pub mod state;

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use gateway_user::{
     app::{self, AppError, Settings},
-    cli::{CaCommand, Cli, Command, ListArgs, PolicyCommand, SessionsCommand},
+    cli::{AuditCommand, CaCommand, Cli, Command, ListArgs, PolicyCommand, SessionsCommand},
     control::{self, Request},
     exec,
     policy::{self, Policy, Severity, cases, explain},
@@ -119,7 +119,14 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
         }
         Command::Sessions(SessionsCommand::List(args)) => {
             let store = Store::open_existing(&store_url).await?;
-            let sessions = store.list(&list_filter(args)?).await?;
+            let filter = list_filter(args)?;
+            let sessions = store.list(&filter).await?;
+            if filter.limit.is_some_and(|l| sessions.len() >= l as usize) {
+                eprintln!(
+                    "react-gateway: showing the newest {} sessions; --limit N for more (0: all)",
+                    sessions.len()
+                );
+            }
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&sessions)?);
             } else {
@@ -127,10 +134,53 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sessions(SessionsCommand::Replay { id }) => {
+            let store = Store::open_existing(&store_url).await?;
+            let Some((session, events)) = find_session(&store, &id).await? else {
+                return Ok(ExitCode::from(1));
+            };
+            print!("{}", gateway_user::review::replay(&session, &events));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions(SessionsCommand::Verify(args)) => {
+            let store = Store::open_existing(&store_url).await?;
+            verify_sessions(&store, &state, args, cli.json).await
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let store = Store::open_existing(&store_url).await?;
+            audit_verify(&store, &state, cli.json).await
+        }
+        Command::Audit(AuditCommand::Export { since, format: _ }) => {
+            let store = Store::open_existing(&store_url).await?;
+            let since = since.map(|s| parse_since(&s)).transpose()?;
+            audit_export(&store, since.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::PublicKey) => {
+            let Some(signer) = gateway_user::audit::Signer::load(state.root()) else {
+                eprintln!(
+                    "react-gateway: no audit key in {} (has a daemon run with this --state-dir?)",
+                    state.root().display()
+                );
+                return Ok(ExitCode::from(2));
+            };
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"node": signer.node(), "public_key": gateway_user::audit::hex(signer.public_key()), "algorithm": "ed25519"})
+                );
+            } else {
+                println!("node        {}", signer.node());
+                println!(
+                    "ed25519     {}",
+                    gateway_user::audit::hex(signer.public_key())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sessions(SessionsCommand::Show { id }) => {
             let store = Store::open_existing(&store_url).await?;
-            let Some((session, events)) = store.show(&id).await? else {
-                eprintln!("react-gateway: no session {id}");
+            let Some((session, events)) = find_session(&store, &id).await? else {
                 return Ok(ExitCode::from(1));
             };
             if cli.json {
@@ -157,21 +207,252 @@ async fn control_call(state: &StateDir, request: &Request, json: bool) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-fn list_filter(args: ListArgs) -> anyhow::Result<ListFilter> {
-    let since = match args.since {
-        Some(text) if humantime::parse_rfc3339_weak(&text).is_ok() => Some(
-            gateway_user::session::timestamp(humantime::parse_rfc3339_weak(&text)?),
-        ),
-        Some(text) => {
-            let back = humantime::parse_duration(&text).with_context(|| {
-                format!("--since {text:?}: expected an RFC 3339 time or a duration like 1h")
-            })?;
-            Some(gateway_user::session::timestamp(
-                std::time::SystemTime::now() - back,
-            ))
-        }
+/// A session by id or unique id prefix; says so on stderr when there is none.
+async fn find_session(store: &Store, id: &str) -> anyhow::Result<Option<(Session, Vec<Event>)>> {
+    let found = match store.resolve(id).await? {
+        Some(full) => store.show(&full).await?,
         None => None,
     };
+    if found.is_none() {
+        eprintln!("react-gateway: no session {id}");
+    }
+    Ok(found)
+}
+
+/// `--since`: an RFC 3339 time or a duration back from now.
+fn parse_since(text: &str) -> anyhow::Result<String> {
+    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        return Ok(gateway_user::session::timestamp(at));
+    }
+    let back = humantime::parse_duration(text).with_context(|| {
+        format!("--since {text:?}: expected an RFC 3339 time or a duration like 1h")
+    })?;
+    Ok(gateway_user::session::timestamp(
+        std::time::SystemTime::now() - back,
+    ))
+}
+
+/// `audit verify`: every chain, ledger and signature; exit 1 naming what was tampered with.
+async fn audit_verify(store: &Store, state: &StateDir, json: bool) -> anyhow::Result<ExitCode> {
+    use gateway_user::audit::{Signer, Verifier, anchor_path, read_anchor};
+    let started = std::time::Instant::now();
+    let local = Signer::load(state.root()).map(|s| {
+        (
+            s.node().to_string(),
+            s.public_key().to_vec(),
+            read_anchor(&anchor_path(state.root())),
+        )
+    });
+    let mut verifier = Verifier::new(local);
+    for (node, key) in store.nodes().await? {
+        let checkpoints = store.checkpoints(&node).await?;
+        verifier.begin_node(&node, &key, &checkpoints);
+        store
+            .each_ledger_entry(&node, |entry| verifier.ledger_entry(entry))
+            .await?;
+        verifier.end_node();
+    }
+    store
+        .each_session(None, |session| {
+            verifier.session(&session);
+            Ok(())
+        })
+        .await?;
+    store
+        .each_event(None, |event| {
+            verifier.event(&event);
+            Ok(())
+        })
+        .await?;
+    let report = verifier.finish();
+    let elapsed = started.elapsed();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "audit verify: {} node(s), {} ledger entries, {} sessions ({} open), {} events in {:.2}s ({:.0} events/s)",
+            report.nodes,
+            report.ledger_entries,
+            report.sessions,
+            report.open_sessions,
+            report.events,
+            elapsed.as_secs_f64(),
+            report.events as f64 / elapsed.as_secs_f64().max(1e-9)
+        );
+        for f in &report.findings {
+            println!(
+                "TAMPERED  {}{}: {}",
+                f.session
+                    .as_deref()
+                    .map_or_else(String::new, |s| format!("session {s} ")),
+                f.node
+                    .as_deref()
+                    .map_or_else(String::new, |n| format!("(node {n})")),
+                f.problem
+            );
+        }
+        if report.findings.is_empty() {
+            println!("OK: every chain and signature verifies");
+        }
+    }
+    Ok(if report.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `audit export --format jsonl`: sessions, then events, one JSON object per line.
+async fn audit_export(store: &Store, since: Option<&str>) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failed = None;
+    store
+        .each_session(since, |session| {
+            let mut value = serde_json::to_value(&session).unwrap_or_default();
+            value["type"] = "session".into();
+            if let Err(e) = writeln!(out, "{value}") {
+                failed.get_or_insert(e);
+            }
+            Ok(())
+        })
+        .await?;
+    store
+        .each_event(since, |event| {
+            let data: serde_json::Value =
+                serde_json::from_str(&event.data).unwrap_or(serde_json::Value::Null);
+            let mut value = serde_json::json!({
+                "type": "event",
+                "session": event.session,
+                "seq": event.seq,
+                "at": event.at,
+                "kind": event.kind,
+                "hash": event.hash,
+            });
+            if let serde_json::Value::Object(map) = data {
+                for (k, v) in map {
+                    value.as_object_mut().map(|o| o.entry(k).or_insert(v));
+                }
+            }
+            if let Err(e) = writeln!(out, "{value}") {
+                failed.get_or_insert(e);
+            }
+            Ok(())
+        })
+        .await?;
+    out.flush()?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// `sessions verify ID|--all`: recorded payloads against the current detectors.
+async fn verify_sessions(
+    store: &Store,
+    state: &StateDir,
+    args: gateway_user::cli::VerifyArgs,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let policy_dir = args.policy_dir.or_else(|| {
+        state
+            .read_instance()
+            .ok()
+            .flatten()
+            .and_then(|i| i.policy_dir)
+    });
+    let policy = match &policy_dir {
+        Some(dir) => match policy::compile::load(dir) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("react-gateway: policy {}: {e}", dir.display());
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => None,
+    };
+    let detectors: Vec<String> = args
+        .detectors
+        .into_iter()
+        .filter(|d| !d.is_empty())
+        .collect();
+    let scanner = match gateway_user::review::LeakScanner::new(policy.as_deref(), &detectors) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("react-gateway: --detectors: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let ids: Vec<String> = if args.all {
+        let mut ids = Vec::new();
+        store
+            .each_session(None, |s| {
+                ids.push(s.id);
+                Ok(())
+            })
+            .await?;
+        ids
+    } else {
+        let id = args.id.unwrap_or_default();
+        match store.resolve(&id).await? {
+            Some(full) => vec![full],
+            None => {
+                eprintln!("react-gateway: no session {id}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    };
+    let bar = args.all && std::io::stderr().is_terminal();
+    let mut leaks = Vec::new();
+    let mut last_draw = std::time::Instant::now();
+    for (done, id) in ids.iter().enumerate() {
+        if let Some((session, events)) = store.show(id).await? {
+            leaks.extend(scanner.scan(&session, &events));
+        }
+        if bar && (last_draw.elapsed().as_millis() > 100 || done + 1 == ids.len()) {
+            last_draw = std::time::Instant::now();
+            let width = 40;
+            let filled = (done + 1) * width / ids.len().max(1);
+            eprint!(
+                "\r[{}{}] {}/{} sessions, {} leak(s)",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                done + 1,
+                ids.len(),
+                leaks.len()
+            );
+        }
+    }
+    if bar {
+        eprintln!();
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&leaks)?);
+    } else {
+        for l in &leaks {
+            println!(
+                "LEAK  session {} event {} ({}) {}: {} {}",
+                l.session, l.event, l.kind, l.field, l.detector, l.preview
+            );
+        }
+        println!(
+            "sessions verify: {} session(s) scanned, {} value(s) that should have been masked{}",
+            ids.len(),
+            leaks.len(),
+            policy_dir
+                .map(|d| format!(" (policy {})", d.display()))
+                .unwrap_or_default()
+        );
+    }
+    Ok(if leaks.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn list_filter(args: ListArgs) -> anyhow::Result<ListFilter> {
+    let since = args.since.as_deref().map(parse_since).transpose()?;
     let outcome = match args.outcome {
         Some(text) => Some(Outcome::parse(&text).with_context(|| format!("--outcome {text:?}: expected ok, blocked, denied, tls_rejected, approval_denied or error"))?),
         None => None,
@@ -181,7 +462,11 @@ fn list_filter(args: ListArgs) -> anyhow::Result<ListFilter> {
         target: args.target,
         since,
         outcome,
-        limit: args.limit,
+        limit: match args.limit {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(1000),
+        },
     })
 }
 

@@ -213,6 +213,32 @@ impl MaskContext {
             .map(|(_, original)| original.as_slice())
     }
 
+    /// The inverse of restoring, for recordings: every original of the vault in `bytes` is
+    /// replaced by its placeholder again (longest originals first).
+    pub fn retokenize(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        let mut vault: Vec<_> = self.vault.iter().filter(|(_, o)| !o.is_empty()).collect();
+        vault.sort_by_key(|(_, o)| std::cmp::Reverse(o.len()));
+        for (placeholder, original) in vault {
+            if memchr::memmem::find(&out, original).is_none() {
+                continue;
+            }
+            let mut next = Vec::with_capacity(out.len());
+            let mut at = 0;
+            for i in memchr::memmem::find_iter(&out, original) {
+                if i < at {
+                    continue;
+                }
+                next.extend_from_slice(&out[at..i]);
+                next.extend_from_slice(placeholder.as_bytes());
+                at = i + original.len();
+            }
+            next.extend_from_slice(&out[at..]);
+            out = next;
+        }
+        out
+    }
+
     /// Puts tokenized originals back into text coming back to the agent.
     pub fn restore<'a>(&self, text: &'a str) -> Cow<'a, str> {
         match restore_bytes(text.as_bytes(), self) {

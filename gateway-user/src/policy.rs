@@ -70,8 +70,7 @@ impl Policy {
             sources: Vec::new(),
             defaults: Defaults {
                 unmatched: Unmatched::Record,
-                record: RecordLevel::Full,
-                tls_min_version: TlsVersion::V1_2,
+                ..Defaults::default()
             },
             identities: Vec::new(),
             targets: Vec::new(),
@@ -92,6 +91,38 @@ pub struct Defaults {
     pub unmatched: Unmatched,
     pub record: RecordLevel,
     pub tls_min_version: TlsVersion,
+    /// What happens to new sessions while the store cannot take their records.
+    pub on_record_failure: OnRecordFailure,
+    /// Sessions older than this are pruned from the store (`None`: kept forever).
+    pub retention: Option<std::time::Duration>,
+    /// Bytes of each request/response body kept in a `full` recording; the rest is
+    /// summarised by size and SHA-256.
+    pub record_body_limit: u64,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            unmatched: Unmatched::Deny,
+            record: RecordLevel::Full,
+            tls_min_version: TlsVersion::V1_2,
+            on_record_failure: OnRecordFailure::Block,
+            retention: None,
+            record_body_limit: DEFAULT_RECORD_BODY_LIMIT,
+        }
+    }
+}
+
+pub const DEFAULT_RECORD_BODY_LIMIT: u64 = 64 * 1024;
+/// Upper bound of `record_body_limit` (a recording is not a backup of the traffic).
+pub const MAX_RECORD_BODY_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// `on_record_failure`: refuse new sessions (`block`, the default) or run them and record
+/// them when the store is back (`allow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRecordFailure {
+    Block,
+    Allow,
 }
 
 /// What happens to a governed connection that matches no target.

@@ -33,7 +33,8 @@ use crate::{
     cgroup::CgroupNames,
     http,
     policy::{
-        ConnVerdict, IdSet, Policy, Resolution, TargetProtocol, TlsMode, Who, live::LivePolicy,
+        ConnVerdict, IdSet, OnRecordFailure, Policy, RecordLevel, Resolution, TargetProtocol,
+        TlsMode, Who, live::LivePolicy,
     },
     record::Recorder,
     redirect::{OrigDstTable, ip_of},
@@ -195,6 +196,13 @@ async fn handle(
     let _ = client.set_nodelay(true);
     // The session keeps this snapshot for its whole life, whatever reloads happen meanwhile.
     let policy = ctx.policy.current();
+    // A session that could not be recorded does not run (`on_record_failure = "block"`).
+    if !ctx.recorder.healthy() && policy.defaults.on_record_failure == OnRecordFailure::Block {
+        ctx.recorder.stats().refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%destination, pid = ?identity.pid, "store failing or recording backlog full; new session refused (on_record_failure = \"block\")");
+        let _ = client.set_zero_linger();
+        return;
+    }
     let ids = policy.identities_of(&Who {
         cgroup: identity.cgroup.as_deref(),
         uid: identity.uid,
@@ -383,12 +391,18 @@ impl Conn<'_> {
         tracing::debug!(id = %session.id, destination = %self.destination, pid = ?session.identity.pid, "session started");
     }
 
-    async fn event(&self, session: &Session, seq: u32, kind: &str, data: serde_json::Value) {
+    async fn event(&self, session: &Session, kind: &str, data: serde_json::Value) {
+        let target = session
+            .target
+            .as_deref()
+            .and_then(|name| self.policy.targets.iter().position(|t| t.name == name));
+        if self.policy.record_level(self.ids, target) == RecordLevel::Off {
+            return;
+        }
         self.ctx
             .recorder
             .write(Write::Event {
                 session: session.id.clone(),
-                seq,
                 event: Event::new(kind, data),
             })
             .await;
@@ -404,7 +418,6 @@ impl Conn<'_> {
         tracing::info!(id = %session.id, %reason);
         self.event(
             session,
-            1,
             "upstream_error",
             serde_json::json!({ "error": reason }),
         )
@@ -485,7 +498,7 @@ impl Conn<'_> {
         } else {
             Protocol::TlsPassthrough
         };
-        self.event(&session, 0, "tls_client_hello", hello.to_json())
+        self.event(&session, "tls_client_hello", hello.to_json())
             .await;
         if let ConnVerdict::Deny { rule } = self.policy.connection(self.ids, resolution) {
             let _ = client
@@ -510,7 +523,6 @@ impl Conn<'_> {
             tracing::info!(id = %session.id, sni = ?hello.sni, reason = %refusal.reason, "TLS client refused");
             self.event(
                 &session,
-                1,
                 "tls_rejected",
                 serde_json::json!({"reason": refusal.reason, "offered": hello.to_json()}),
             )
@@ -769,6 +781,7 @@ impl Conn<'_> {
         outcome
             .errors
             .extend(std::mem::take(&mut *crate::lock(&http.body_errors)));
+        http.flush().await;
         let (masked, summary) = {
             let mask = crate::lock(&http.mask);
             let summary = (!mask.counts.is_empty() || !mask.notes.is_empty()).then(|| {

@@ -1,11 +1,23 @@
 //! The recorder: sessions and events are queued (bounded) and written to the store in batches
-//! by one task, off the data path. A failed write is retried with backoff, never dropped; the
-//! queue depth is visible in `status`. On shutdown the queue is drained before the daemon exits.
+//! by one task, off the data path. The writer chains every event and every closed session
+//! (see `audit.rs`) while it prepares a batch, signs the ledger head, and writes the batch in
+//! one transaction. A failed write is retried with backoff, never dropped; the queue depth and
+//! whether the store is failing are visible in `status`, and the proxy refuses new sessions
+//! while records cannot be written (`on_record_failure = "block"`). On shutdown the queue is
+//! drained before the daemon exits.
+//!
+//! Durability: the writer takes whatever is queued as soon as it is queued (no linger), so a
+//! record reaches the store one transaction after it was made — milliseconds when the store
+//! keeps up. Every event of a session that ended more than [`DURABILITY_WINDOW`] before a crash
+//! of the daemon is in the store (the test `kill -9` under load checks it); a committed
+//! transaction survives the daemon's crash (`SQLite` WAL, PostgreSQL commit).
 
 use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -15,12 +27,24 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::store::{Store, Write};
+use crate::{
+    audit::{self, Hash, LedgerEntry, Signer},
+    session::{self, Outcome},
+    store::{Batch, EventRow, Store, StoreError, Write},
+};
 
-/// Queue capacity; senders wait when it is full (backpressure on new sessions).
-const QUEUE: usize = 65_536;
+/// Queue capacity; senders wait when it is full (backpressure on running sessions).
+pub const QUEUE: usize = 65_536;
+/// Above this backlog the recorder counts as failing (new sessions follow
+/// `on_record_failure`).
+const HIGH_WATER: usize = QUEUE * 9 / 10;
 /// Largest batch written in one transaction.
-const BATCH: usize = 1_024;
+const BATCH: usize = 2_048;
+/// The documented durability window (see the module docs).
+pub const DURABILITY_WINDOW: Duration = Duration::from_secs(1);
+/// Closed sessions remembered, so an event arriving after its session closed is reported
+/// instead of starting a second chain.
+const CLOSED_MEMORY: usize = 65_536;
 
 #[derive(Clone)]
 pub struct Recorder {
@@ -34,16 +58,198 @@ pub struct RecorderStats {
     pub queued: AtomicUsize,
     pub written: AtomicU64,
     pub write_errors: AtomicU64,
+    /// The last write failed (the store is unreachable or refusing); cleared by a success.
+    pub failing: AtomicBool,
+    /// Events that arrived after their session was closed (a bug if ever non-zero).
+    pub late_events: AtomicU64,
+    /// New sessions refused because they could not have been recorded.
+    pub refused: AtomicU64,
+    /// Last store error, for `status`.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+/// The writer's chaining state: this node's ledger tail and each open session's chain link.
+pub struct Chain {
+    signer: Arc<Signer>,
+    anchor: PathBuf,
+    seq: u64,
+    hash: Hash,
+    open: HashMap<String, Link>,
+    closed: HashSet<String>,
+    closed_order: VecDeque<String>,
+}
+
+struct Link {
+    next: u64,
+    hash: Hash,
+}
+
+impl Chain {
+    /// Resumes this node's ledger from the store, and closes (and chains) the sessions a
+    /// previous daemon left open: they end as `error`, so none stays "running" forever.
+    /// Returns the chain and how many sessions were closed.
+    pub async fn resume(
+        store: &Store,
+        signer: Arc<Signer>,
+        anchor: PathBuf,
+    ) -> Result<(Self, usize), StoreError> {
+        store
+            .register_node(signer.node(), signer.public_key())
+            .await?;
+        let (seq, hash) = store.ledger_tail(signer.node()).await?;
+        let mut chain = Self {
+            signer,
+            anchor,
+            seq,
+            hash,
+            open: HashMap::new(),
+            closed: HashSet::new(),
+            closed_order: VecDeque::new(),
+        };
+        let orphans = store.orphans(chain.signer.node()).await?;
+        let closed = orphans.len();
+        if closed > 0 {
+            let now = session::now();
+            let writes = orphans
+                .into_iter()
+                .map(|(mut session, next, hash)| {
+                    chain.open.insert(session.id.clone(), Link { next, hash });
+                    session.ended_at = Some(now.clone());
+                    session.outcome = Some(Outcome::Error);
+                    session.error = Some("the daemon stopped before the session ended (crash or kill); bytes are as last recorded".into());
+                    Write::Session(Box::new(session))
+                })
+                .collect();
+            let mut late = 0;
+            let batch = chain.prepare(writes, &mut late);
+            store.apply(&batch).await?;
+            chain.anchor_head(&batch);
+        }
+        Ok((chain, closed))
+    }
+
+    /// Turns queued writes into rows: events get their place and chained hash, closed
+    /// sessions their ledger entry, and the new ledger head is signed.
+    fn prepare(&mut self, writes: Vec<Write>, late: &mut u64) -> Batch {
+        let mut batch = Batch {
+            node: self.signer.node().to_string(),
+            ..Batch::default()
+        };
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for write in writes {
+            match write {
+                Write::Session(session) => {
+                    let session = *session;
+                    if session.ended_at.is_none() {
+                        self.open.entry(session.id.clone()).or_insert_with(|| Link {
+                            next: 0,
+                            hash: audit::session_genesis(&session.id),
+                        });
+                    } else if !self.closed.contains(&session.id) {
+                        let link = self.open.remove(&session.id).unwrap_or_else(|| Link {
+                            next: 0,
+                            hash: audit::session_genesis(&session.id),
+                        });
+                        self.seq += 1;
+                        let digest = audit::session_digest(&session);
+                        let hash = audit::chain_ledger(
+                            &self.hash,
+                            self.signer.node(),
+                            self.seq,
+                            &session.id,
+                            &digest,
+                            &link.hash,
+                            link.next,
+                        );
+                        self.hash = hash;
+                        batch.ledger.push(LedgerEntry {
+                            node: batch.node.clone(),
+                            seq: self.seq,
+                            session: session.id.clone(),
+                            ended_at: session.ended_at.clone().unwrap_or_default(),
+                            digest,
+                            head: link.hash,
+                            events: link.next,
+                            hash,
+                        });
+                        self.remember_closed(&session.id);
+                    } else {
+                        // Closed twice: the first close is on the ledger; keep that row.
+                        tracing::warn!(id = %session.id, "session closed twice; the second close is ignored");
+                        continue;
+                    }
+                    match index.get(&session.id) {
+                        Some(&i) => batch.sessions[i] = session,
+                        None => {
+                            index.insert(session.id.clone(), batch.sessions.len());
+                            batch.sessions.push(session);
+                        }
+                    }
+                }
+                Write::Event { session, event } => {
+                    if self.closed.contains(&session) {
+                        *late += 1;
+                        tracing::error!(id = %session, kind = %event.kind, "event after its session closed; not recorded");
+                        continue;
+                    }
+                    let link = self.open.entry(session.clone()).or_insert_with(|| Link {
+                        next: 0,
+                        hash: audit::session_genesis(&session),
+                    });
+                    let data = serde_json::Value::Object(event.data).to_string();
+                    let hash =
+                        audit::chain_event(&link.hash, link.next, &event.at, &event.kind, &data);
+                    batch.events.push(EventRow {
+                        session,
+                        seq: link.next,
+                        at: event.at,
+                        kind: event.kind,
+                        data,
+                        hash,
+                    });
+                    link.next += 1;
+                    link.hash = hash;
+                }
+            }
+        }
+        if !batch.ledger.is_empty() {
+            batch.head =
+                Some(
+                    self.signer
+                        .checkpoint("head", self.seq, &self.hash, &session::now()),
+                );
+        }
+        batch
+    }
+
+    fn remember_closed(&mut self, id: &str) {
+        if self.closed_order.len() >= CLOSED_MEMORY
+            && let Some(old) = self.closed_order.pop_front()
+        {
+            self.closed.remove(&old);
+        }
+        self.closed.insert(id.to_string());
+        self.closed_order.push_back(id.to_string());
+    }
+
+    /// After a batch landed: the signed head is also kept outside the store.
+    fn anchor_head(&self, batch: &Batch) {
+        if let Some(head) = &batch.head
+            && let Err(error) = audit::write_anchor(&self.anchor, head)
+        {
+            tracing::warn!(%error, path = %self.anchor.display(), "cannot write the ledger head anchor");
+        }
+    }
 }
 
 impl Recorder {
     /// Starts the writer task; it ends when every `Recorder` clone is dropped, or after
     /// [`Recorder::close`], once the queue is drained.
-    pub fn spawn(store: Store) -> (Self, JoinHandle<()>) {
+    pub fn spawn(store: Store, chain: Chain) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (close, closed) = watch::channel(false);
         let stats = Arc::new(RecorderStats::default());
-        let handle = tokio::spawn(write_loop(store, rx, closed, Arc::clone(&stats)));
+        let handle = tokio::spawn(write_loop(store, chain, rx, closed, Arc::clone(&stats)));
         (
             Self {
                 tx,
@@ -68,6 +274,13 @@ impl Recorder {
         }
     }
 
+    /// Whether a new session can be recorded now: the store takes writes and the queue has
+    /// room.
+    pub fn healthy(&self) -> bool {
+        !self.stats.failing.load(Ordering::Relaxed)
+            && self.stats.queued.load(Ordering::Relaxed) < HIGH_WATER
+    }
+
     pub fn stats(&self) -> &RecorderStats {
         &self.stats
     }
@@ -75,45 +288,52 @@ impl Recorder {
 
 async fn write_loop(
     store: Store,
+    mut chain: Chain,
     mut rx: mpsc::Receiver<Write>,
     mut closed: watch::Receiver<bool>,
     stats: Arc<RecorderStats>,
 ) {
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut writes = Vec::with_capacity(BATCH);
     loop {
         let received = tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH) => n,
+            n = rx.recv_many(&mut writes, BATCH) => n,
             _ = closed.wait_for(|c| *c) => {
                 // Drain without waiting for more: the queue's senders may live on elsewhere.
-                while batch.len() < BATCH {
+                while writes.len() < BATCH {
                     match rx.try_recv() {
-                        Ok(write) => batch.push(write),
+                        Ok(write) => writes.push(write),
                         Err(_) => break,
                     }
                 }
-                if batch.is_empty() { 0 } else { batch.len() }
+                writes.len()
             }
         };
         if received == 0 {
             break;
         }
+        let mut late = 0;
+        let batch = chain.prepare(std::mem::take(&mut writes), &mut late);
+        stats.late_events.fetch_add(late, Ordering::Relaxed);
         let mut backoff = Duration::from_millis(50);
-        loop {
+        while !batch.is_empty() {
             match store.apply(&batch).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    stats.failing.store(false, Ordering::Relaxed);
+                    break;
+                }
                 Err(error) => {
+                    stats.failing.store(true, Ordering::Relaxed);
                     stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%error, pending = batch.len(), "store write failed; retrying");
+                    *crate::lock(&stats.last_error) = Some(error.to_string());
+                    tracing::error!(%error, pending = batch.rows(), backlog = stats.queued.load(Ordering::Relaxed), "store write failed; retrying");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
-        stats.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-        stats
-            .written
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        batch.clear();
+        chain.anchor_head(&batch);
+        stats.queued.fetch_sub(received, Ordering::Relaxed);
+        stats.written.fetch_add(received as u64, Ordering::Relaxed);
     }
     store.close().await;
 }

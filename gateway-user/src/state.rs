@@ -159,6 +159,9 @@ pub struct Instance {
     pub listen_port: u16,
     pub pin_dir: PathBuf,
     pub pid: u32,
+    /// The policy directory the daemon runs with (`sessions verify` reads it).
+    #[serde(default)]
+    pub policy_dir: Option<PathBuf>,
 }
 
 pub(crate) fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {

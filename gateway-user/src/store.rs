@@ -1,23 +1,25 @@
-//! The session store: sqlx over `SQLite` (WAL mode) under the state dir by default.
-//! Migrations are managed by sqlx (`migrations/`). The `PostgreSQL` backend for fleets arrives
-//! with the recording issue; the URL scheme is already part of the contract (`--store`).
+//! The session store, over sqlx `Any`: `SQLite` (WAL mode) under the state dir by default,
+//! PostgreSQL (`--store postgres://…`) for a fleet of nodes writing to one central database.
+//! One set of migrations (`migrations/`, portable SQL) serves both, and so does every query
+//! (`$N` placeholders, which both drivers accept).
 
-use std::{collections::BTreeMap, str::FromStr as _, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
+use futures_util::TryStreamExt as _;
 use sqlx::{
-    QueryBuilder, Row as _, Sqlite, SqlitePool,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-    },
+    Any, AnyPool, Executor as _, Row as _,
+    any::{AnyPoolOptions, AnyRow},
+    query::Query,
 };
 
-use crate::session::{Destination, Event, Identity, Outcome, Protocol, Session, Tls};
+use crate::{
+    audit::{self, Checkpoint, Hash, LedgerEntry, StoredEvent, hex},
+    session::{Destination, Event, Identity, Outcome, Protocol, Session, Tls},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(
-        "unsupported store URL {0:?}: use sqlite://PATH (postgres:// is not available in this build yet)"
-    )]
+    #[error("unsupported store URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
     Scheme(String),
     #[error("no store at {0}: has a daemon run with this --state-dir? (or pass --store)")]
     Missing(String),
@@ -40,12 +42,41 @@ pub enum StoreError {
 pub enum Write {
     /// Insert or update the whole session row (on start and again on end).
     Session(Box<Session>),
-    /// Append an event to a session.
-    Event {
-        session: String,
-        seq: u32,
-        event: Event,
-    },
+    /// Append an event to a session (its place in the session is the order of arrival).
+    Event { session: String, event: Event },
+}
+
+/// One stored event: its place in the session and its chained hash.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub session: String,
+    pub seq: u64,
+    pub at: String,
+    pub kind: String,
+    pub data: String,
+    pub hash: Hash,
+}
+
+/// What the recorder writes in one transaction: rows prepared (and chained) once, so a retry
+/// after a store failure writes exactly the same thing.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub node: String,
+    /// The latest state of each session touched, in first-touched order.
+    pub sessions: Vec<Session>,
+    pub events: Vec<EventRow>,
+    pub ledger: Vec<LedgerEntry>,
+    pub head: Option<Checkpoint>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.events.is_empty() && self.ledger.is_empty()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.sessions.len() + self.events.len() + self.ledger.len()
+    }
 }
 
 /// Filters of `sessions list`.
@@ -61,111 +92,289 @@ pub struct ListFilter {
     pub limit: Option<u32>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// SQL text with `$N` placeholders, built alongside its bound values.
+#[derive(Default)]
+struct Sql {
+    text: String,
+    binds: Vec<Bind>,
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+impl Sql {
+    fn new(text: &str) -> Self {
+        Self {
+            text: text.to_string(),
+            binds: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    fn bind(&mut self, value: Bind) -> &mut Self {
+        self.binds.push(value);
+        self.text.push_str(&format!("${}", self.binds.len()));
+        self
+    }
+
+    fn query(&self) -> Query<'_, Any, sqlx::any::AnyArguments<'_>> {
+        let mut q = sqlx::query(&self.text);
+        for b in &self.binds {
+            q = match b {
+                Bind::Text(t) => q.bind(t.as_str()),
+                Bind::Int(i) => q.bind(*i),
+            };
+        }
+        q
+    }
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the store.
+    /// Opens (creating a `SQLite` file if needed) and migrates the store.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         Self::connect(url, true).await
     }
 
-    /// Opens an existing store for reading (CLI).
+    /// Opens an existing store (CLI).
     pub async fn open_existing(url: &str) -> Result<Self, StoreError> {
         Self::connect(url, false).await
     }
 
-    async fn connect(url: &str, create: bool) -> Result<Self, StoreError> {
-        let Some(path) = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-        else {
-            return Err(StoreError::Scheme(url.to_string()));
-        };
-        if !create && !std::path::Path::new(path).exists() {
-            return Err(StoreError::Missing(path.to_string()));
-        }
-        let open_err = |source| StoreError::Open {
-            url: url.to_string(),
-            source,
-        };
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(open_err)?
-            .create_if_missing(create)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(open_err)?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
-    /// Applies a batch of writes in one transaction.
-    pub async fn apply(&self, batch: &[Write]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for write in batch {
-            match write {
-                Write::Session(s) => upsert_session(&mut tx, s).await?,
-                Write::Event {
-                    session,
-                    seq,
-                    event,
-                } => {
-                    sqlx::query("INSERT OR REPLACE INTO events (session_id, seq, at, kind, data) VALUES (?, ?, ?, ?, ?)")
-                        .bind(session)
-                        .bind(i64::from(*seq))
-                        .bind(&event.at)
-                        .bind(&event.kind)
-                        .bind(serde_json::Value::Object(event.data.clone()).to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                }
+    async fn connect(url: &str, create: bool) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let open_err = |source| StoreError::Open {
+            url: redact_url(url),
+            source,
+        };
+        let (backend, url) = if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let path = path.split('?').next().unwrap_or(path);
+            if !create && !std::path::Path::new(path).exists() {
+                return Err(StoreError::Missing(path.to_string()));
             }
+            let mode = if create { "rwc" } else { "rw" };
+            (Backend::Sqlite, format!("sqlite://{path}?mode={mode}"))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::Scheme(url.to_string()));
+        };
+        let options = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 });
+        let options = if backend == Backend::Sqlite {
+            options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL: readers never block the recorder; NORMAL: a committed transaction
+                    // survives a crash of the daemon (only power loss may cost the last one).
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options.connect(&url).await.map_err(open_err)?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Registers a node's public key (first start), or checks it is the one registered.
+    pub async fn register_node(&self, node: &str, public_key: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO nodes (node, public_key, registered_at) VALUES ($1, $2, $3) ON CONFLICT (node) DO NOTHING")
+            .bind(node)
+            .bind(hex(public_key))
+            .bind(crate::session::now())
+            .execute(&self.pool)
+            .await?;
+        let stored: String = sqlx::query_scalar("SELECT public_key FROM nodes WHERE node = $1")
+            .bind(node)
+            .fetch_one(&self.pool)
+            .await?;
+        if stored != hex(public_key) {
+            return Err(StoreError::Corrupt(
+                node.to_string(),
+                "the store holds another public key for this node".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where this node's ledger ends: `(seq, hash)` of its last entry, or of the prune
+    /// checkpoint, or the genesis.
+    pub async fn ledger_tail(&self, node: &str) -> Result<(u64, Hash), StoreError> {
+        let last =
+            sqlx::query("SELECT seq, hash FROM ledger WHERE node = $1 ORDER BY seq DESC LIMIT 1")
+                .bind(node)
+                .fetch_optional(&self.pool)
+                .await?;
+        let row = match last {
+            Some(row) => Some(row),
+            None => {
+                sqlx::query("SELECT seq, hash FROM checkpoints WHERE node = $1 AND kind = 'prune'")
+                    .bind(node)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
+        let Some(row) = row else {
+            return Ok((0, audit::ledger_genesis(node)));
+        };
+        let seq: i64 = row.try_get("seq")?;
+        let hash: String = row.try_get("hash")?;
+        let hash = audit::unhex(&hash)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| StoreError::Corrupt(node.into(), "ledger hash".into()))?;
+        Ok((u64::try_from(seq).unwrap_or(0), hash))
+    }
+
+    /// Sessions of `node` a previous daemon left open (it crashed or was killed), with the
+    /// number and chain head of the events it recorded.
+    pub async fn orphans(&self, node: &str) -> Result<Vec<(Session, u64, Hash)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM sessions WHERE ended_at IS NULL AND (node = $1 OR node IS NULL)",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let session = session_from_row(row)?;
+            let last = sqlx::query(
+                "SELECT seq, hash FROM events WHERE session_id = $1 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(&session.id)
+            .fetch_optional(&self.pool)
+            .await?;
+            let (count, head) = match last {
+                Some(row) => {
+                    let seq: i64 = row.try_get("seq")?;
+                    let hash: String = row.try_get("hash")?;
+                    let hash = audit::unhex(&hash)
+                        .and_then(|h| h.try_into().ok())
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(session.id.clone(), "event hash".into())
+                        })?;
+                    (u64::try_from(seq).unwrap_or(0) + 1, hash)
+                }
+                None => (0, audit::session_genesis(&session.id)),
+            };
+            out.push((session, count, head));
+        }
+        Ok(out)
+    }
+
+    /// Writes a prepared batch in one transaction. Idempotent: a retry after a failure whose
+    /// commit did land writes nothing twice.
+    pub async fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for s in &batch.sessions {
+            upsert_session(&mut tx, &batch.node, s).await?;
+        }
+        // Multi-row inserts: one statement per 100 events.
+        for chunk in batch.events.chunks(100) {
+            let mut sql =
+                Sql::new("INSERT INTO events (session_id, seq, at, kind, data, hash) VALUES ");
+            for (i, e) in chunk.iter().enumerate() {
+                sql.push(if i == 0 { "(" } else { ", (" });
+                sql.bind(Bind::Text(e.session.clone())).push(", ");
+                sql.bind(Bind::Int(int(e.seq))).push(", ");
+                sql.bind(Bind::Text(e.at.clone())).push(", ");
+                sql.bind(Bind::Text(e.kind.clone())).push(", ");
+                sql.bind(Bind::Text(e.data.clone())).push(", ");
+                sql.bind(Bind::Text(hex(&e.hash))).push(")");
+            }
+            sql.push(" ON CONFLICT (session_id, seq) DO NOTHING");
+            sql.query().execute(&mut *tx).await?;
+        }
+        for l in &batch.ledger {
+            sqlx::query("INSERT INTO ledger (node, seq, session_id, ended_at, digest, head, events, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (node, seq) DO NOTHING")
+                .bind(&l.node)
+                .bind(int(l.seq))
+                .bind(&l.session)
+                .bind(&l.ended_at)
+                .bind(hex(&l.digest))
+                .bind(hex(&l.head))
+                .bind(int(l.events))
+                .bind(hex(&l.hash))
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(c) = &batch.head {
+            upsert_checkpoint(&mut tx, c).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Session>, StoreError> {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM sessions WHERE 1=1");
+        let mut q = Sql::new("SELECT * FROM sessions WHERE 1=1");
         if let Some(identity) = &filter.identity {
             if let Some(uid) = identity
                 .strip_prefix("uid:")
                 .and_then(|v| v.parse::<i64>().ok())
             {
-                q.push(" AND uid = ").push_bind(uid);
+                q.push(" AND uid = ").bind(Bind::Int(uid));
             } else if let Some(pid) = identity
                 .strip_prefix("pid:")
                 .and_then(|v| v.parse::<i64>().ok())
             {
-                q.push(" AND pid = ").push_bind(pid);
+                q.push(" AND pid = ").bind(Bind::Int(pid));
             } else {
                 let subtree = format!("{}/%", identity.trim_end_matches('/'));
-                q.push(" AND (cgroup = ").push_bind(identity.clone());
-                q.push(" OR cgroup LIKE ").push_bind(subtree);
-                q.push(" OR exe = ").push_bind(identity.clone()).push(")");
+                q.push(" AND (cgroup = ").bind(Bind::Text(identity.clone()));
+                q.push(" OR cgroup LIKE ").bind(Bind::Text(subtree));
+                q.push(" OR exe = ")
+                    .bind(Bind::Text(identity.clone()))
+                    .push(")");
             }
         }
         if let Some(target) = &filter.target {
-            q.push(" AND target = ").push_bind(target.clone());
+            q.push(" AND target = ").bind(Bind::Text(target.clone()));
         }
         if let Some(since) = &filter.since {
-            q.push(" AND started_at >= ").push_bind(since.clone());
+            q.push(" AND started_at >= ")
+                .bind(Bind::Text(since.clone()));
         }
         if let Some(outcome) = filter.outcome {
-            q.push(" AND outcome = ").push_bind(outcome.as_str());
+            q.push(" AND outcome = ")
+                .bind(Bind::Text(outcome.as_str().into()));
         }
         q.push(" ORDER BY id DESC");
         if let Some(limit) = filter.limit {
-            q.push(" LIMIT ").push_bind(i64::from(limit));
+            q.push(" LIMIT ").bind(Bind::Int(i64::from(limit)));
         }
-        let rows = q.build().fetch_all(&self.pool).await?;
+        let rows = q.query().fetch_all(&self.pool).await?;
         let mut sessions = rows
             .iter()
             .map(session_from_row)
@@ -174,8 +383,23 @@ impl Store {
         Ok(sessions)
     }
 
+    /// Resolves a session id, or a unique prefix of one (ids are long).
+    pub async fn resolve(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM sessions WHERE id >= $1 AND id < $2 ORDER BY id LIMIT 2",
+        )
+        .bind(id)
+        .bind(format!("{id}\u{7f}"))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(match rows.as_slice() {
+            [one] => Some(one.clone()),
+            _ => rows.iter().find(|r| *r == id).cloned(),
+        })
+    }
+
     pub async fn show(&self, id: &str) -> Result<Option<(Session, Vec<Event>)>, StoreError> {
-        let Some(row) = sqlx::query("SELECT * FROM sessions WHERE id = ?")
+        let Some(row) = sqlx::query("SELECT * FROM sessions WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -184,39 +408,201 @@ impl Store {
         };
         let session = session_from_row(&row)?;
         let rows =
-            sqlx::query("SELECT at, kind, data FROM events WHERE session_id = ? ORDER BY seq")
+            sqlx::query("SELECT at, kind, data FROM events WHERE session_id = $1 ORDER BY seq")
                 .bind(id)
                 .fetch_all(&self.pool)
                 .await?;
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
             let data: String = row.try_get("data")?;
-            let data = match serde_json::from_str(&data) {
-                Ok(serde_json::Value::Object(map)) => map,
-                _ => {
-                    return Err(StoreError::Corrupt(
-                        id.to_string(),
-                        "event data is not a JSON object".into(),
-                    ));
-                }
-            };
             events.push(Event {
                 at: row.try_get("at")?,
                 kind: row.try_get("kind")?,
-                data,
+                data: event_data(id, &data)?,
             });
         }
         Ok(Some((session, events)))
     }
 
-    /// Closes sessions a previous daemon left open (it crashed or was killed): they end as
-    /// `error`, so no session stays "running" forever. Returns how many were closed.
-    pub async fn close_orphans(&self, ended_at: &str) -> Result<u64, StoreError> {
-        let result = sqlx::query("UPDATE sessions SET ended_at = ?, outcome = 'error', error = 'the daemon stopped before the session ended (crash or kill); bytes are as last recorded' WHERE ended_at IS NULL")
-            .bind(ended_at)
-            .execute(&self.pool)
+    /// Streams every session (oldest first) into `each`.
+    pub async fn each_session(
+        &self,
+        since: Option<&str>,
+        mut each: impl FnMut(Session) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut q = Sql::new("SELECT * FROM sessions");
+        if let Some(since) = since {
+            q.push(" WHERE started_at >= ")
+                .bind(Bind::Text(since.into()));
+        }
+        q.push(" ORDER BY id");
+        let mut rows = q.query().fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            each(session_from_row(&row)?)?;
+        }
+        Ok(())
+    }
+
+    /// Streams every event, by session and in order, into `each`.
+    pub async fn each_event(
+        &self,
+        since: Option<&str>,
+        mut each: impl FnMut(StoredEvent) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut q = Sql::new("SELECT session_id, seq, at, kind, data, hash FROM events");
+        if let Some(since) = since {
+            // Session ids are ULIDs: they sort by start time, like `since`.
+            q.push(" WHERE session_id IN (SELECT id FROM sessions WHERE started_at >= ")
+                .bind(Bind::Text(since.into()))
+                .push(")");
+        }
+        q.push(" ORDER BY session_id, seq");
+        let mut rows = q.query().fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            let seq: i64 = row.try_get(1)?;
+            each(StoredEvent {
+                session: row.try_get(0)?,
+                seq: u64::try_from(seq).unwrap_or(u64::MAX),
+                at: row.try_get(2)?,
+                kind: row.try_get(3)?,
+                data: row.try_get(4)?,
+                hash: row.try_get(5)?,
+            })?;
+        }
+        Ok(())
+    }
+
+    pub async fn count_events(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(&self.pool)
             .await?;
-        Ok(result.rows_affected())
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Every node with its registered public key (hex).
+    pub async fn nodes(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT node, public_key FROM nodes ORDER BY node")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    pub async fn checkpoints(&self, node: &str) -> Result<Vec<Checkpoint>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT node, kind, seq, hash, at, signature FROM checkpoints WHERE node = $1",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get(2)?;
+                Ok(Checkpoint {
+                    node: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    hash: r.try_get(3)?,
+                    at: r.try_get(4)?,
+                    signature: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Streams a node's ledger in `seq` order into `each`.
+    pub async fn each_ledger_entry(
+        &self,
+        node: &str,
+        mut each: impl FnMut(LedgerEntry),
+    ) -> Result<(), StoreError> {
+        let mut rows = sqlx::query("SELECT node, seq, session_id, ended_at, digest, head, events, hash FROM ledger WHERE node = $1 ORDER BY seq")
+            .bind(node)
+            .fetch(&self.pool);
+        let bad = |what: &str| StoreError::Corrupt(node.to_string(), format!("ledger {what}"));
+        let hash = |text: String| -> Option<Hash> { audit::unhex(&text)?.try_into().ok() };
+        while let Some(r) = rows.try_next().await? {
+            let seq: i64 = r.try_get(1)?;
+            let events: i64 = r.try_get(6)?;
+            // A hash column that is not hex was edited; an all-zero hash fails the chain.
+            each(LedgerEntry {
+                node: r.try_get(0)?,
+                seq: u64::try_from(seq).map_err(|_| bad("seq"))?,
+                session: r.try_get(2)?,
+                ended_at: r.try_get(3)?,
+                digest: hash(r.try_get(4)?).unwrap_or_default(),
+                head: hash(r.try_get(5)?).unwrap_or_default(),
+                events: u64::try_from(events).unwrap_or(0),
+                hash: hash(r.try_get(7)?).unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Retention: removes the sessions of `node`'s ledger that ended before `cutoff`, as a
+    /// prefix of the ledger, and leaves a prune checkpoint signed by `signer` so the rest of
+    /// the ledger still verifies. Returns how many sessions were removed.
+    pub async fn prune(&self, signer: &audit::Signer, cutoff: &str) -> Result<u64, StoreError> {
+        let node = signer.node();
+        // The prefix ends before the first entry that is still young.
+        let first_young: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(seq) FROM ledger WHERE node = $1 AND ended_at >= $2")
+                .bind(node)
+                .bind(cutoff)
+                .fetch_one(&self.pool)
+                .await?;
+        let bound = match first_young {
+            Some(seq) => seq - 1,
+            None => {
+                sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(seq) FROM ledger WHERE node = $1")
+                    .bind(node)
+                    .fetch_one(&self.pool)
+                    .await?
+                    .unwrap_or(0)
+            }
+        };
+        let Some(last) = sqlx::query("SELECT seq, hash FROM ledger WHERE node = $1 AND seq = $2")
+            .bind(node)
+            .bind(bound)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(0);
+        };
+        let hash: String = last.try_get(1)?;
+        let hash: Hash = audit::unhex(&hash)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| StoreError::Corrupt(node.into(), "ledger hash".into()))?;
+        let checkpoint = signer.checkpoint(
+            "prune",
+            u64::try_from(bound).unwrap_or(0),
+            &hash,
+            &crate::session::now(),
+        );
+        let mut tx = self.pool.begin().await?;
+        let select = "SELECT session_id FROM ledger WHERE node = $1 AND seq <= $2";
+        sqlx::query(&format!(
+            "DELETE FROM events WHERE session_id IN ({select})"
+        ))
+        .bind(node)
+        .bind(bound)
+        .execute(&mut *tx)
+        .await?;
+        let removed = sqlx::query(&format!("DELETE FROM sessions WHERE id IN ({select})"))
+            .bind(node)
+            .bind(bound)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM ledger WHERE node = $1 AND seq <= $2")
+            .bind(node)
+            .bind(bound)
+            .execute(&mut *tx)
+            .await?;
+        upsert_checkpoint(&mut tx, &checkpoint).await?;
+        tx.commit().await?;
+        Ok(removed)
     }
 
     pub async fn close(&self) {
@@ -224,18 +610,65 @@ impl Store {
     }
 }
 
+async fn upsert_checkpoint(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    c: &Checkpoint,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO checkpoints (node, kind, seq, hash, at, signature) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (node, kind) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at, signature = excluded.signature")
+        .bind(&c.node)
+        .bind(&c.kind)
+        .bind(int(c.seq))
+        .bind(&c.hash)
+        .bind(&c.at)
+        .bind(&c.signature)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The URL without its password, for errors and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn event_data(
+    id: &str,
+    data: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+    match serde_json::from_str(data) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        _ => Err(StoreError::Corrupt(
+            id.to_string(),
+            "event data is not a JSON object".into(),
+        )),
+    }
+}
+
 async fn upsert_session(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tx: &mut sqlx::Transaction<'_, Any>,
+    node: &str,
     s: &Session,
 ) -> Result<(), StoreError> {
+    // Every column is updated on conflict: the ledger's digest is of the whole final row.
     sqlx::query(
         "INSERT INTO sessions (id, started_at, ended_at, cgroup, pid, uid, gid, exe, dst_ip, dst_port, dst_host, \
-         target, protocol, tls, bytes_up, bytes_down, outcome, error, rules, masked, policy_version, comm) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT(id) DO UPDATE SET ended_at = excluded.ended_at, exe = excluded.exe, \
-         dst_host = excluded.dst_host, target = excluded.target, protocol = excluded.protocol, \
-         tls = excluded.tls, bytes_up = excluded.bytes_up, bytes_down = excluded.bytes_down, \
-         outcome = excluded.outcome, error = excluded.error, rules = excluded.rules, masked = excluded.masked",
+         target, protocol, tls, bytes_up, bytes_down, outcome, error, rules, masked, policy_version, comm, node) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
+         ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, ended_at = excluded.ended_at, \
+         cgroup = excluded.cgroup, pid = excluded.pid, uid = excluded.uid, gid = excluded.gid, exe = excluded.exe, \
+         dst_ip = excluded.dst_ip, dst_port = excluded.dst_port, dst_host = excluded.dst_host, \
+         target = excluded.target, protocol = excluded.protocol, tls = excluded.tls, \
+         bytes_up = excluded.bytes_up, bytes_down = excluded.bytes_down, outcome = excluded.outcome, \
+         error = excluded.error, rules = excluded.rules, masked = excluded.masked, \
+         policy_version = excluded.policy_version, comm = excluded.comm, node = excluded.node",
     )
     .bind(&s.id)
     .bind(&s.started_at)
@@ -251,20 +684,21 @@ async fn upsert_session(
     .bind(&s.target)
     .bind(s.protocol.as_str())
     .bind(s.tls.as_ref().map(|t| serde_json::to_string(t).unwrap_or_default()))
-    .bind(i64::try_from(s.bytes_up).unwrap_or(i64::MAX))
-    .bind(i64::try_from(s.bytes_down).unwrap_or(i64::MAX))
+    .bind(int(s.bytes_up))
+    .bind(int(s.bytes_down))
     .bind(s.outcome.map(Outcome::as_str))
     .bind(&s.error)
     .bind(serde_json::to_string(&s.rules).unwrap_or_else(|_| "[]".into()))
     .bind(serde_json::to_string(&s.masked).unwrap_or_else(|_| "{}".into()))
     .bind(&s.policy_version)
     .bind(&s.identity.comm)
+    .bind(node)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
+fn session_from_row(row: &AnyRow) -> Result<Session, StoreError> {
     let id: String = row.try_get("id")?;
     let corrupt = |what: &str| StoreError::Corrupt(id.clone(), what.to_string());
     let u32_of = |col: &str| -> Result<Option<u32>, StoreError> {
@@ -318,4 +752,18 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
         policy_version: row.try_get("policy_version")?,
         id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://gw:s3cret@127.0.0.1:5432/audit"),
+            "postgres://gw:***@127.0.0.1:5432/audit"
+        );
+        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
 }

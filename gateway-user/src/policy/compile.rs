@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Action, Approval, Conditions, Credentials, Defaults, Diagnostic, Direction, HostPattern, IdSet,
-    Identity, MAX_FILE_BYTES, MAX_FILES, MAX_IDENTITIES, Policy, PolicyError, RecordLevel, Rule,
-    Severity, Target, TargetProtocol, TargetTls, TlsMode, TlsVersion, Unmatched,
+    Identity, MAX_FILE_BYTES, MAX_FILES, MAX_IDENTITIES, MAX_RECORD_BODY_LIMIT, OnRecordFailure,
+    Policy, PolicyError, RecordLevel, Rule, Severity, Target, TargetProtocol, TargetTls, TlsMode,
+    TlsVersion, Unmatched,
     schema::{self, PolicyFile, S},
 };
 use crate::{
@@ -204,11 +205,7 @@ impl Compiler<'_> {
         reason = "two passes over all items, in schema order"
     )]
     fn compile(&mut self, files: &[(usize, PolicyFile)]) -> Policy {
-        let mut defaults = Defaults {
-            unmatched: Unmatched::Deny,
-            record: RecordLevel::Full,
-            tls_min_version: TlsVersion::V1_2,
-        };
+        let mut defaults = Defaults::default();
         // Pass 1: names, so that references may point forwards and across files.
         let mut identity_names: HashMap<String, (usize, Origin)> = HashMap::new();
         let mut target_names: HashMap<String, (usize, Origin)> = HashMap::new();
@@ -386,6 +383,46 @@ impl Compiler<'_> {
             && let Some(version) = self.tls_version(v)
         {
             into.tls_min_version = version;
+        }
+        if let Some(v) = &d.on_record_failure {
+            match v.get_ref().as_str() {
+                "block" => into.on_record_failure = OnRecordFailure::Block,
+                "allow" => into.on_record_failure = OnRecordFailure::Allow,
+                other => self.error(
+                    v,
+                    format!("unknown on_record_failure `{other}`"),
+                    Some("block (refuse new sessions while they cannot be recorded) or allow"),
+                ),
+            }
+        }
+        if let Some(v) = &d.retention {
+            match humantime::parse_duration(v.get_ref()) {
+                Ok(d) if d >= std::time::Duration::from_secs(60) => into.retention = Some(d),
+                Ok(_) => self.error(
+                    v,
+                    String::from("retention must be at least 1m"),
+                    Some("e.g. \"30d\""),
+                ),
+                Err(e) => self.error(
+                    v,
+                    format!("bad retention `{}`: {e}", v.get_ref()),
+                    Some("a duration such as \"30d\" or \"12h\""),
+                ),
+            }
+        }
+        if let Some(v) = &d.record_body_limit {
+            if *v.get_ref() > MAX_RECORD_BODY_LIMIT {
+                self.error(
+                    v,
+                    format!(
+                        "record_body_limit {} is above the maximum {MAX_RECORD_BODY_LIMIT}",
+                        v.get_ref()
+                    ),
+                    None,
+                );
+            } else {
+                into.record_body_limit = *v.get_ref();
+            }
         }
     }
 

@@ -221,6 +221,20 @@ impl Policy {
         }
     }
 
+    /// How much of a session of `ids` to `target` is recorded.
+    pub fn record_level(&self, ids: IdSet, target: Option<usize>) -> RecordLevel {
+        match self.connection(
+            ids,
+            Resolution {
+                target,
+                pending: false,
+            },
+        ) {
+            ConnVerdict::Allow { record, .. } => record,
+            ConnVerdict::Deny { .. } => self.defaults.record,
+        }
+    }
+
     /// The rules acting on `op` in a session of `ids` to `target`.
     pub fn evaluate(&self, ids: IdSet, target: Option<usize>, op: &Operation<'_>) -> Decision {
         let mut decision = Decision {

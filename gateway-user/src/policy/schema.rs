@@ -31,6 +31,9 @@ pub struct Defaults {
     pub unmatched: Option<S<String>>,
     pub record: Option<S<String>>,
     pub tls_min_version: Option<S<String>>,
+    pub on_record_failure: Option<S<String>>,
+    pub retention: Option<S<String>>,
+    pub record_body_limit: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,349 @@
+//! Reading recordings back: the replay transcript of a session, the leak re-scan of
+//! `sessions verify` (recorded payloads against the current detectors), and the JSON lines of
+//! `audit export`.
+
+use std::{fmt::Write as _, sync::Arc, time::Duration};
+
+use serde_json::Value;
+
+use crate::{
+    mask::{Masker, Strategy, detectors},
+    policy::Policy,
+    session::{Event, Session},
+};
+
+/// Milliseconds between two RFC 3339 timestamps (0 when either does not parse).
+fn millis_between(from: &str, to: &str) -> u128 {
+    match (
+        humantime::parse_rfc3339_weak(from),
+        humantime::parse_rfc3339_weak(to),
+    ) {
+        (Ok(a), Ok(b)) => b.duration_since(a).unwrap_or(Duration::ZERO).as_millis(),
+        _ => 0,
+    }
+}
+
+/// A body as recorded, pretty-printed when it is JSON.
+fn pretty_body(body: &str) -> String {
+    match serde_json::from_str::<Value>(body) {
+        Ok(value @ (Value::Object(_) | Value::Array(_))) => {
+            serde_json::to_string_pretty(&value).unwrap_or_else(|_| body.to_string())
+        }
+        _ => body.to_string(),
+    }
+}
+
+fn indent(text: &str, by: &str) -> String {
+    text.lines().fold(String::new(), |mut out, line| {
+        let _ = writeln!(out, "{by}{line}");
+        out
+    })
+}
+
+/// `sessions replay`: the transcript in order, with the time of each event relative to the
+/// session's start and bodies pretty-printed.
+pub fn replay(session: &Session, events: &[Event]) -> String {
+    let mut out = String::new();
+    let who = session
+        .identity
+        .exe
+        .as_deref()
+        .or(session.identity.comm.as_deref())
+        .unwrap_or("-");
+    let _ = writeln!(
+        out,
+        "session {}  {} (pid {}, uid {}) {} -> {}:{}{}  target {}",
+        session.id,
+        who,
+        session.identity.pid.map_or("-".into(), |p| p.to_string()),
+        session.identity.uid.map_or("-".into(), |u| u.to_string()),
+        session.identity.cgroup.as_deref().unwrap_or("-"),
+        session.destination.ip,
+        session.destination.port,
+        session
+            .destination
+            .host
+            .as_ref()
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default(),
+        session.target.as_deref().unwrap_or("-"),
+    );
+    let _ = writeln!(out, "started {}", session.started_at);
+    for event in events {
+        let at = millis_between(&session.started_at, &event.at);
+        let d = &event.data;
+        let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("");
+        let line = match event.kind.as_str() {
+            "http_request" => format!("> {} {} (host {})", s("method"), s("path"), s("host")),
+            "http_response" => format!(
+                "< {}",
+                d.get("status")
+                    .map_or_else(String::new, ToString::to_string)
+            ),
+            "request_body" | "response_body" => {
+                let arrow = if event.kind == "request_body" {
+                    '>'
+                } else {
+                    '<'
+                };
+                let size = d.get("size").and_then(Value::as_u64).unwrap_or(0);
+                let truncated = d.get("truncated").and_then(Value::as_bool) == Some(true);
+                let mut line = format!(
+                    "{arrow} body {size} bytes{}{}",
+                    if truncated { ", truncated" } else { "" },
+                    d.get("sha256")
+                        .and_then(Value::as_str)
+                        .map(|h| format!(", sha256 {}", &h[..h.len().min(16)]))
+                        .unwrap_or_default()
+                );
+                if let Some(body) = d.get("body").and_then(Value::as_str) {
+                    line.push('\n');
+                    line.push_str(indent(&pretty_body(body), "      | ").trim_end());
+                }
+                line
+            }
+            "blocked" => format!("! blocked by {} {} {}", s("rule"), s("method"), s("path")),
+            "denied" => format!("! denied: {}", s("reason")),
+            "sql" => format!("> sql {}", s("text")),
+            "masking" => format!(
+                "* masked {}",
+                d.get("masked")
+                    .map_or_else(String::new, ToString::to_string)
+            ),
+            _ => format!("* {} {}", event.kind, Value::Object(d.clone())),
+        };
+        let _ = writeln!(out, "+{:>7.3}s {line}", at as f64 / 1000.0);
+    }
+    let _ = writeln!(
+        out,
+        "ended {} outcome {}{}  ({} bytes up, {} down)",
+        session.ended_at.as_deref().unwrap_or("(open)"),
+        session.outcome.map_or("open", |o| o.as_str()),
+        session
+            .error
+            .as_ref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default(),
+        session.bytes_up,
+        session.bytes_down
+    );
+    out
+}
+
+/// One value in a recording that the detectors say should have been masked.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Leak {
+    pub session: String,
+    /// Index of the event in its session.
+    pub event: usize,
+    pub kind: String,
+    /// Where in the event (`body`, `path`, `headers.x-api-key`, …).
+    pub field: String,
+    pub detector: String,
+    /// The value with all but its first and last character hidden: the report must not
+    /// become a leak of its own.
+    pub preview: String,
+}
+
+fn preview(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    let chars: Vec<char> = text.chars().collect();
+    match chars.as_slice() {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [first, middle @ .., last] => format!("{first}{}{last}", "*".repeat(middle.len().min(12))),
+    }
+}
+
+/// The detectors `sessions verify` scans with.
+pub struct LeakScanner {
+    /// Per policy target name: the detectors of its mask rules; `fallback` for the rest.
+    by_target: std::collections::HashMap<String, Arc<Masker>>,
+    fallback: Arc<Masker>,
+}
+
+impl LeakScanner {
+    /// With a policy: each session is scanned with the detectors of its target's mask rules
+    /// (sessions of targets without mask rules, and unmatched ones, with `fallback`).
+    pub fn new(policy: Option<&Policy>, fallback: &[String]) -> Result<Self, String> {
+        let mut fallback_detectors = Vec::new();
+        for name in fallback {
+            let found = detectors::expand(name);
+            if found.is_empty() {
+                return Err(format!("unknown detector or group `{name}`"));
+            }
+            fallback_detectors.extend(found);
+        }
+        let mut by_target = std::collections::HashMap::new();
+        if let Some(policy) = policy {
+            for (t, target) in policy.targets.iter().enumerate() {
+                let mut found: Vec<Arc<detectors::Detector>> = Vec::new();
+                for &r in &policy.rules_by_target[t] {
+                    if let Some(masker) = &policy.rules[r].masker {
+                        for d in masker.detectors() {
+                            if !found.iter().any(|f| f.name == d.name) {
+                                found.push(Arc::clone(d));
+                            }
+                        }
+                    }
+                }
+                if !found.is_empty() {
+                    by_target.insert(
+                        target.name.clone(),
+                        Arc::new(Masker::new(found, Strategy::Redact, Vec::new())),
+                    );
+                }
+            }
+        }
+        Ok(Self {
+            by_target,
+            fallback: Arc::new(Masker::new(
+                fallback_detectors,
+                Strategy::Redact,
+                Vec::new(),
+            )),
+        })
+    }
+
+    /// Every leak in one session's recording.
+    pub fn scan(&self, session: &Session, events: &[Event]) -> Vec<Leak> {
+        let masker = session
+            .target
+            .as_ref()
+            .and_then(|t| self.by_target.get(t))
+            .unwrap_or(&self.fallback);
+        let mut leaks = Vec::new();
+        if masker.detectors().is_empty() {
+            return leaks;
+        }
+        for (index, event) in events.iter().enumerate() {
+            let mut fields = Vec::new();
+            collect_strings(
+                &Value::Object(event.data.clone()),
+                String::new(),
+                &mut fields,
+            );
+            for (field, text) in fields {
+                for finding in masker.find(text.as_bytes()) {
+                    leaks.push(Leak {
+                        session: session.id.clone(),
+                        event: index,
+                        kind: event.kind.clone(),
+                        field: field.clone(),
+                        detector: masker.detectors()[finding.detector].name.to_string(),
+                        preview: preview(&text.as_bytes()[finding.start..finding.end]),
+                    });
+                }
+            }
+        }
+        leaks
+    }
+}
+
+/// Every string in a JSON value with its dotted path (strings that are JSON are not parsed:
+/// detectors see the text as recorded).
+fn collect_strings(value: &Value, path: String, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::String(s) => out.push((path, s.clone())),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                collect_strings(item, format!("{path}[{i}]"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                // Hashes and ids are not payload.
+                if matches!(k.as_str(), "sha256") {
+                    continue;
+                }
+                let next = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                collect_strings(v, next, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{Destination, Identity, Protocol};
+
+    fn session() -> Session {
+        Session {
+            id: "01TEST".into(),
+            started_at: "2026-11-21T17:00:00.000Z".into(),
+            ended_at: Some("2026-11-21T17:00:01.500Z".into()),
+            identity: Identity::default(),
+            destination: Destination {
+                ip: "127.0.0.1".parse().unwrap(),
+                port: 80,
+                host: Some("api.test".into()),
+            },
+            target: None,
+            protocol: Protocol::Http,
+            tls: None,
+            bytes_up: 1,
+            bytes_down: 2,
+            outcome: Some(crate::session::Outcome::Ok),
+            rules: vec![],
+            masked: std::collections::BTreeMap::new(),
+            error: None,
+            policy_version: None,
+        }
+    }
+
+    fn event(at: &str, kind: &str, data: Value) -> Event {
+        let mut e = Event::new(kind, data);
+        e.at = at.into();
+        e
+    }
+
+    #[test]
+    fn replay_is_in_order_with_relative_time_and_pretty_bodies() {
+        let events = [
+            event(
+                "2026-11-21T17:00:00.250Z",
+                "http_request",
+                serde_json::json!({"method": "POST", "path": "/v1/x", "host": "api.test"}),
+            ),
+            event(
+                "2026-11-21T17:00:00.300Z",
+                "request_body",
+                serde_json::json!({"size": 9, "truncated": false, "body": "{\"a\":[1]}"}),
+            ),
+            event(
+                "2026-11-21T17:00:01.000Z",
+                "http_response",
+                serde_json::json!({"status": 200}),
+            ),
+        ];
+        let text = replay(&session(), &events);
+        let request = text.find("> POST /v1/x").unwrap();
+        let body = text.find("|   \"a\": [").unwrap();
+        let response = text.find("< 200").unwrap();
+        assert!(request < body && body < response, "{text}");
+        assert!(text.contains("+  0.250s > POST"), "{text}");
+        assert!(text.contains("+  1.000s < 200"), "{text}");
+    }
+
+    #[test]
+    fn leaks_are_found_and_never_printed_whole() {
+        let scanner = LeakScanner::new(None, &["pii".into()]).unwrap();
+        let events = [event(
+            "2026-11-21T17:00:00.250Z",
+            "request_body",
+            serde_json::json!({"body": "mail jane.doe@example.com and [REDACTED:EMAIL]"}),
+        )];
+        let leaks = scanner.scan(&session(), &events);
+        assert_eq!(leaks.len(), 1, "{leaks:?}");
+        assert_eq!(leaks[0].detector, "email");
+        assert_eq!(leaks[0].field, "body");
+        assert!(!leaks[0].preview.contains("jane.doe"));
+        assert!(LeakScanner::new(None, &["nope".into()]).is_err());
+    }
+}
