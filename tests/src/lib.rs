@@ -9,6 +9,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -86,6 +87,8 @@ pub struct Gateway {
     pub state: PathBuf,
     pub cgroup: String,
     pub port: u16,
+    /// `--store` (e.g. a [`Postgres`] URL); the state dir's `SQLite` file when `None`.
+    pub store: Option<String>,
     extra: Vec<String>,
     child: Option<Child>,
 }
@@ -101,6 +104,16 @@ impl Gateway {
 
     /// Starts a daemon whose policy directory holds `files` (name, TOML text).
     pub fn start_with_policy(name: &str, files: &[(&str, &str)], extra: &[&str]) -> Self {
+        Self::start_with_store(name, files, extra, None)
+    }
+
+    /// Like [`Gateway::start_with_policy`], recording into `store` (a `--store` URL).
+    pub fn start_with_store(
+        name: &str,
+        files: &[(&str, &str)],
+        extra: &[&str],
+        store: Option<String>,
+    ) -> Self {
         let id = format!("rg-test-{name}-{}", std::process::id());
         let state = std::env::temp_dir().join(&id);
         let _ = std::fs::remove_dir_all(&state);
@@ -113,6 +126,7 @@ impl Gateway {
             state,
             cgroup: id,
             port: free_port(),
+            store,
             extra: extra.iter().map(|s| (*s).to_string()).collect(),
             child: None,
         };
@@ -158,7 +172,17 @@ impl Gateway {
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new(bin());
         cmd.arg("--state-dir").arg(&self.state);
+        if let Some(store) = &self.store {
+            cmd.arg("--store").arg(store);
+        }
         cmd
+    }
+
+    /// The store URL the daemon records into.
+    pub fn store_url(&self) -> String {
+        self.store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.state.join("gateway.db").display()))
     }
 
     fn log_path(&self) -> PathBuf {
@@ -535,4 +559,215 @@ pub fn session_show(gateway: &Gateway, id: &str) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("sessions show json")
+}
+
+/// A PostgreSQL server of the test's own (Debian `postgresql` package), in a temporary data
+/// directory, listening on 127.0.0.1 only, run as the `postgres` user; stopped and removed on
+/// drop.
+pub struct Postgres {
+    pub dir: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+    uid: u32,
+    gid: u32,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    pub fn start(name: &str) -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed: run `cargo xtask setup`")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("postgres").exists())
+            .max()
+            .expect("no /usr/lib/postgresql/*/bin/postgres");
+        let (uid, gid) = user_ids("postgres");
+        let dir = std::env::temp_dir().join(format!("rg-pg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        let chown = |path: &Path| {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+            // SAFETY: chown(2) on a path we created.
+            unsafe { libc::chown(c.as_ptr(), uid, gid) };
+        };
+        chown(&dir);
+        let data = dir.join("data");
+        let out = Command::new(bin.join("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "gateway",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(&data)
+            .uid(uid)
+            .gid(gid)
+            .current_dir(&dir)
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Self {
+            dir,
+            port: free_port(),
+            bin,
+            uid,
+            gid,
+            child: None,
+        };
+        pg.resume();
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "gateway",
+                "-d",
+                "postgres",
+                "-c",
+                "CREATE DATABASE audit",
+            ])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "createdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://gateway@127.0.0.1:{}/audit", self.port)
+    }
+
+    /// Starts (again) the server and waits until it accepts connections.
+    pub fn resume(&mut self) {
+        let log = std::fs::File::create(self.dir.join("postgres.log")).expect("pg log");
+        let child = Command::new(self.bin.join("postgres"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-k",
+            ])
+            .arg(&self.dir)
+            .uid(self.uid)
+            .gid(self.gid)
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("postgres");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Command::new(self.bin.join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .status()
+            .map_or(true, |s| !s.success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start: {}",
+                std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected).
+    pub fn pause(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child (SIGINT: PostgreSQL's fast shutdown).
+            unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGINT) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Everything in the database, as `pg_dump --data-only` prints it.
+    pub fn dump(&self) -> Vec<u8> {
+        let out = Command::new(self.bin.join("pg_dump"))
+            .args([
+                "--data-only",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "gateway",
+                "-d",
+                "audit",
+            ])
+            .output()
+            .expect("pg_dump");
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Runs SQL with psql; returns its unaligned, tuples-only output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "gateway",
+                "-d",
+                "audit",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.pause();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn user_ids(name: &str) -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd");
+    passwd
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.first() == Some(&name))
+                .then(|| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no user {name}: is the postgresql package installed?"))
 }
