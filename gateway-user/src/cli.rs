@@ -176,8 +176,9 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "DIR")]
     pub policy_dir: Option<PathBuf>,
     /// Detectors for sessions whose target has no mask rules (comma-separated names or
-    /// groups; empty: skip them).
-    #[arg(long, value_delimiter = ',', default_value = "pii,secrets")]
+    /// groups) [default: none — the policy asks nothing of them; `pii,secrets` when no
+    /// policy is found].
+    #[arg(long, value_delimiter = ',')]
     pub detectors: Vec<String>,
 }
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::{
     mask::{Masker, Strategy, detectors},
-    policy::Policy,
+    policy::{Direction, Policy},
     session::{Event, Session},
 };
 
@@ -157,9 +157,20 @@ fn preview(value: &[u8]) -> String {
 
 /// The detectors `sessions verify` scans with.
 pub struct LeakScanner {
-    /// Per policy target name: the detectors of its mask rules; `fallback` for the rest.
-    by_target: std::collections::HashMap<String, Arc<Masker>>,
+    /// Per policy target name: the detectors of its request- and response-direction mask
+    /// rules; `fallback` for the rest.
+    by_target: std::collections::HashMap<String, [Arc<Masker>; 2]>,
     fallback: Arc<Masker>,
+}
+
+/// Which way an event's payload went: 0 to the upstream, 1 back to the agent; `None` for
+/// events without payload (summaries, TLS offers).
+fn direction_of(kind: &str) -> Option<usize> {
+    match kind {
+        "http_request" | "request_body" | "sql" | "blocked" | "denied" => Some(0),
+        "http_response" | "response_body" => Some(1),
+        _ => None,
+    }
 }
 
 impl LeakScanner {
@@ -177,20 +188,29 @@ impl LeakScanner {
         let mut by_target = std::collections::HashMap::new();
         if let Some(policy) = policy {
             for (t, target) in policy.targets.iter().enumerate() {
-                let mut found: Vec<Arc<detectors::Detector>> = Vec::new();
+                let mut found: [Vec<Arc<detectors::Detector>>; 2] = [Vec::new(), Vec::new()];
                 for &r in &policy.rules_by_target[t] {
-                    if let Some(masker) = &policy.rules[r].masker {
+                    let rule = &policy.rules[r];
+                    let Some(masker) = &rule.masker else { continue };
+                    let ways: &[usize] = match rule.direction {
+                        Direction::Request => &[0],
+                        Direction::Response => &[1],
+                        Direction::Both => &[0, 1],
+                    };
+                    for &way in ways {
                         for d in masker.detectors() {
-                            if !found.iter().any(|f| f.name == d.name) {
-                                found.push(Arc::clone(d));
+                            if !found[way].iter().any(|f| f.name == d.name) {
+                                found[way].push(Arc::clone(d));
                             }
                         }
                     }
                 }
-                if !found.is_empty() {
+                if found.iter().any(|f| !f.is_empty()) {
+                    let [request, response] = found;
                     by_target.insert(
                         target.name.clone(),
-                        Arc::new(Masker::new(found, Strategy::Redact, Vec::new())),
+                        [request, response]
+                            .map(|d| Arc::new(Masker::new(d, Strategy::Redact, Vec::new()))),
                     );
                 }
             }
@@ -207,16 +227,16 @@ impl LeakScanner {
 
     /// Every leak in one session's recording.
     pub fn scan(&self, session: &Session, events: &[Event]) -> Vec<Leak> {
-        let masker = session
-            .target
-            .as_ref()
-            .and_then(|t| self.by_target.get(t))
-            .unwrap_or(&self.fallback);
+        let maskers = session.target.as_ref().and_then(|t| self.by_target.get(t));
         let mut leaks = Vec::new();
-        if masker.detectors().is_empty() {
-            return leaks;
-        }
         for (index, event) in events.iter().enumerate() {
+            let Some(way) = direction_of(&event.kind) else {
+                continue;
+            };
+            let masker = maskers.map_or(&self.fallback, |m| &m[way]);
+            if masker.detectors().is_empty() {
+                continue;
+            }
             let mut fields = Vec::new();
             collect_strings(
                 &Value::Object(event.data.clone()),
@@ -252,8 +272,8 @@ fn collect_strings(value: &Value, path: String, out: &mut Vec<(String, String)>)
         }
         Value::Object(map) => {
             for (k, v) in map {
-                // Hashes and ids are not payload.
-                if matches!(k.as_str(), "sha256") {
+                // Hashes are not payload; the host is the destination (in the session row).
+                if matches!(k.as_str(), "sha256" | "host" | ":authority") {
                     continue;
                 }
                 let next = if path.is_empty() {

@@ -37,6 +37,7 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("redirect") => redirect(),
         Some("http") => crate::bench_http::run(),
         Some("mask") => crate::bench_mask::run(),
+        Some("record") => crate::bench_record::run(),
         Some("policy") => crate::util::cargo(
             &["bench", "--package", "gateway-user", "--bench", "policy"],
             &[],

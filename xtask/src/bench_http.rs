@@ -30,7 +30,7 @@ use crate::{
 
 const SECONDS: &str = "5";
 
-fn bin(name: &str) -> PathBuf {
+pub(crate) fn bin(name: &str) -> PathBuf {
     workspace_root().join("target/release").join(name)
 }
 
@@ -46,17 +46,17 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-struct Run {
-    rps: f64,
-    p50: f64,
-    p99: f64,
-    errors: u64,
+pub(crate) struct Run {
+    pub rps: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub errors: u64,
     /// Daemon CPU seconds per wall second during the run (when measured).
     cores: Option<f64>,
 }
 
 /// Runs `loadgen ARGS`, inside the governed cgroup when `governed` is the `exec` prefix.
-fn loadgen(governed: Option<&[&str]>, args: &[&str], watch: Option<u32>) -> Result<Run> {
+pub(crate) fn loadgen(governed: Option<&[&str]>, args: &[&str], watch: Option<u32>) -> Result<Run> {
     let cpu_before = watch.map(cpu_seconds);
     let started = Instant::now();
     let mut cmd = match governed {
@@ -136,7 +136,7 @@ http {{
     Ok(path)
 }
 
-fn wait_port(addr: &str) -> Result<()> {
+pub(crate) fn wait_port(addr: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(addr).is_err() {
         if Instant::now() > deadline {
@@ -433,10 +433,10 @@ protocol = "http"
 }
 
 /// Removes the daemon's pins, cgroups and the bench directory.
-struct Cleanup {
-    state: PathBuf,
-    cgroup: String,
-    dir: PathBuf,
+pub(crate) struct Cleanup {
+    pub state: PathBuf,
+    pub cgroup: String,
+    pub dir: PathBuf,
 }
 
 impl Drop for Cleanup {

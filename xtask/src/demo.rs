@@ -255,7 +255,48 @@ pub fn run() -> Result<()> {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    section("7. the audit trail: replay a session, verify the chains, re-scan for leaks");
+    audit_demo(&demo)?;
+
     section("done: stopping the daemon and removing the demo cgroups, pins and state");
+    Ok(())
+}
+
+/// Replays the openai agent's streamed call, then `audit verify` and `sessions verify --all`
+/// (both must pass: the chains are intact and no recording holds a value the policy masks).
+fn audit_demo(demo: &Demo) -> Result<()> {
+    let out = demo
+        .cli()
+        .args(["--json", "sessions", "list", "--target", "llm-api"])
+        .output()?;
+    let sessions: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    let Some(id) = sessions.last().and_then(|s| s["id"].as_str()) else {
+        bail!("no recorded session of the llm-api target");
+    };
+    println!("$ react-gateway sessions replay {id}");
+    let out = demo.cli().args(["sessions", "replay", id]).output()?;
+    let replay = String::from_utf8_lossy(&out.stdout);
+    print!("{replay}");
+    if !out.status.success() || !replay.contains("> POST /v1/chat/completions") {
+        bail!("replay failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    if replay.contains("jane.doe@example.com") {
+        bail!("the recording holds a value the policy masks");
+    }
+    for args in [&["audit", "verify"][..], &["sessions", "verify", "--all"]] {
+        println!("$ react-gateway {}", args.join(" "));
+        let out = demo.cli().args(args).output()?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            bail!(
+                "{} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let out = demo.cli().args(["audit", "public-key"]).output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_http;
 mod bench_mask;
+mod bench_record;
 mod demo;
 mod setup;
 mod util;
@@ -24,6 +25,8 @@ usage: cargo xtask <command>
                     memory per idle connection
   bench policy      policy evaluations/s on a 100-rule policy (goal 1,000,000/s)
   bench mask        masking MB/s on clean text, dense PII, JSON and SSE against a naive baseline
+  bench record      recording cost (record full vs off, req/s), sessions list over 1,000,000
+                    sessions, audit verify events/s
   fuzz [SECONDS]    run the fuzz targets (default 60 s each; part of `test`)
   prebuilt          refresh gateway-ebpf/prebuilt (the fallback eBPF object)";
 

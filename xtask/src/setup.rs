@@ -19,6 +19,8 @@ const DEBIAN: &[&str] = &[
     "nginx-light",
     "wrk",
     "nghttp2-client",
+    // The PostgreSQL store's tests start their own server (initdb/postgres as `postgres`).
+    "postgresql",
 ];
 /// Python packages the tests' and demo's unmodified clients use.
 const PYTHON: &[(&str, &str)] = &[

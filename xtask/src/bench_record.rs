@@ -1,0 +1,254 @@
+//! `cargo xtask bench record`: what recording costs and how the store answers, in one run.
+//!
+//! 1. Requests/s through the proxy for 1 KiB HTTP responses with `record = "full"` (request,
+//!    response and body events, chained, ledgered and signed) against `record = "off"` (the
+//!    session row only): two targets of one daemon on two ports of the same upstream, measured
+//!    alternately, three rounds each, medians compared. Goal: full costs <= 10%.
+//! 2. `sessions list` over a store of 1,000,000 sessions (seeded through the daemon's own
+//!    recorder), with and without filters. Goal: each under a second.
+//! 3. `audit verify` over that store (1,000,000 sessions, 2,000,000 events). Goal: >= 100,000
+//!    events/s.
+//!
+//! Loopback only; every load is bounded by time.
+
+use std::{
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    bench_http::{Cleanup, bin, loadgen, wait_port},
+    util::{Spawned, daemon_bin, free_port, mock_upstream},
+};
+
+const SESSIONS: &str = "1000000";
+const EVENTS_PER_SESSION: &str = "2";
+
+pub fn run() -> Result<()> {
+    let id = std::process::id();
+    let dir = std::env::temp_dir().join(format!("react-gateway-bench-record-{id}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policies"))?;
+    let (full_port, off_port, gw_port) = (free_port()?, free_port()?, free_port()?);
+    let mock_dir = dir.join("mock");
+    std::fs::create_dir_all(&mock_dir)?;
+    std::os::unix::fs::symlink("/dev/null", mock_dir.join("requests.jsonl"))?;
+    let _mock = mock_upstream(
+        &mock_dir,
+        &[
+            format!("http@127.0.0.3:{full_port}"),
+            format!("http@127.0.0.3:{off_port}"),
+        ],
+        None,
+    )?;
+    std::fs::write(
+        dir.join("policies/bench.toml"),
+        format!(
+            r#"[defaults]
+unmatched = "deny"
+record = "off"
+
+[[target]]
+name = "recorded"
+addresses = ["127.0.0.3/32"]
+ports = [{full_port}]
+protocol = "http"
+
+[[target]]
+name = "unrecorded"
+addresses = ["127.0.0.3/32"]
+ports = [{off_port}]
+protocol = "http"
+
+[[rule]]
+name = "record-everything"
+target = "recorded"
+action = "record"
+"#
+        ),
+    )?;
+    let state = dir.join("state");
+    let cgroup = format!("react-gateway-bench-record-{id}");
+    let daemon = Spawned(
+        Command::new(daemon_bin())
+            .arg("--state-dir")
+            .arg(&state)
+            .args([
+                "run",
+                "--cgroup",
+                &cgroup,
+                "--listen-port",
+                &gw_port.to_string(),
+                "--policy-dir",
+            ])
+            .arg(dir.join("policies"))
+            .env("REACT_GATEWAY_LOG", "warn")
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("react-gateway")?,
+    );
+    let _cleanup = Cleanup {
+        state: state.clone(),
+        cgroup,
+        dir: dir.clone(),
+    };
+    wait_port(&format!("127.0.0.1:{gw_port}"))?;
+    thread::sleep(Duration::from_millis(500));
+    let rg = daemon_bin();
+    let governed = [
+        rg.to_str().unwrap_or_default(),
+        "--state-dir",
+        state.to_str().unwrap_or_default(),
+        "exec",
+        "--cgroup",
+        "bench",
+        "--",
+    ];
+    println!("react-gateway bench record — 2 cores shared by client, proxy, upstream and store");
+    println!(
+        "\n1. requests/s through the proxy, 1 KiB responses, 16 keep-alive connections, 5 s per run"
+    );
+    println!(
+        "{:<34} {:>10} {:>9} {:>9}",
+        "run", "req/s", "p50 µs", "p99 µs"
+    );
+    let (mut full, mut off) = (Vec::new(), Vec::new());
+    for round in 1..=3 {
+        for (name, port, into) in [
+            ("record = \"off\"", off_port, &mut off),
+            ("record = \"full\"", full_port, &mut full),
+        ] {
+            let url = format!("http://127.0.0.3:{port}/bytes/1024");
+            let run = loadgen(Some(&governed), &[&url, "--seconds", "5"], None)?;
+            if run.errors > 0 {
+                bail!("{name}: {} errors", run.errors);
+            }
+            println!(
+                "{:<34} {:>10.0} {:>9.0} {:>9.0}",
+                format!("{name} (round {round})"),
+                run.rps,
+                run.p50,
+                run.p99
+            );
+            into.push(run.rps);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (full_rps, off_rps) = (median(&mut full), median(&mut off));
+    drop(daemon);
+
+    println!(
+        "\n2. seeding {SESSIONS} sessions × {EVENTS_PER_SESSION} events through the recorder (SQLite)"
+    );
+    let seed_state = dir.join("seeded");
+    let url = format!("sqlite://{}", seed_state.join("gateway.db").display());
+    let started = Instant::now();
+    let out = Command::new(bin("seed-store"))
+        .arg(&seed_state)
+        .args([url.as_str(), SESSIONS, EVENTS_PER_SESSION])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("seed-store")?;
+    if !out.status.success() {
+        bail!("seed-store failed");
+    }
+    println!(
+        "   seeded in {:.1} s ({:.0} sessions/s written, chained and signed)",
+        started.elapsed().as_secs_f64(),
+        SESSIONS.parse::<f64>().unwrap_or(0.0) / started.elapsed().as_secs_f64()
+    );
+    let cli = |args: &[&str]| -> Result<(f64, String)> {
+        let started = Instant::now();
+        let out = Command::new(daemon_bin())
+            .arg("--state-dir")
+            .arg(&seed_state)
+            .args(["--store", &url])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()?;
+        let elapsed = started.elapsed().as_secs_f64();
+        if !out.status.success() && !args.contains(&"verify") {
+            bail!("{args:?} failed");
+        }
+        Ok((elapsed, String::from_utf8_lossy(&out.stdout).into_owned()))
+    };
+    println!(
+        "\n   {:<64} {:>8} {:>8}",
+        "sessions list …", "seconds", "rows"
+    );
+    let mut slowest: f64 = 0.0;
+    for args in [
+        &["--json", "sessions", "list"][..],
+        &[
+            "--json",
+            "sessions",
+            "list",
+            "--identity",
+            "uid:1007",
+            "--limit",
+            "100",
+        ],
+        &[
+            "--json",
+            "sessions",
+            "list",
+            "--identity",
+            "/react-gateway/agent-3",
+            "--since",
+            "24h",
+        ],
+        &[
+            "--json", "sessions", "list", "--target", "crm-db", "--since", "7d", "--limit", "500",
+        ],
+        &[
+            "--json",
+            "sessions",
+            "list",
+            "--outcome",
+            "blocked",
+            "--since",
+            "30d",
+        ],
+        &["sessions", "list", "--limit", "50"],
+    ] {
+        let (seconds, text) = cli(args)?;
+        let rows = serde_json::from_str::<Vec<serde_json::Value>>(&text)
+            .map_or_else(|_| text.lines().count().saturating_sub(1), |v| v.len());
+        slowest = slowest.max(seconds);
+        println!(
+            "   {:<64} {:>8.3} {:>8}",
+            args[1..].join(" "),
+            seconds,
+            rows
+        );
+    }
+
+    println!("\n3. audit verify over the seeded store");
+    let (seconds, text) = cli(&["--json", "audit", "verify"])?;
+    let report: serde_json::Value = serde_json::from_str(&text).context("verify report")?;
+    let events = report["events"].as_f64().unwrap_or(0.0);
+    let findings = report["findings"].as_array().map_or(0, Vec::len);
+    println!(
+        "   {} sessions, {} events, {} ledger entries, {findings} findings in {seconds:.2} s",
+        report["sessions"], report["events"], report["ledger_entries"]
+    );
+
+    println!("\ngoals:");
+    println!(
+        "  record full vs off: {full_rps:.0} vs {off_rps:.0} req/s = {:.2}x ({:.1}% cost) — goal: cost <= 10%",
+        full_rps / off_rps,
+        (1.0 - full_rps / off_rps) * 100.0
+    );
+    println!("  sessions list over {SESSIONS} sessions: slowest {slowest:.3} s — goal < 1 s");
+    println!(
+        "  audit verify: {:.0} events/s — goal >= 100,000 (findings: {findings}, must be 0)",
+        events / seconds
+    );
+    Ok(())
+}
