@@ -196,7 +196,8 @@ pub struct ListArgs {
     /// ok | blocked | denied | `tls_rejected` | `approval_denied` | error
     #[arg(long)]
     pub outcome: Option<String>,
-    /// Show at most the newest N sessions (0: all) [default: 1000].
+    /// Show at most the newest N sessions (0: all) [default: 1000 in the table, all with
+    /// --json].
     #[arg(long)]
     pub limit: Option<u32>,
 }

@@ -119,7 +119,7 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
         }
         Command::Sessions(SessionsCommand::List(args)) => {
             let store = Store::open_existing(&store_url).await?;
-            let filter = list_filter(args)?;
+            let filter = list_filter(args, cli.json)?;
             let sessions = store.list(&filter).await?;
             if filter.limit.is_some_and(|l| sessions.len() >= l as usize) {
                 eprintln!(
@@ -451,7 +451,9 @@ async fn verify_sessions(
     })
 }
 
-fn list_filter(args: ListArgs) -> anyhow::Result<ListFilter> {
+/// `json`: the contract's `sessions list --json` lists every match unless `--limit` says
+/// otherwise; the table shows the newest 1,000 by default.
+fn list_filter(args: ListArgs, json: bool) -> anyhow::Result<ListFilter> {
     let since = args.since.as_deref().map(parse_since).transpose()?;
     let outcome = match args.outcome {
         Some(text) => Some(Outcome::parse(&text).with_context(|| format!("--outcome {text:?}: expected ok, blocked, denied, tls_rejected, approval_denied or error"))?),
@@ -465,6 +467,7 @@ fn list_filter(args: ListArgs) -> anyhow::Result<ListFilter> {
         limit: match args.limit {
             Some(0) => None,
             Some(n) => Some(n),
+            None if json => None,
             None => Some(1000),
         },
     })

@@ -184,7 +184,7 @@ action = "record"
     );
     let mut slowest: f64 = 0.0;
     for args in [
-        &["--json", "sessions", "list"][..],
+        &["sessions", "list"][..],
         &[
             "--json",
             "sessions",
@@ -215,7 +215,7 @@ action = "record"
             "--since",
             "30d",
         ],
-        &["sessions", "list", "--limit", "50"],
+        &["--json", "sessions", "list", "--limit", "1000"],
     ] {
         let (seconds, text) = cli(args)?;
         let rows = serde_json::from_str::<Vec<serde_json::Value>>(&text)
