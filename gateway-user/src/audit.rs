@@ -16,7 +16,6 @@
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
     fs,
     io::Write as _,
     os::unix::fs::OpenOptionsExt as _,
@@ -31,13 +30,7 @@ use crate::session::Session;
 
 pub type Hash = [u8; 32];
 
-pub fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
-}
+pub use crate::hex;
 
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {

@@ -490,6 +490,8 @@ pub struct HttpSession {
     pub body_errors: Arc<Mutex<Vec<String>>>,
     /// Body recordings that ended, written before the session's next event.
     bodies: tap::Pending,
+    /// The record level, fixed once the session is bound to its target.
+    record: std::sync::OnceLock<RecordLevel>,
 }
 
 impl HttpSession {
@@ -514,6 +516,7 @@ impl HttpSession {
             mask: Arc::new(Mutex::new(MaskContext::new(Arc::clone(&ctx.mask_key)))),
             body_errors: Arc::default(),
             bodies: tap::Pending::default(),
+            record: std::sync::OnceLock::new(),
             outcome: Mutex::new(Outcome::default()),
             credential: Mutex::new(None),
             ctx,
@@ -531,8 +534,12 @@ impl HttpSession {
     /// How much of this session is recorded (`[defaults] record`, raised by `record` rules of
     /// its target).
     fn record_level(&self) -> RecordLevel {
-        self.policy
-            .record_level(self.ids, self.binding().and_then(|b| b.target))
+        match self.binding() {
+            Some(binding) => *self
+                .record
+                .get_or_init(|| self.policy.record_level(self.ids, binding.target)),
+            None => self.policy.record_level(self.ids, None),
+        }
     }
 
     pub async fn event(&self, kind: &str, data: serde_json::Value) {

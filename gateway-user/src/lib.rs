@@ -43,6 +43,16 @@ pub mod state;
 pub mod store;
 pub mod tls;
 
+/// Lower-case hex of `bytes` (digests, keys, signatures).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 /// Locks a mutex, taking it over if a holder panicked: the data behind every lock here is
 /// plain state (caches, counters) that stays usable.
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -167,14 +167,11 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
             if cli.json {
                 println!(
                     "{}",
-                    serde_json::json!({"node": signer.node(), "public_key": gateway_user::audit::hex(signer.public_key()), "algorithm": "ed25519"})
+                    serde_json::json!({"node": signer.node(), "public_key": gateway_user::hex(signer.public_key()), "algorithm": "ed25519"})
                 );
             } else {
                 println!("node        {}", signer.node());
-                println!(
-                    "ed25519     {}",
-                    gateway_user::audit::hex(signer.public_key())
-                );
+                println!("ed25519     {}", gateway_user::hex(signer.public_key()));
             }
             Ok(ExitCode::SUCCESS)
         }

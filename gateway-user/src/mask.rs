@@ -11,7 +11,6 @@ pub mod stream;
 use std::{
     borrow::Cow,
     collections::BTreeMap,
-    fmt::Write as _,
     sync::{Arc, LazyLock},
 };
 
@@ -637,11 +636,7 @@ impl Masker {
                 mac.update(&[0]);
                 mac.update(value);
                 let digest = mac.finalize().into_bytes();
-                let mut hex = String::with_capacity(16);
-                for byte in &digest[..8] {
-                    let _ = write!(hex, "{byte:02x}");
-                }
-                format!("[{label}:{hex}]")
+                format!("[{label}:{}]", crate::hex(&digest[..8]))
             }
             Strategy::Tokenize => {
                 if let Some((placeholder, _)) = ctx.vault.iter().find(|(_, v)| v == value) {

@@ -624,19 +624,9 @@ impl Postgres {
             child: None,
         };
         pg.resume();
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                "gateway",
-                "-d",
-                "postgres",
-                "-c",
-                "CREATE DATABASE audit",
-            ])
+        let out = pg
+            .client("psql", "postgres")
+            .args(["-c", "CREATE DATABASE audit"])
             .output()
             .expect("psql");
         assert!(
@@ -699,20 +689,19 @@ impl Postgres {
         }
     }
 
+    /// A client program of this server's installation, connected as `gateway` to `db`.
+    fn client(&self, program: &str, db: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(program));
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "gateway", "-d", db]);
+        cmd
+    }
+
     /// Everything in the database, as `pg_dump --data-only` prints it.
     pub fn dump(&self) -> Vec<u8> {
-        let out = Command::new(self.bin.join("pg_dump"))
-            .args([
-                "--data-only",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "gateway",
-                "-d",
-                "audit",
-            ])
+        let out = self
+            .client("pg_dump", "audit")
+            .arg("--data-only")
             .output()
             .expect("pg_dump");
         assert!(
@@ -725,22 +714,9 @@ impl Postgres {
 
     /// Runs SQL with psql; returns its unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "gateway",
-                "-d",
-                "audit",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
+        let out = self
+            .client("psql", "audit")
+            .args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .expect("psql");
         assert!(

@@ -147,6 +147,33 @@ pub(crate) fn wait_port(addr: &str) -> Result<()> {
     Ok(())
 }
 
+/// Starts the release daemon for a benchmark (logs at `warn`), stopped by PID on drop.
+pub(crate) fn spawn_daemon(
+    state: &Path,
+    cgroup: &str,
+    port: u16,
+    policy_dir: &Path,
+) -> Result<Spawned> {
+    Ok(Spawned(
+        Command::new(daemon_bin())
+            .arg("--state-dir")
+            .arg(state)
+            .args([
+                "run",
+                "--cgroup",
+                cgroup,
+                "--listen-port",
+                &port.to_string(),
+                "--policy-dir",
+            ])
+            .arg(policy_dir)
+            .env("REACT_GATEWAY_LOG", "warn")
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("react-gateway")?,
+    ))
+}
+
 pub fn run() -> Result<()> {
     let id = std::process::id();
     let dir = std::env::temp_dir().join(format!("react-gateway-bench-http-{id}"));
@@ -223,24 +250,7 @@ protocol = "http"
     )?;
     let state = dir.join("state");
     let cgroup = format!("react-gateway-bench-http-{id}");
-    let daemon = Spawned(
-        Command::new(daemon_bin())
-            .arg("--state-dir")
-            .arg(&state)
-            .args([
-                "run",
-                "--cgroup",
-                &cgroup,
-                "--listen-port",
-                &gw_port.to_string(),
-                "--policy-dir",
-            ])
-            .arg(dir.join("policies"))
-            .env("REACT_GATEWAY_LOG", "warn")
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("react-gateway")?,
-    );
+    let daemon = spawn_daemon(&state, &cgroup, gw_port, &dir.join("policies"))?;
     let _cleanup = Cleanup {
         state: state.clone(),
         cgroup: cgroup.clone(),

@@ -20,8 +20,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    bench_http::{Cleanup, bin, loadgen, wait_port},
-    util::{Spawned, daemon_bin, free_port, mock_upstream},
+    bench_http::{Cleanup, bin, loadgen, spawn_daemon, wait_port},
+    util::{daemon_bin, free_port, mock_upstream},
 };
 
 const SESSIONS: &str = "1000000";
@@ -41,7 +41,10 @@ fn wait_drained(state: &std::path::Path) -> Result<f64> {
             return Ok(started.elapsed().as_secs_f64());
         }
         if started.elapsed() > Duration::from_secs(120) {
-            bail!("the recorder did not drain in 120 s: {}", status["recorder"]);
+            bail!(
+                "the recorder did not drain in 120 s: {}",
+                status["recorder"]
+            );
         }
         thread::sleep(Duration::from_millis(100));
     }
@@ -92,24 +95,7 @@ action = "record"
     )?;
     let state = dir.join("state");
     let cgroup = format!("react-gateway-bench-record-{id}");
-    let daemon = Spawned(
-        Command::new(daemon_bin())
-            .arg("--state-dir")
-            .arg(&state)
-            .args([
-                "run",
-                "--cgroup",
-                &cgroup,
-                "--listen-port",
-                &gw_port.to_string(),
-                "--policy-dir",
-            ])
-            .arg(dir.join("policies"))
-            .env("REACT_GATEWAY_LOG", "warn")
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("react-gateway")?,
-    );
+    let daemon = spawn_daemon(&state, &cgroup, gw_port, &dir.join("policies"))?;
     let _cleanup = Cleanup {
         state: state.clone(),
         cgroup,

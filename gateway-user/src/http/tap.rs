@@ -92,7 +92,7 @@ impl Capture {
             "truncated": truncated,
         });
         if !restored {
-            data["sha256"] = crate::audit::hex(&std::mem::take(&mut self.sha).finalize()).into();
+            data["sha256"] = crate::hex(&std::mem::take(&mut self.sha).finalize()).into();
         }
         if !complete {
             data["complete"] = false.into();

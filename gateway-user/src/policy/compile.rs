@@ -1271,12 +1271,7 @@ fn version_of(sources: &[Source]) -> String {
         hasher.update(source.text.as_bytes());
         hasher.update([0]);
     }
-    let digest = hasher.finalize();
-    let mut hex = String::new();
-    for byte in &digest[..6] {
-        let _ = write!(hex, "{byte:02x}");
-    }
-    hex
+    crate::hex(&hasher.finalize()[..6])
 }
 
 #[cfg(test)]
