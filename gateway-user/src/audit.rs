@@ -20,6 +20,7 @@ use std::{
     io::Write as _,
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use ring::signature::{self, Ed25519KeyPair, KeyPair as _};
@@ -46,6 +47,32 @@ fn hash_of(text: &str) -> Option<Hash> {
     unhex(text)?.try_into().ok()
 }
 
+/// Whether `text` is the (lowercase) hex of `hash`, without allocating.
+fn hex_is(hash: &Hash, text: &str) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    text.len() == hash.len() * 2
+        && hash
+            .iter()
+            .zip(text.as_bytes().chunks_exact(2))
+            .all(|(b, pair)| {
+                pair[0] == DIGITS[usize::from(b >> 4)] && pair[1] == DIGITS[usize::from(b & 0xf)]
+            })
+}
+
+/// Feeds serialised bytes straight into a hasher (no intermediate buffer).
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The hash a session's event chain starts from.
 pub fn session_genesis(id: &str) -> Hash {
     let mut h = Sha256::new();
@@ -68,8 +95,10 @@ pub fn chain_event(prev: &Hash, seq: u64, at: &str, kind: &str, data: &str) -> H
 
 /// Digest of a session row: its contract JSON.
 pub fn session_digest(session: &Session) -> Hash {
-    let json = serde_json::to_vec(session).unwrap_or_default();
-    Sha256::digest(&json).into()
+    let mut writer = HashWriter(Sha256::new());
+    // Serialising a plain struct into a writer that cannot fail does not fail.
+    let _ = serde_json::to_writer(&mut writer, session);
+    writer.0.finalize().into()
 }
 
 /// The hash a node's ledger starts from.
@@ -280,7 +309,7 @@ impl Report {
 
 /// What the ledger says about one session.
 struct Claim {
-    node: String,
+    node: Arc<str>,
     seq: u64,
     digest: Hash,
     head: Hash,
@@ -291,7 +320,7 @@ struct Claim {
 
 /// The ledger of the node being verified.
 struct NodeState {
-    node: String,
+    node: Arc<str>,
     next: u64,
     prev: Hash,
     last: u64,
@@ -390,7 +419,7 @@ impl Verifier {
             None => (1, ledger_genesis(node)),
         };
         self.node = Some(NodeState {
-            node: node.to_string(),
+            node: Arc::from(node),
             next,
             prev,
             last: next - 1,
@@ -406,7 +435,7 @@ impl Verifier {
             return;
         };
         self.report.ledger_entries += 1;
-        let n = Some(state.node.as_str());
+        let n = Some(&*state.node);
         if entry.seq == state.next {
             let expect = chain_ledger(
                 &state.prev,
@@ -454,7 +483,7 @@ impl Verifier {
         self.claims.insert(
             entry.session,
             Claim {
-                node: state.node.clone(),
+                node: Arc::clone(&state.node),
                 seq: entry.seq,
                 digest: entry.digest,
                 head: entry.head,
@@ -469,7 +498,7 @@ impl Verifier {
         let Some(state) = self.node.take() else {
             return;
         };
-        let n = Some(state.node.as_str());
+        let n = Some(&*state.node);
         let last = state.last;
         for (checkpoint, what) in [
             (&state.head, "the signed head"),
@@ -560,7 +589,7 @@ impl Verifier {
                     "event {} missing (deleted), the chain jumps to {}",
                     found.next_seq, event.seq
                 ));
-            } else if hex(&expect) != event.hash {
+            } else if !hex_is(&expect, &event.hash) {
                 found.problem = Some(format!("event {} altered or reordered", event.seq));
             }
         }
@@ -580,7 +609,7 @@ impl Verifier {
         let mut claims: Vec<_> = self.claims.into_iter().collect();
         claims.sort_by(|a, b| (&a.1.node, a.1.seq).cmp(&(&b.1.node, b.1.seq)));
         for (id, mut claim) in claims {
-            let node = Some(claim.node.as_str());
+            let node = Some(&*claim.node);
             if !claim.seen_row {
                 self.report.find(
                     node,

@@ -1,9 +1,13 @@
 //! The session store, over sqlx `Any`: `SQLite` (WAL mode) under the state dir by default,
 //! PostgreSQL (`--store postgres://…`) for a fleet of nodes writing to one central database.
 //! One set of migrations (`migrations/`, portable SQL) serves both, and so does every query
-//! (`$N` placeholders, which both drivers accept).
+//! (`$N` placeholders, which both drivers accept; statements built at run time use `?` for
+//! `SQLite`, see [`Sql::bind`]). Reads of every row (`audit verify`, exports) go through
+//! [`bulk`] on `SQLite`.
 
-use std::{collections::BTreeMap, time::Duration};
+mod bulk;
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use futures_util::TryStreamExt as _;
 use sqlx::{
@@ -33,6 +37,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("store read failed: {0}")]
+    Read(#[from] rusqlite::Error),
     #[error("stored session {0} is corrupt: {1}")]
     Corrupt(String, String),
 }
@@ -102,25 +108,34 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The database file of a `SQLite` store, for bulk reads ([`bulk`]).
+    sqlite_path: Option<PathBuf>,
 }
 
-/// SQL text with `$N` placeholders, built alongside its bound values.
-#[derive(Default)]
-struct Sql {
+/// SQL text with the backend's placeholders, built alongside its bound values.
+struct Sql<'a> {
     text: String,
-    binds: Vec<Bind>,
+    binds: Vec<Bind<'a>>,
+    backend: Backend,
 }
 
-enum Bind {
-    Text(String),
+enum Bind<'a> {
+    Text(std::borrow::Cow<'a, str>),
     Int(i64),
 }
 
-impl Sql {
-    fn new(text: &str) -> Self {
+impl<'a> Bind<'a> {
+    fn text(text: &'a str) -> Self {
+        Self::Text(std::borrow::Cow::Borrowed(text))
+    }
+}
+
+impl<'a> Sql<'a> {
+    fn new(backend: Backend, text: &str) -> Self {
         Self {
             text: text.to_string(),
             binds: Vec::new(),
+            backend,
         }
     }
 
@@ -129,9 +144,18 @@ impl Sql {
         self
     }
 
-    fn bind(&mut self, value: Bind) -> &mut Self {
+    /// Appends a placeholder for `value`: `$N` for PostgreSQL; a plain `?` for SQLite, whose
+    /// numbered parameters cost a linear name lookup per parameter when sqlx binds them (a
+    /// 600-parameter insert spent most of its time there).
+    fn bind(&mut self, value: Bind<'a>) -> &mut Self {
         self.binds.push(value);
-        self.text.push_str(&format!("${}", self.binds.len()));
+        match self.backend {
+            Backend::Sqlite => self.text.push('?'),
+            Backend::Postgres => {
+                use std::fmt::Write as _;
+                let _ = write!(self.text, "${}", self.binds.len());
+            }
+        }
         self
     }
 
@@ -139,7 +163,7 @@ impl Sql {
         let mut q = sqlx::query(&self.text);
         for b in &self.binds {
             q = match b {
-                Bind::Text(t) => q.bind(t.as_str()),
+                Bind::Text(t) => q.bind(t.as_ref()),
                 Bind::Int(i) => q.bind(*i),
             };
         }
@@ -172,6 +196,7 @@ impl Store {
             url: redact_url(url),
             source,
         };
+        let mut sqlite_path = None;
         let (backend, url) = if let Some(path) = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
@@ -180,6 +205,7 @@ impl Store {
             if !create && !std::path::Path::new(path).exists() {
                 return Err(StoreError::Missing(path.to_string()));
             }
+            sqlite_path = Some(PathBuf::from(path));
             let mode = if create { "rwc" } else { "rw" };
             (Backend::Sqlite, format!("sqlite://{path}?mode={mode}"))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -206,7 +232,11 @@ impl Store {
         };
         let pool = options.connect(&url).await.map_err(open_err)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            sqlite_path,
+        })
     }
 
     /// Registers a node's public key (first start), or checks it is the one registered.
@@ -303,16 +333,18 @@ impl Store {
         }
         // Multi-row inserts: one statement per 100 events.
         for chunk in batch.events.chunks(100) {
-            let mut sql =
-                Sql::new("INSERT INTO events (session_id, seq, at, kind, data, hash) VALUES ");
+            let mut sql = Sql::new(
+                self.backend,
+                "INSERT INTO events (session_id, seq, at, kind, data, hash) VALUES ",
+            );
             for (i, e) in chunk.iter().enumerate() {
                 sql.push(if i == 0 { "(" } else { ", (" });
-                sql.bind(Bind::Text(e.session.clone())).push(", ");
+                sql.bind(Bind::text(&e.session)).push(", ");
                 sql.bind(Bind::Int(int(e.seq))).push(", ");
-                sql.bind(Bind::Text(e.at.clone())).push(", ");
-                sql.bind(Bind::Text(e.kind.clone())).push(", ");
-                sql.bind(Bind::Text(e.data.clone())).push(", ");
-                sql.bind(Bind::Text(hex(&e.hash))).push(")");
+                sql.bind(Bind::text(&e.at)).push(", ");
+                sql.bind(Bind::text(&e.kind)).push(", ");
+                sql.bind(Bind::text(&e.data)).push(", ");
+                sql.bind(Bind::Text(hex(&e.hash).into())).push(")");
             }
             sql.push(" ON CONFLICT (session_id, seq) DO NOTHING");
             sql.query().execute(&mut *tx).await?;
@@ -338,7 +370,7 @@ impl Store {
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Session>, StoreError> {
-        let mut q = Sql::new("SELECT * FROM sessions WHERE 1=1");
+        let mut q = Sql::new(self.backend, "SELECT * FROM sessions WHERE 1=1");
         if let Some(identity) = &filter.identity {
             if let Some(uid) = identity
                 .strip_prefix("uid:")
@@ -351,24 +383,44 @@ impl Store {
             {
                 q.push(" AND pid = ").bind(Bind::Int(pid));
             } else {
-                let subtree = format!("{}/%", identity.trim_end_matches('/'));
-                q.push(" AND (cgroup = ").bind(Bind::Text(identity.clone()));
-                q.push(" OR cgroup LIKE ").bind(Bind::Text(subtree));
-                q.push(" OR exe = ")
-                    .bind(Bind::Text(identity.clone()))
-                    .push(")");
+                // A cgroup, its subtree, or an executable. Every branch is an index lookup, so
+                // the planner can answer the OR from three indexes instead of a table scan.
+                let cgroup = identity.trim_end_matches('/');
+                q.push(" AND (cgroup = ").bind(Bind::text(identity));
+                match self.backend {
+                    Backend::Sqlite => {
+                        // The subtree as a range: BINARY collation orders bytes, '0' follows '/'.
+                        q.push(" OR (cgroup >= ")
+                            .bind(Bind::Text(format!("{cgroup}/").into()));
+                        q.push(" AND cgroup < ")
+                            .bind(Bind::Text(format!("{cgroup}0").into()))
+                            .push(")");
+                    }
+                    Backend::Postgres => {
+                        // Locale collations do not order '/' before '0'; LIKE (default escape
+                        // `\`) with the pattern characters of the path escaped.
+                        let mut pattern = String::with_capacity(cgroup.len() + 2);
+                        for c in cgroup.chars() {
+                            if matches!(c, '\\' | '%' | '_') {
+                                pattern.push('\\');
+                            }
+                            pattern.push(c);
+                        }
+                        pattern.push_str("/%");
+                        q.push(" OR cgroup LIKE ").bind(Bind::Text(pattern.into()));
+                    }
+                }
+                q.push(" OR exe = ").bind(Bind::text(identity)).push(")");
             }
         }
         if let Some(target) = &filter.target {
-            q.push(" AND target = ").bind(Bind::Text(target.clone()));
+            q.push(" AND target = ").bind(Bind::text(target));
         }
         if let Some(since) = &filter.since {
-            q.push(" AND started_at >= ")
-                .bind(Bind::Text(since.clone()));
+            q.push(" AND started_at >= ").bind(Bind::text(since));
         }
         if let Some(outcome) = filter.outcome {
-            q.push(" AND outcome = ")
-                .bind(Bind::Text(outcome.as_str().into()));
+            q.push(" AND outcome = ").bind(Bind::text(outcome.as_str()));
         }
         q.push(" ORDER BY id DESC");
         if let Some(limit) = filter.limit {
@@ -377,7 +429,7 @@ impl Store {
         let rows = q.query().fetch_all(&self.pool).await?;
         let mut sessions = rows
             .iter()
-            .map(session_from_row)
+            .map(|row| session_from_row(row))
             .collect::<Result<Vec<_>, _>>()?;
         sessions.reverse(); // newest `limit`, shown oldest first
         Ok(sessions)
@@ -430,17 +482,13 @@ impl Store {
         since: Option<&str>,
         mut each: impl FnMut(Session) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut q = Sql::new("SELECT * FROM sessions");
+        let mut q = Sql::new(self.backend, "SELECT * FROM sessions");
         if let Some(since) = since {
-            q.push(" WHERE started_at >= ")
-                .bind(Bind::Text(since.into()));
+            q.push(" WHERE started_at >= ").bind(Bind::text(since));
         }
         q.push(" ORDER BY id");
-        let mut rows = q.query().fetch(&self.pool);
-        while let Some(row) = rows.try_next().await? {
-            each(session_from_row(&row)?)?;
-        }
-        Ok(())
+        self.each_row(&q, |row| session_from_row(row), &mut each)
+            .await
     }
 
     /// Streams every event, by session and in order, into `each`.
@@ -449,25 +497,41 @@ impl Store {
         since: Option<&str>,
         mut each: impl FnMut(StoredEvent) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut q = Sql::new("SELECT session_id, seq, at, kind, data, hash FROM events");
+        let mut q = Sql::new(
+            self.backend,
+            "SELECT session_id, seq, at, kind, data, hash FROM events",
+        );
         if let Some(since) = since {
             // Session ids are ULIDs: they sort by start time, like `since`.
             q.push(" WHERE session_id IN (SELECT id FROM sessions WHERE started_at >= ")
-                .bind(Bind::Text(since.into()))
+                .bind(Bind::text(since))
                 .push(")");
         }
         q.push(" ORDER BY session_id, seq");
+        self.each_row(&q, |row| event_from_row(row), &mut each)
+            .await
+    }
+
+    /// Runs a query and hands each row, mapped, to `each`: through [`bulk`] for `SQLite`,
+    /// streamed by sqlx for PostgreSQL.
+    async fn each_row<T: Send + 'static>(
+        &self,
+        q: &Sql<'_>,
+        map: fn(&dyn Columns) -> Result<T, StoreError>,
+        each: &mut impl FnMut(T) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if let Some(path) = &self.sqlite_path {
+            let mut batches = bulk::stream(path, q, move |row| map(row));
+            while let Some(batch) = batches.recv().await {
+                for item in batch? {
+                    each(item)?;
+                }
+            }
+            return Ok(());
+        }
         let mut rows = q.query().fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
-            let seq: i64 = row.try_get(1)?;
-            each(StoredEvent {
-                session: row.try_get(0)?,
-                seq: u64::try_from(seq).unwrap_or(u64::MAX),
-                at: row.try_get(2)?,
-                kind: row.try_get(3)?,
-                data: row.try_get(4)?,
-                hash: row.try_get(5)?,
-            })?;
+            each(map(&row)?)?;
         }
         Ok(())
     }
@@ -517,27 +581,16 @@ impl Store {
         node: &str,
         mut each: impl FnMut(LedgerEntry),
     ) -> Result<(), StoreError> {
-        let mut rows = sqlx::query("SELECT node, seq, session_id, ended_at, digest, head, events, hash FROM ledger WHERE node = $1 ORDER BY seq")
-            .bind(node)
-            .fetch(&self.pool);
-        let bad = |what: &str| StoreError::Corrupt(node.to_string(), format!("ledger {what}"));
-        let hash = |text: String| -> Option<Hash> { audit::unhex(&text)?.try_into().ok() };
-        while let Some(r) = rows.try_next().await? {
-            let seq: i64 = r.try_get(1)?;
-            let events: i64 = r.try_get(6)?;
-            // A hash column that is not hex was edited; an all-zero hash fails the chain.
-            each(LedgerEntry {
-                node: r.try_get(0)?,
-                seq: u64::try_from(seq).map_err(|_| bad("seq"))?,
-                session: r.try_get(2)?,
-                ended_at: r.try_get(3)?,
-                digest: hash(r.try_get(4)?).unwrap_or_default(),
-                head: hash(r.try_get(5)?).unwrap_or_default(),
-                events: u64::try_from(events).unwrap_or(0),
-                hash: hash(r.try_get(7)?).unwrap_or_default(),
-            });
-        }
-        Ok(())
+        let mut q = Sql::new(
+            self.backend,
+            "SELECT node, seq, session_id, ended_at, digest, head, events, hash FROM ledger WHERE node = ",
+        );
+        q.bind(Bind::text(node)).push(" ORDER BY seq");
+        self.each_row(&q, |row| ledger_from_row(row), &mut |entry| {
+            each(entry);
+            Ok(())
+        })
+        .await
     }
 
     /// Retention: removes the sessions of `node`'s ledger that ended before `cutoff`, as a
@@ -698,45 +751,102 @@ async fn upsert_session(
     Ok(())
 }
 
-fn session_from_row(row: &AnyRow) -> Result<Session, StoreError> {
-    let id: String = row.try_get("id")?;
+/// A row of either driver, read by column name.
+trait Columns {
+    fn text(&self, column: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, column: &str) -> Result<Option<i64>, StoreError>;
+
+    fn need_text(&self, column: &str) -> Result<String, StoreError> {
+        self.text(column)?
+            .ok_or_else(|| StoreError::Corrupt("row".into(), format!("{column} is NULL")))
+    }
+
+    fn need_int(&self, column: &str) -> Result<i64, StoreError> {
+        self.int(column)?
+            .ok_or_else(|| StoreError::Corrupt("row".into(), format!("{column} is NULL")))
+    }
+}
+
+impl Columns for AnyRow {
+    fn text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+}
+
+fn event_from_row(row: &dyn Columns) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        session: row.need_text("session_id")?,
+        seq: u64::try_from(row.need_int("seq")?).unwrap_or(u64::MAX),
+        at: row.need_text("at")?,
+        kind: row.need_text("kind")?,
+        data: row.need_text("data")?,
+        hash: row.need_text("hash")?,
+    })
+}
+
+fn ledger_from_row(row: &dyn Columns) -> Result<LedgerEntry, StoreError> {
+    let node = row.need_text("node")?;
+    let bad = |what: &str| StoreError::Corrupt(node.clone(), format!("ledger {what}"));
+    // A hash column that is not hex was edited; an all-zero hash fails the chain.
+    let hash = |column: &str| -> Result<Hash, StoreError> {
+        Ok(audit::unhex(&row.need_text(column)?)
+            .and_then(|h| h.try_into().ok())
+            .unwrap_or_default())
+    };
+    Ok(LedgerEntry {
+        seq: u64::try_from(row.need_int("seq")?).map_err(|_| bad("seq"))?,
+        session: row.need_text("session_id")?,
+        ended_at: row.need_text("ended_at")?,
+        digest: hash("digest")?,
+        head: hash("head")?,
+        events: u64::try_from(row.need_int("events")?).unwrap_or(0),
+        hash: hash("hash")?,
+        node,
+    })
+}
+
+fn session_from_row(row: &dyn Columns) -> Result<Session, StoreError> {
+    let id: String = row.need_text("id")?;
     let corrupt = |what: &str| StoreError::Corrupt(id.clone(), what.to_string());
     let u32_of = |col: &str| -> Result<Option<u32>, StoreError> {
-        let v: Option<i64> = row.try_get(col)?;
-        Ok(v.and_then(|v| u32::try_from(v).ok()))
+        Ok(row.int(col)?.and_then(|v| u32::try_from(v).ok()))
     };
-    let protocol: String = row.try_get("protocol")?;
+    let protocol: String = row.need_text("protocol")?;
     let protocol: Protocol = serde_json::from_value(serde_json::Value::String(protocol))
         .map_err(|_| corrupt("protocol"))?;
-    let outcome: Option<String> = row.try_get("outcome")?;
-    let tls: Option<String> = row.try_get("tls")?;
+    let outcome = row.text("outcome")?;
+    let tls = row.text("tls")?;
     let tls: Option<Tls> = tls
         .map(|t| serde_json::from_str(&t))
         .transpose()
         .map_err(|_| corrupt("tls"))?;
-    let rules: String = row.try_get("rules")?;
-    let masked: String = row.try_get("masked")?;
-    let dst_ip: String = row.try_get("dst_ip")?;
-    let dst_port: i64 = row.try_get("dst_port")?;
-    let bytes_up: i64 = row.try_get("bytes_up")?;
-    let bytes_down: i64 = row.try_get("bytes_down")?;
+    let rules = row.need_text("rules")?;
+    let masked = row.need_text("masked")?;
+    let dst_ip = row.need_text("dst_ip")?;
+    let dst_port = row.need_int("dst_port")?;
+    let bytes_up = row.need_int("bytes_up")?;
+    let bytes_down = row.need_int("bytes_down")?;
     Ok(Session {
-        started_at: row.try_get("started_at")?,
-        ended_at: row.try_get("ended_at")?,
+        started_at: row.need_text("started_at")?,
+        ended_at: row.text("ended_at")?,
         identity: Identity {
-            cgroup: row.try_get("cgroup")?,
+            cgroup: row.text("cgroup")?,
             pid: u32_of("pid")?,
             uid: u32_of("uid")?,
             gid: u32_of("gid")?,
-            exe: row.try_get("exe")?,
-            comm: row.try_get("comm")?,
+            exe: row.text("exe")?,
+            comm: row.text("comm")?,
         },
         destination: Destination {
             ip: dst_ip.parse().map_err(|_| corrupt("dst_ip"))?,
             port: u16::try_from(dst_port).map_err(|_| corrupt("dst_port"))?,
-            host: row.try_get("dst_host")?,
+            host: row.text("dst_host")?,
         },
-        target: row.try_get("target")?,
+        target: row.text("target")?,
         protocol,
         tls,
         bytes_up: u64::try_from(bytes_up).unwrap_or(0),
@@ -748,8 +858,8 @@ fn session_from_row(row: &AnyRow) -> Result<Session, StoreError> {
         rules: serde_json::from_str(&rules).map_err(|_| corrupt("rules"))?,
         masked: serde_json::from_str::<BTreeMap<String, u64>>(&masked)
             .map_err(|_| corrupt("masked"))?,
-        error: row.try_get("error")?,
-        policy_version: row.try_get("policy_version")?,
+        error: row.text("error")?,
+        policy_version: row.text("policy_version")?,
         id,
     })
 }

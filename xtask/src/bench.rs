@@ -37,12 +37,14 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("redirect") => redirect(),
         Some("http") => crate::bench_http::run(),
         Some("mask") => crate::bench_mask::run(),
-        Some("record") => crate::bench_record::run(),
+        Some("record") => crate::bench_record::run(&args[1..]),
         Some("policy") => crate::util::cargo(
             &["bench", "--package", "gateway-user", "--bench", "policy"],
             &[],
         ),
-        _ => bail!("usage: cargo xtask bench redirect|http|policy|mask"),
+        _ => bail!(
+            "usage: cargo xtask bench redirect|http|policy|mask|record [--store-only] [--seeded DIR]"
+        ),
     }
 }
 

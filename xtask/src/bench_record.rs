@@ -10,8 +10,12 @@
 //!    events/s.
 //!
 //! Loopback only; every load is bounded by time.
+//!
+//! `--store-only` skips part 1; `--seeded DIR` keeps the seeded store in DIR and reuses it on
+//! the next run (seeding takes minutes).
 
 use std::{
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -50,127 +54,63 @@ fn wait_drained(state: &std::path::Path) -> Result<f64> {
     }
 }
 
-pub fn run() -> Result<()> {
+/// Removes a directory when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut store_only = false;
+    let mut seeded = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--store-only" => store_only = true,
+            "--seeded" => seeded = Some(PathBuf::from(args.next().context("--seeded DIR")?)),
+            other => bail!("bench record: unknown argument {other}"),
+        }
+    }
     let id = std::process::id();
     let dir = std::env::temp_dir().join(format!("react-gateway-bench-record-{id}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("policies"))?;
-    let (full_port, off_port, gw_port) = (free_port()?, free_port()?, free_port()?);
-    let mock_dir = dir.join("mock");
-    std::fs::create_dir_all(&mock_dir)?;
-    std::os::unix::fs::symlink("/dev/null", mock_dir.join("requests.jsonl"))?;
-    let _mock = mock_upstream(
-        &mock_dir,
-        &[
-            format!("http@127.0.0.3:{full_port}"),
-            format!("http@127.0.0.3:{off_port}"),
-        ],
-        None,
-    )?;
-    std::fs::write(
-        dir.join("policies/bench.toml"),
-        format!(
-            r#"[defaults]
-unmatched = "deny"
-record = "off"
-
-[[target]]
-name = "recorded"
-addresses = ["127.0.0.3/32"]
-ports = [{full_port}]
-protocol = "http"
-
-[[target]]
-name = "unrecorded"
-addresses = ["127.0.0.3/32"]
-ports = [{off_port}]
-protocol = "http"
-
-[[rule]]
-name = "record-everything"
-target = "recorded"
-action = "record"
-"#
-        ),
-    )?;
-    let state = dir.join("state");
-    let cgroup = format!("react-gateway-bench-record-{id}");
-    let daemon = spawn_daemon(&state, &cgroup, gw_port, &dir.join("policies"))?;
-    let _cleanup = Cleanup {
-        state: state.clone(),
-        cgroup,
-        dir: dir.clone(),
-    };
-    wait_port(&format!("127.0.0.1:{gw_port}"))?;
-    thread::sleep(Duration::from_millis(500));
-    let rg = daemon_bin();
-    let governed = [
-        rg.to_str().unwrap_or_default(),
-        "--state-dir",
-        state.to_str().unwrap_or_default(),
-        "exec",
-        "--cgroup",
-        "bench",
-        "--",
-    ];
+    // The work dir goes when the run ends, however it ends (a `--seeded` store lives elsewhere).
+    let _work = RemoveDir(dir.clone());
     println!("react-gateway bench record — 2 cores shared by client, proxy, upstream and store");
-    println!(
-        "\n1. requests/s through the proxy, 1 KiB responses, 16 keep-alive connections, 5 s per run"
-    );
-    println!(
-        "{:<34} {:>10} {:>9} {:>9}",
-        "run", "req/s", "p50 µs", "p99 µs"
-    );
-    let (mut full, mut off) = (Vec::new(), Vec::new());
-    for round in 1..=3 {
-        for (name, port, into) in [
-            ("record = \"off\"", off_port, &mut off),
-            ("record = \"full\"", full_port, &mut full),
-        ] {
-            // Each run starts with the recorder's queue drained (a backlog above 90% makes
-            // the proxy refuse new sessions under on_record_failure = "block").
-            let drained = wait_drained(&state)?;
-            let url = format!("http://127.0.0.3:{port}/bytes/1024");
-            let run = loadgen(Some(&governed), &[&url, "--seconds", "5"], None)?;
-            println!(
-                "{:<34} {:>10.0} {:>9.0} {:>9.0} {:>8} {:>10.1}",
-                format!("{name} (round {round})"),
-                run.rps,
-                run.p50,
-                run.p99,
-                run.errors,
-                drained
-            );
-            into.push(run.rps);
-        }
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    let rps = if store_only {
+        None
+    } else {
+        Some(throughput(&dir, id)?)
     };
-    let (full_rps, off_rps) = (median(&mut full), median(&mut off));
-    drop(daemon);
 
     println!(
         "\n2. seeding {SESSIONS} sessions × {EVENTS_PER_SESSION} events through the recorder (SQLite)"
     );
-    let seed_state = dir.join("seeded");
+    let seed_state = seeded.clone().unwrap_or_else(|| dir.join("seeded"));
     let url = format!("sqlite://{}", seed_state.join("gateway.db").display());
-    let started = Instant::now();
-    let out = Command::new(bin("seed-store"))
-        .arg(&seed_state)
-        .args([url.as_str(), SESSIONS, EVENTS_PER_SESSION])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("seed-store")?;
-    if !out.status.success() {
-        bail!("seed-store failed");
+    if seed_state.join("gateway.db").exists() {
+        println!("   reusing the store seeded in {}", seed_state.display());
+    } else {
+        let started = Instant::now();
+        let out = Command::new(bin("seed-store"))
+            .arg(&seed_state)
+            .args([url.as_str(), SESSIONS, EVENTS_PER_SESSION])
+            .stderr(Stdio::inherit())
+            .output()
+            .context("seed-store")?;
+        if !out.status.success() {
+            bail!("seed-store failed");
+        }
+        println!(
+            "   seeded in {:.1} s ({:.0} sessions/s written, chained and signed)",
+            started.elapsed().as_secs_f64(),
+            SESSIONS.parse::<f64>().unwrap_or(0.0) / started.elapsed().as_secs_f64()
+        );
     }
-    println!(
-        "   seeded in {:.1} s ({:.0} sessions/s written, chained and signed)",
-        started.elapsed().as_secs_f64(),
-        SESSIONS.parse::<f64>().unwrap_or(0.0) / started.elapsed().as_secs_f64()
-    );
     let cli = |args: &[&str]| -> Result<(f64, String)> {
         let started = Instant::now();
         let out = Command::new(daemon_bin())
@@ -248,15 +188,116 @@ action = "record"
     );
 
     println!("\ngoals:");
-    println!(
-        "  record full vs off: {full_rps:.0} vs {off_rps:.0} req/s = {:.2}x ({:.1}% cost) — goal: cost <= 10%",
-        full_rps / off_rps,
-        (1.0 - full_rps / off_rps) * 100.0
-    );
+    if let Some((full_rps, off_rps)) = rps {
+        println!(
+            "  record full vs off: {full_rps:.0} vs {off_rps:.0} req/s = {:.2}x ({:.1}% cost) — goal: cost <= 10%",
+            full_rps / off_rps,
+            (1.0 - full_rps / off_rps) * 100.0
+        );
+    }
     println!("  sessions list over {SESSIONS} sessions: slowest {slowest:.3} s — goal < 1 s");
     println!(
         "  audit verify: {:.0} events/s — goal >= 100,000 (findings: {findings}, must be 0)",
         events / seconds
     );
     Ok(())
+}
+
+/// Part 1: requests/s at `record = "full"` and `"off"` (medians of three alternating runs).
+fn throughput(dir: &Path, id: u32) -> Result<(f64, f64)> {
+    let (full_port, off_port, gw_port) = (free_port()?, free_port()?, free_port()?);
+    let mock_dir = dir.join("mock");
+    std::fs::create_dir_all(&mock_dir)?;
+    std::os::unix::fs::symlink("/dev/null", mock_dir.join("requests.jsonl"))?;
+    let _mock = mock_upstream(
+        &mock_dir,
+        &[
+            format!("http@127.0.0.3:{full_port}"),
+            format!("http@127.0.0.3:{off_port}"),
+        ],
+        None,
+    )?;
+    std::fs::write(
+        dir.join("policies/bench.toml"),
+        format!(
+            r#"[defaults]
+unmatched = "deny"
+record = "off"
+
+[[target]]
+name = "recorded"
+addresses = ["127.0.0.3/32"]
+ports = [{full_port}]
+protocol = "http"
+
+[[target]]
+name = "unrecorded"
+addresses = ["127.0.0.3/32"]
+ports = [{off_port}]
+protocol = "http"
+
+[[rule]]
+name = "record-everything"
+target = "recorded"
+action = "record"
+"#
+        ),
+    )?;
+    let state = dir.join("state");
+    let cgroup = format!("react-gateway-bench-record-{id}");
+    let daemon = spawn_daemon(&state, &cgroup, gw_port, &dir.join("policies"))?;
+    let _cleanup = Cleanup {
+        state: state.clone(),
+        cgroup,
+        dir: state.clone(),
+    };
+    wait_port(&format!("127.0.0.1:{gw_port}"))?;
+    thread::sleep(Duration::from_millis(500));
+    let rg = daemon_bin();
+    let governed = [
+        rg.to_str().unwrap_or_default(),
+        "--state-dir",
+        state.to_str().unwrap_or_default(),
+        "exec",
+        "--cgroup",
+        "bench",
+        "--",
+    ];
+    println!(
+        "\n1. requests/s through the proxy, 1 KiB responses, 16 keep-alive connections, 5 s per run"
+    );
+    println!(
+        "{:<34} {:>10} {:>9} {:>9}",
+        "run", "req/s", "p50 µs", "p99 µs"
+    );
+    let (mut full, mut off) = (Vec::new(), Vec::new());
+    for round in 1..=3 {
+        for (name, port, into) in [
+            ("record = \"off\"", off_port, &mut off),
+            ("record = \"full\"", full_port, &mut full),
+        ] {
+            // Each run starts with the recorder's queue drained (a backlog above 90% makes
+            // the proxy refuse new sessions under on_record_failure = "block").
+            let drained = wait_drained(&state)?;
+            let url = format!("http://127.0.0.3:{port}/bytes/1024");
+            let run = loadgen(Some(&governed), &[&url, "--seconds", "5"], None)?;
+            println!(
+                "{:<34} {:>10.0} {:>9.0} {:>9.0} {:>8} {:>10.1}",
+                format!("{name} (round {round})"),
+                run.rps,
+                run.p50,
+                run.p99,
+                run.errors,
+                drained
+            );
+            into.push(run.rps);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let medians = (median(&mut full), median(&mut off));
+    drop(daemon);
+    Ok(medians)
 }
