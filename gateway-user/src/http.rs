@@ -94,9 +94,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Whether a header's value is a secret and is recorded as `[REDACTED]`.
 pub fn is_secret_header(name: &str, extra: Option<&str>) -> bool {
-    let name = name.to_ascii_lowercase();
+    // Header names from hyper are already lowercase: no copy on the hot path.
+    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    };
     matches!(
-        name.as_str(),
+        &*name,
         "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
     ) || name.contains("api-key")
         || name.contains("apikey")

@@ -422,7 +422,10 @@ impl Store {
         if let Some(outcome) = filter.outcome {
             q.push(" AND outcome = ").bind(Bind::text(outcome.as_str()));
         }
-        q.push(" ORDER BY id DESC");
+        // Newest first by start time, the second column of every filter's index, so the
+        // planner walks the index backwards and stops at the limit (ordering by id instead
+        // sorted every match: 0.7 s for 20,000 matches of one uid).
+        q.push(" ORDER BY started_at DESC, id DESC");
         if let Some(limit) = filter.limit {
             q.push(" LIMIT ").bind(Bind::Int(i64::from(limit)));
         }

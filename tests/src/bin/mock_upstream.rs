@@ -16,6 +16,7 @@
 //! certificate from the test CA for the same names, for other servers (the benchmark's nginx).
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     io::Write as _,
     net::SocketAddr,
@@ -164,6 +165,24 @@ async fn serve(
         return Response::builder()
             .header("content-type", "application/octet-stream")
             .body(StreamBody::new(stream).boxed_unsync())
+            .expect("response");
+    }
+    if let Some(n) = path.strip_prefix("/json/") {
+        // An API answer of about N bytes: customer records of prose, ids, dates and versions;
+        // one record in eight carries an e-mail address (what masking finds).
+        // Made once per size: the mock must not be what a benchmark measures.
+        static DOCUMENTS: std::sync::LazyLock<Mutex<HashMap<usize, Bytes>>> =
+            std::sync::LazyLock::new(Mutex::default);
+        let size: usize = n.parse().unwrap_or(0).min(16 << 20);
+        let body = DOCUMENTS
+            .lock()
+            .expect("documents")
+            .entry(size)
+            .or_insert_with(|| Bytes::from(json_document(size)))
+            .clone();
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(body).boxed_unsync())
             .expect("response");
     }
     if let Some(kind) = path.strip_prefix("/pii") {
@@ -394,4 +413,31 @@ async fn main() {
     }
     println!("ready");
     std::future::pending::<()>().await;
+}
+
+/// The `/json/N` body: a JSON object of records, about `size` bytes.
+fn json_document(size: usize) -> Vec<u8> {
+    let mut records = Vec::new();
+    let mut length = 16;
+    let mut i = 0u64;
+    while length < size {
+        let email = if i % 8 == 0 {
+            serde_json::Value::String(format!("customer{i}@example.com"))
+        } else {
+            serde_json::Value::Null
+        };
+        let record = serde_json::json!({
+            "id": 100_000 + i,
+            "name": format!("Customer {i}"),
+            "status": "active",
+            "note": format!("Order {} shipped on 2026-11-{:02} by route {}; client v2.{}.{} reported no issues with the delivery window.", 40_000 + i * 7, 1 + i % 28, i % 13, i % 10, i % 7),
+            "email": email,
+        });
+        length += record.to_string().len() + 1;
+        records.push(record);
+        i += 1;
+    }
+    serde_json::json!({ "object": "list", "data": records })
+        .to_string()
+        .into_bytes()
 }
