@@ -431,7 +431,11 @@ impl Masker {
             .iter()
             .map(|d| census.passes(d.gate))
             .collect();
-        if gated.iter().filter(|g| **g).count() > 1
+        let open = gated.iter().filter(|g| **g).count();
+        if open == 0 {
+            return gated;
+        }
+        if open > 1
             && let Some(set) = self.set()
         {
             // One pass of the combined automaton beats a keyword pass plus one per detector.
@@ -506,6 +510,9 @@ impl Masker {
         report: &mut impl FnMut(Finding),
     ) -> usize {
         let enabled = self.enabled(hay, from);
+        if !enabled.contains(&true) {
+            return from.max(settle);
+        }
         let mut cache: Vec<Option<Option<Candidate>>> = vec![None; self.detectors.len()];
         let mut pos = from;
         loop {
@@ -652,8 +659,34 @@ impl Masker {
     /// Masks the string values of a JSON document (object keys and numbers stay), restricted
     /// to `json_paths` when given.
     pub fn mask_json(&self, value: &mut Value, ctx: &mut MaskContext) {
-        let mut at = Vec::new();
-        self.walk(value, &mut at, ctx);
+        if self.json_paths.is_empty() {
+            self.walk_all(value, ctx);
+        } else {
+            let mut at = Vec::new();
+            self.walk(value, &mut at, ctx);
+        }
+    }
+
+    /// [`Masker::walk`] without `json_paths`: every string, no path kept (no key copies).
+    fn walk_all(&self, value: &mut Value, ctx: &mut MaskContext) {
+        match value {
+            Value::String(text) => {
+                if let Cow::Owned(masked) = self.mask_text(text, ctx) {
+                    *text = masked;
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    self.walk_all(item, ctx);
+                }
+            }
+            Value::Object(fields) => {
+                for item in fields.values_mut() {
+                    self.walk_all(item, ctx);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Whether `json_paths` selects the value at `at` (no paths: everything).
