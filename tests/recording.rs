@@ -197,6 +197,46 @@ fn round_trip_and_tamper(name: &str, backend: &Backend) {
     let response = replay.find("< 200").expect(&replay);
     assert!(request < masked && masked < response, "{replay}");
 
+    // `sessions list` filters, on this backend: a cgroup matches its subtree and nothing
+    // that merely shares its prefix; uid and exe match exactly; a limit keeps the newest.
+    let list = |args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["--json", "sessions", "list"];
+        all.extend_from_slice(args);
+        let out = gateway.cli().args(&all).output().expect("cli");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    };
+    let identity = &sessions[0]["identity"];
+    let cgroup = identity["cgroup"].as_str().unwrap();
+    let parent = &cgroup[..cgroup.rfind('/').unwrap()];
+    let uid = format!("uid:{}", identity["uid"]);
+    let exe = identity["exe"].as_str().unwrap();
+    assert_eq!(list(&["--identity", cgroup]).len(), 6);
+    assert_eq!(
+        list(&["--identity", parent]).len(),
+        6,
+        "{parent} is the subtree"
+    );
+    assert_eq!(list(&["--identity", &format!("{parent}/")]).len(), 6);
+    assert_eq!(list(&["--identity", &cgroup[..cgroup.len() - 1]]).len(), 0);
+    assert_eq!(list(&["--identity", &format!("{parent}_")]).len(), 0);
+    assert_eq!(list(&["--identity", &uid, "--target", "tools"]).len(), 6);
+    assert_eq!(list(&["--identity", exe, "--since", "1h"]).len(), 6);
+    assert_eq!(list(&["--target", "other"]).len(), 0);
+    let newest: Vec<Value> = list(&["--target", "tools", "--limit", "2"]);
+    let ids = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let all = list(&["--target", "tools"]);
+    assert_eq!(
+        ids(&newest),
+        ids(&all[all.len() - 2..]),
+        "the newest two, oldest first"
+    );
+
     let (ok, verify) = cli_ok(&gateway, &["audit", "verify"]);
     assert!(ok, "{verify}");
     assert!(verify.contains("OK"), "{verify}");
