@@ -129,7 +129,7 @@ import http.client, json, sys
 for i in range({n}):
     c = http.client.HTTPConnection("127.0.0.2", {port}, timeout=10)
     body = json.dumps({{"note": "contact {EMAIL} please", "i": i}})
-    c.request("POST", f"/tool/{{i}}", body=body, headers={{"Content-Type": "application/json", "X-Api-Key": "agent-placeholder"}})
+    c.request("POST", f"/tool/{{i}}?contact={EMAIL}", body=body, headers={{"Content-Type": "application/json", "X-Api-Key": "agent-placeholder", "X-Customer": "{EMAIL}"}})
     r = c.getresponse()
     assert r.status == 200, r.status
     r.read()
@@ -187,6 +187,10 @@ fn round_trip_and_tamper(name: &str, backend: &Backend) {
         assert_eq!(events[1]["size"].as_u64(), Some(body.len() as u64));
         assert_eq!(events[1]["sha256"].as_str().map(str::len), Some(64));
         assert_eq!(events[0]["headers"]["x-api-key"], "[REDACTED]");
+        // The request line and headers pass unchanged; their record is masked.
+        assert_eq!(events[0]["headers"]["x-customer"], "[REDACTED:EMAIL]");
+        let path = events[0]["path"].as_str().unwrap();
+        assert!(path.ends_with("?contact=[REDACTED:EMAIL]"), "{path}");
         assert_eq!(events[2]["status"], 200);
     }
     let first = sessions[0]["id"].as_str().unwrap().to_string();
@@ -259,6 +263,11 @@ fn round_trip_and_tamper(name: &str, backend: &Backend) {
     let requests = mock.requests();
     assert!(
         requests.iter().all(|r| r["headers"]["x-api-key"] == SECRET),
+        "{requests:?}"
+    );
+    // Headers pass unchanged (only their record is masked).
+    assert!(
+        requests.iter().all(|r| r["headers"]["x-customer"] == EMAIL),
         "{requests:?}"
     );
     assert!(

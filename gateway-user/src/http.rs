@@ -112,13 +112,19 @@ pub fn is_secret_header(name: &str, extra: Option<&str>) -> bool {
         || extra.is_some_and(|e| e.eq_ignore_ascii_case(&name))
 }
 
-fn recorded_headers(headers: &HeaderMap, extra: Option<&str>) -> serde_json::Value {
+/// Headers as recorded: secrets (and the credential header `extra`) as `[REDACTED]`, other
+/// values with what `masks` find redacted (they pass unchanged; only the record is masked).
+fn recorded_headers(
+    headers: &HeaderMap,
+    extra: Option<&str>,
+    masks: &[Arc<crate::mask::Masker>],
+) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for (name, value) in headers {
         let shown = if is_secret_header(name.as_str(), extra) {
             "[REDACTED]".to_string()
         } else {
-            String::from_utf8_lossy(value.as_bytes()).into_owned()
+            redacted(&String::from_utf8_lossy(value.as_bytes()), masks)
         };
         match out.get_mut(name.as_str()) {
             Some(serde_json::Value::String(previous)) => {
@@ -131,6 +137,17 @@ fn recorded_headers(headers: &HeaderMap, extra: Option<&str>) -> serde_json::Val
         }
     }
     serde_json::Value::Object(out)
+}
+
+/// `text` with what `masks` find redacted, for the record.
+fn redacted(text: &str, masks: &[Arc<crate::mask::Masker>]) -> String {
+    let mut text = std::borrow::Cow::Borrowed(text);
+    for masker in masks {
+        if let std::borrow::Cow::Owned(masked) = masker.redact(&text) {
+            text = std::borrow::Cow::Owned(masked);
+        }
+    }
+    text.into_owned()
 }
 
 /// Resolves a credential template (`Bearer ${env:KEY}`). Errors name the reference, never a
@@ -689,14 +706,25 @@ impl HttpSession {
         let target = binding.target;
         let credentials = target.and_then(|t| self.policy.targets[t].credentials.as_ref());
         let credential_header = credentials.map(|c| c.header.as_str());
+        // The request line and headers pass unchanged, but their record is masked by the
+        // request-direction mask rules of the target (a recording never holds a masked value).
+        let request_masks = self.policy.metadata_masks(self.ids, target, true);
+        // Recorded with its query (rules match the path alone).
+        let recorded_path = redacted(
+            request
+                .uri()
+                .path_and_query()
+                .map_or(path.as_str(), http::uri::PathAndQuery::as_str),
+            &request_masks,
+        );
         self.event(
             "http_request",
             serde_json::json!({
                 "method": method,
-                "path": path,
+                "path": recorded_path,
                 "host": host,
                 "version": format!("{:?}", request.version()),
-                "headers": recorded_headers(request.headers(), credential_header),
+                "headers": recorded_headers(request.headers(), credential_header, &request_masks),
             }),
         )
         .await;
@@ -736,7 +764,7 @@ impl HttpSession {
                 self.lock().blocked = true;
                 self.event(
                     "blocked",
-                    serde_json::json!({"rule": rule, "method": method, "path": path}),
+                    serde_json::json!({"rule": rule, "method": method, "path": recorded_path}),
                 )
                 .await;
                 return json_response(
@@ -750,7 +778,7 @@ impl HttpSession {
                 self.lock().blocked = true;
                 self.event(
                     "blocked",
-                    serde_json::json!({"rule": rule, "method": method, "path": path, "reason": "approval required"}),
+                    serde_json::json!({"rule": rule, "method": method, "path": recorded_path, "reason": "approval required"}),
                 )
                 .await;
                 return json_response(
@@ -829,7 +857,11 @@ impl HttpSession {
             "http_response",
             serde_json::json!({
                 "status": response.status().as_u16(),
-                "headers": recorded_headers(response.headers(), None),
+                "headers": recorded_headers(
+                    response.headers(),
+                    None,
+                    &self.policy.metadata_masks(self.ids, self.binding().and_then(|b| b.target), false),
+                ),
             }),
         )
         .await;
@@ -1013,7 +1045,7 @@ mod tests {
         headers.insert("x-custom", HeaderValue::from_static("v"));
         headers.insert("x-vault", HeaderValue::from_static("s"));
         headers.append("cookie", HeaderValue::from_static("a=1"));
-        let json = recorded_headers(&headers, Some("X-Vault"));
+        let json = recorded_headers(&headers, Some("X-Vault"), &[]);
         assert_eq!(json["authorization"], "[REDACTED]");
         assert_eq!(json["x-api-key"], "[REDACTED]");
         assert_eq!(json["x-goog-api-key"], "[REDACTED]");

@@ -614,6 +614,40 @@ impl Masker {
     }
 
     /// Masks every finding in `text`.
+    /// `text` with every finding replaced by `[REDACTED:LABEL]`, whatever the strategy, and
+    /// nothing counted: for values that are only recorded (headers, request lines), where a
+    /// token or a hash would stand for nothing the agent or upstream saw.
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let findings = self.find(text.as_bytes());
+        if findings.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for f in findings {
+            // Findings are byte ranges of UTF-8 text; a range cut inside a character (a
+            // byte-level detector) widens to the character boundaries around it.
+            let mut start = f.start;
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let mut end = f.end;
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            if start < at {
+                continue;
+            }
+            out.push_str(&text[at..start]);
+            out.push_str("[REDACTED:");
+            out.push_str(&self.detectors[f.detector].label);
+            out.push(']');
+            at = end;
+        }
+        out.push_str(&text[at..]);
+        Cow::Owned(out)
+    }
+
     pub fn mask_text<'a>(&self, text: &'a str, ctx: &mut MaskContext) -> Cow<'a, str> {
         match self.mask_bytes(text.as_bytes(), ctx) {
             Cow::Borrowed(_) => Cow::Borrowed(text),
@@ -801,6 +835,18 @@ mod tests {
         assert_eq!(out, "mail [REDACTED:EMAIL] card [REDACTED:CREDIT_CARD].");
         assert_eq!(c.counts["email"], 1);
         assert_eq!(c.counts["credit_card"], 1);
+    }
+
+    #[test]
+    fn redact_for_the_record_ignores_the_strategy_and_counts_nothing() {
+        let m = masker(&["email"], Strategy::Tokenize, &[]);
+        assert_eq!(
+            m.redact("/users?contact=bob@example.com&x=1"),
+            "/users?contact=[REDACTED:EMAIL]&x=1"
+        );
+        assert!(matches!(m.redact("nothing here"), Cow::Borrowed(_)));
+        // Multi-byte text around a value stays intact.
+        assert_eq!(m.redact("é bob@example.com ü"), "é [REDACTED:EMAIL] ü");
     }
 
     #[test]

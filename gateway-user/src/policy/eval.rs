@@ -284,6 +284,36 @@ impl Policy {
         decision
     }
 
+    /// The maskers whose values must not reach the record of a request's or response's
+    /// metadata (request line, headers): every mask rule with detectors on `target` in that
+    /// direction that applies to `ids`, whatever its other conditions. A superset of what one
+    /// decision masks, so a recording never holds a value a rule of the session masks.
+    pub fn metadata_masks(
+        &self,
+        ids: IdSet,
+        target: Option<usize>,
+        request: bool,
+    ) -> Vec<std::sync::Arc<mask::Masker>> {
+        let Some(rules) = target.and_then(|t| self.rules_by_target.get(t)) else {
+            return Vec::new();
+        };
+        rules
+            .iter()
+            .map(|&r| &self.rules[r])
+            .filter(|rule| {
+                applies_to(rule, ids)
+                    && match rule.direction {
+                        Direction::Both => true,
+                        Direction::Request => request,
+                        Direction::Response => !request,
+                    }
+            })
+            .filter_map(|rule| rule.masker.as_ref())
+            .filter(|m| !m.detectors().is_empty())
+            .map(std::sync::Arc::clone)
+            .collect()
+    }
+
     /// Whether any mask rule names this target.
     pub fn masks_target(&self, target: usize) -> bool {
         self.rules_by_target
