@@ -49,28 +49,11 @@ fn hash_of(text: &str) -> Option<Hash> {
 
 /// Whether `text` is the (lowercase) hex of `hash`, without allocating.
 fn hex_is(hash: &Hash, text: &str) -> bool {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     text.len() == hash.len() * 2
         && hash
             .iter()
             .zip(text.as_bytes().chunks_exact(2))
-            .all(|(b, pair)| {
-                pair[0] == DIGITS[usize::from(b >> 4)] && pair[1] == DIGITS[usize::from(b & 0xf)]
-            })
-}
-
-/// Feeds serialised bytes straight into a hasher (no intermediate buffer).
-struct HashWriter(Sha256);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.update(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+            .all(|(&b, pair)| pair == crate::hex_pair(b))
 }
 
 /// The hash a session's event chain starts from.
@@ -95,10 +78,11 @@ pub fn chain_event(prev: &Hash, seq: u64, at: &str, kind: &str, data: &str) -> H
 
 /// Digest of a session row: its contract JSON.
 pub fn session_digest(session: &Session) -> Hash {
-    let mut writer = HashWriter(Sha256::new());
-    // Serialising a plain struct into a writer that cannot fail does not fail.
-    let _ = serde_json::to_writer(&mut writer, session);
-    writer.0.finalize().into()
+    // Serialised straight into the hasher (it is an `io::Write`); a plain struct into a
+    // writer that cannot fail does not fail.
+    let mut hasher = Sha256::new();
+    let _ = serde_json::to_writer(&mut hasher, session);
+    hasher.finalize().into()
 }
 
 /// The hash a node's ledger starts from.

@@ -514,6 +514,9 @@ pub struct HttpSession {
     bodies: tap::Pending,
     /// The record level, fixed once the session is bound to its target.
     record: std::sync::OnceLock<RecordLevel>,
+    /// The maskers of recorded request lines and headers (requests, responses), fixed once
+    /// the session is bound to its target.
+    metadata_masks: std::sync::OnceLock<[Vec<Arc<crate::mask::Masker>>; 2]>,
 }
 
 impl HttpSession {
@@ -539,6 +542,7 @@ impl HttpSession {
             body_errors: Arc::default(),
             bodies: tap::Pending::default(),
             record: std::sync::OnceLock::new(),
+            metadata_masks: std::sync::OnceLock::new(),
             outcome: Mutex::new(Outcome::default()),
             credential: Mutex::new(None),
             ctx,
@@ -551,6 +555,21 @@ impl HttpSession {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Outcome> {
         crate::lock(&self.outcome)
+    }
+
+    /// What masks the record of a request's (or a response's) line and headers: the mask
+    /// rules of the bound target in that direction (see `Policy::metadata_masks`).
+    fn metadata_masks(&self, request: bool) -> &[Arc<crate::mask::Masker>] {
+        let Some(binding) = self.binding() else {
+            return &[]; // no target, no rules
+        };
+        let masks = self.metadata_masks.get_or_init(|| {
+            [true, false].map(|request| {
+                self.policy
+                    .metadata_masks(self.ids, binding.target, request)
+            })
+        });
+        &masks[usize::from(!request)]
     }
 
     /// How much of this session is recorded (`[defaults] record`, raised by `record` rules of
@@ -708,14 +727,14 @@ impl HttpSession {
         let credential_header = credentials.map(|c| c.header.as_str());
         // The request line and headers pass unchanged, but their record is masked by the
         // request-direction mask rules of the target (a recording never holds a masked value).
-        let request_masks = self.policy.metadata_masks(self.ids, target, true);
+        let request_masks = self.metadata_masks(true);
         // Recorded with its query (rules match the path alone).
         let recorded_path = redacted(
             request
                 .uri()
                 .path_and_query()
                 .map_or(path.as_str(), http::uri::PathAndQuery::as_str),
-            &request_masks,
+            request_masks,
         );
         self.event(
             "http_request",
@@ -724,7 +743,7 @@ impl HttpSession {
                 "path": recorded_path,
                 "host": host,
                 "version": format!("{:?}", request.version()),
-                "headers": recorded_headers(request.headers(), credential_header, &request_masks),
+                "headers": recorded_headers(request.headers(), credential_header, request_masks),
             }),
         )
         .await;
@@ -860,7 +879,7 @@ impl HttpSession {
                 "headers": recorded_headers(
                     response.headers(),
                     None,
-                    &self.policy.metadata_masks(self.ids, self.binding().and_then(|b| b.target), false),
+                    self.metadata_masks(false),
                 ),
             }),
         )

@@ -45,13 +45,17 @@ pub mod tls;
 
 /// Lower-case hex of `bytes` (digests, keys, signatures).
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        out.extend(hex_pair(b).map(char::from));
     }
     out
+}
+
+/// The two lower-case hex digits of `b`.
+pub fn hex_pair(b: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]
 }
 
 /// Locks a mutex, taking it over if a holder panicked: the data behind every lock here is

@@ -429,11 +429,13 @@ impl Store {
         if let Some(limit) = filter.limit {
             q.push(" LIMIT ").bind(Bind::Int(i64::from(limit)));
         }
-        let rows = q.query().fetch_all(&self.pool).await?;
-        let mut sessions = rows
-            .iter()
-            .map(|row| session_from_row(row))
-            .collect::<Result<Vec<_>, _>>()?;
+        // `--json` lists every match: the same bulk read as the audit passes.
+        let mut sessions = Vec::new();
+        self.each_row(&q, session_from_row, &mut |s| {
+            sessions.push(s);
+            Ok(())
+        })
+        .await?;
         sessions.reverse(); // newest `limit`, shown oldest first
         Ok(sessions)
     }
@@ -490,8 +492,7 @@ impl Store {
             q.push(" WHERE started_at >= ").bind(Bind::text(since));
         }
         q.push(" ORDER BY id");
-        self.each_row(&q, |row| session_from_row(row), &mut each)
-            .await
+        self.each_row(&q, session_from_row, &mut each).await
     }
 
     /// Streams every event, by session and in order, into `each`.
@@ -511,8 +512,7 @@ impl Store {
                 .push(")");
         }
         q.push(" ORDER BY session_id, seq");
-        self.each_row(&q, |row| event_from_row(row), &mut each)
-            .await
+        self.each_row(&q, event_from_row, &mut each).await
     }
 
     /// Runs a query and hands each row, mapped, to `each`: through [`bulk`] for `SQLite`,
@@ -589,7 +589,7 @@ impl Store {
             "SELECT node, seq, session_id, ended_at, digest, head, events, hash FROM ledger WHERE node = ",
         );
         q.bind(Bind::text(node)).push(" ORDER BY seq");
-        self.each_row(&q, |row| ledger_from_row(row), &mut |entry| {
+        self.each_row(&q, ledger_from_row, &mut |entry| {
             each(entry);
             Ok(())
         })

@@ -150,6 +150,29 @@ pub(crate) fn wait_port(addr: &str) -> Result<()> {
 }
 
 /// Starts the release daemon for a benchmark (logs at `warn`), stopped by PID on drop.
+/// Prints runs as a table: requests/s, latency, errors and the ratio to `reference` req/s.
+fn print_table<'a>(
+    ratio: &str,
+    rows: impl IntoIterator<Item = (&'a str, &'a Run)>,
+    reference: f64,
+) {
+    println!(
+        "{:<30} {:>10} {:>9} {:>9} {:>8} {:>9}",
+        "peer", "req/s", "p50 µs", "p99 µs", "errors", ratio
+    );
+    for (name, run) in rows {
+        println!(
+            "{:<30} {:>10.0} {:>9.0} {:>9.0} {:>8} {:>8.2}x",
+            name,
+            run.rps,
+            run.p50,
+            run.p99,
+            run.errors,
+            run.rps / reference
+        );
+    }
+}
+
 /// Rounds per saturation and fixed-rate figure: single 5 s runs on this 2-core VM vary by
 /// ±5%, so every peer runs this many times, alternating, and its median run is reported.
 const ROUNDS: usize = 3;
@@ -399,33 +422,18 @@ strategy = "redact"
         println!(
             "\nsaturation, 16 keep-alive connections, {label} responses (median of {ROUNDS} alternating rounds)"
         );
-        println!(
-            "{:<30} {:>10} {:>9} {:>9} {:>8} {:>9}",
-            "peer", "req/s", "p50 µs", "p99 µs", "errors", "vs nginx"
-        );
         let rows = rounds(&peers, |peer| measure(peer, path, &[]), |run| run.rps)?;
-        let nginx = rows[1].rps;
-        nginx_rps[i] = nginx;
+        nginx_rps[i] = rows[1].rps;
         gw_rps[i] = rows[2].rps;
-        for (peer, run) in peers.iter().zip(&rows) {
-            println!(
-                "{:<30} {:>10.0} {:>9.0} {:>9.0} {:>8} {:>8.2}x",
-                peer.name,
-                run.rps,
-                run.p50,
-                run.p99,
-                run.errors,
-                run.rps / nginx
-            );
-        }
+        print_table(
+            "vs nginx",
+            peers.iter().map(|p| p.name).zip(&rows),
+            rows[1].rps,
+        );
     }
 
     println!(
         "\nmasking through the proxy: 64 KiB JSON responses (one e-mail per 8 records), 16 keep-alive connections, HTTP relay (median of {ROUNDS} alternating rounds)"
-    );
-    println!(
-        "{:<30} {:>10} {:>9} {:>9} {:>8} {:>9}",
-        "peer", "req/s", "p50 µs", "p99 µs", "errors", "vs off"
     );
     let masking = [
         Peer {
@@ -449,17 +457,11 @@ strategy = "redact"
         |run| run.rps,
     )?;
     let mask_ratio = rows[1].rps / rows[0].rps;
-    for (peer, run) in masking.iter().zip(&rows) {
-        println!(
-            "{:<30} {:>10.0} {:>9.0} {:>9.0} {:>8} {:>8.2}x",
-            peer.name,
-            run.rps,
-            run.p50,
-            run.p99,
-            run.errors,
-            run.rps / rows[0].rps
-        );
-    }
+    print_table(
+        "vs off",
+        masking.iter().map(|p| p.name).zip(&rows),
+        rows[0].rps,
+    );
 
     println!(
         "\nfixed rate 1,000 req/s, 16 connections, 1 KiB responses (latency from each send; median p99 of {ROUNDS} alternating rounds)"

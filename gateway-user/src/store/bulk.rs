@@ -1,9 +1,9 @@
-//! Bulk reads of a `SQLite` store: `audit verify`, `audit export` and `sessions verify --all`
-//! read every row. sqlx's `SQLite` driver steps statements on a worker thread and hands each
-//! row to the task through a channel, a thread wake-up per row (about 12 µs a row measured on
-//! a 1,000,000-session store, most of it in the scheduler). Here one blocking thread steps
-//! the statement with rusqlite (the same `SQLite` library) and hands over batches, so reading
-//! and verifying run side by side on two cores.
+//! Bulk reads of a `SQLite` store: `audit verify`, `audit export`, `sessions verify --all`
+//! and `sessions list` read many rows. sqlx's `SQLite` driver steps statements on a worker
+//! thread and hands each row to the task through a channel, a thread wake-up per row (about
+//! 12 µs a row measured on a 1,000,000-session store, most of it in the scheduler). Here one
+//! blocking thread steps the statement with rusqlite (the same `SQLite` library) and hands
+//! over batches, so reading and verifying run side by side on two cores.
 
 use std::path::{Path, PathBuf};
 
