@@ -7,10 +7,11 @@
 //! drained before the daemon exits.
 //!
 //! Durability: the writer takes whatever is queued, waiting [`LINGER`] (10 ms) after the first
-//! record of a batch so that one transaction carries many, so a record reaches the store one
-//! transaction after it was made — milliseconds when the store keeps up. Every event of a session that ended more than [`DURABILITY_WINDOW`] before a crash
-//! of the daemon is in the store (the test `kill -9` under load checks it); a committed
-//! transaction survives the daemon's crash (`SQLite` WAL, PostgreSQL commit).
+//! record of a batch so that one transaction carries many: a record reaches the store one
+//! transaction after it was made, milliseconds when the store keeps up. Every event of a
+//! session that ended more than [`DURABILITY_WINDOW`] before a crash of the daemon is in the
+//! store (the test `kill -9` under load checks it); a committed transaction survives the
+//! daemon's crash (`SQLite` WAL, PostgreSQL commit).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},

@@ -300,14 +300,7 @@ impl Policy {
         rules
             .iter()
             .map(|&r| &self.rules[r])
-            .filter(|rule| {
-                applies_to(rule, ids)
-                    && match rule.direction {
-                        Direction::Both => true,
-                        Direction::Request => request,
-                        Direction::Response => !request,
-                    }
-            })
+            .filter(|rule| applies_to(rule, ids) && direction_includes(rule.direction, request))
             .filter_map(|rule| rule.masker.as_ref())
             .filter(|m| !m.detectors().is_empty())
             .map(std::sync::Arc::clone)
@@ -509,10 +502,15 @@ pub(crate) fn applies_to(rule: &Rule, ids: IdSet) -> bool {
 }
 
 pub(crate) fn direction_matches(direction: Direction, op: &Operation<'_>) -> bool {
+    direction_includes(direction, op.is_request())
+}
+
+/// Whether a rule of `direction` acts on requests (`request`) or on responses.
+fn direction_includes(direction: Direction, request: bool) -> bool {
     match direction {
         Direction::Both => true,
-        Direction::Request => op.is_request(),
-        Direction::Response => !op.is_request(),
+        Direction::Request => request,
+        Direction::Response => !request,
     }
 }
 

@@ -4,8 +4,9 @@
 //! `C` connections send GET requests back to back (saturation) or, with `--rate`, on a fixed
 //! schedule of `R` requests/s in all, latency counted from each send: from the scheduled time
 //! when the previous response overran the schedule (no coordinated omission), else from the
-//! moment the request is sent (tokio's timer wakes up to 1 ms late, which is not the peer's). `--new-conn` opens a new connection (a full TLS handshake, no client-side
-//! resumption) for every request. Prints one JSON line: requests, errors, rps, p50/p99 µs.
+//! moment the request is sent (tokio's timer wakes up to 1 ms late, which is not the peer's).
+//! `--new-conn` opens a new connection (a full TLS handshake, no client-side resumption) for
+//! every request. Prints one JSON line: requests, errors, rps, p50/p99 µs.
 //! Bounded: at most `S` seconds and 10 million requests.
 
 use std::{
