@@ -7,6 +7,7 @@
 pub mod detectors;
 pub mod sse;
 pub mod stream;
+mod trigger;
 
 use std::{
     borrow::Cow,
@@ -14,7 +15,6 @@ use std::{
     sync::{Arc, LazyLock},
 };
 
-use aho_corasick::AhoCorasick;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
@@ -138,17 +138,11 @@ impl JsonPath {
 #[derive(Debug)]
 pub struct Masker {
     detectors: Vec<Arc<Detector>>,
-    /// Anchors of all detectors; a detector with anchors runs only if one occurs.
-    prefilter: Option<AhoCorasick>,
-    /// Pattern index of `prefilter` → detector index.
-    keyword_owner: Vec<usize>,
-    /// All patterns in one automaton: one pass says which detectors match at all in a window.
-    /// Built on first use, so compiling a policy stays cheap.
-    set: std::sync::OnceLock<Option<regex::bytes::RegexSet>>,
-    /// Each thread's own copies of the automata: a regex shares its scratch space between
-    /// threads through a pool whose owner flag every call reads, and with two workers masking
-    /// many small values that cache line bounced (~15% of masking time). A clone has its own
-    /// pool and shares the compiled program.
+    /// Where each detector's matches can start (`mask/trigger.rs`).
+    triggers: trigger::Triggers,
+    /// Each thread's scratch space for the detectors' searches. Shared scratch space would
+    /// go through a pool whose owner flag every search reads, and with two workers masking
+    /// many small values that cache line bounced (~15% of masking time).
     local: thread_local::ThreadLocal<Local>,
     pub strategy: Strategy,
     pub json_paths: Vec<JsonPath>,
@@ -158,11 +152,17 @@ pub struct Masker {
     rule: Option<String>,
 }
 
-/// One thread's copies of a masker's automata (see `Masker::local`).
+/// One thread's scratch space for a masker's searches (see `Masker::local`).
 #[derive(Debug)]
 struct Local {
-    set: Option<regex::bytes::RegexSet>,
-    regexes: Vec<regex::bytes::Regex>,
+    searches: std::cell::RefCell<Vec<Scratch>>,
+}
+
+/// Scratch space for one detector's search.
+#[derive(Debug)]
+struct Scratch {
+    cache: regex_automata::meta::Cache,
+    captures: regex_automata::util::captures::Captures,
 }
 
 /// A value found in a text: the value's byte range (what is replaced; context such as
@@ -259,9 +259,6 @@ impl MaskContext {
     }
 }
 
-/// Size limit of the combined automaton of a rule's detectors.
-const SET_SIZE_LIMIT: usize = 64 << 20;
-
 /// `[TOKEN:EMAIL:12]`: what `tokenize` writes, and what comes back to be restored.
 pub static PLACEHOLDER: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
     regex::bytes::Regex::new(r"(?-u)\[TOKEN:[A-Z0-9_]{1,64}:[0-9]{1,9}\]")
@@ -302,65 +299,17 @@ fn count(counts: &mut BTreeMap<String, u64>, key: &str) {
     }
 }
 
-/// What every detector's gate looks at, counted in one pass over a window.
-#[derive(Debug, Default)]
-struct Census {
-    digits: usize,
-    at: usize,
-    colon: usize,
-}
-
-impl Census {
-    fn of(text: &[u8]) -> Self {
-        // Three branch-free counters: the compiler vectorises this loop.
-        let (mut digits, mut at, mut colon) = (0usize, 0usize, 0usize);
-        for &b in text {
-            digits += usize::from(b.wrapping_sub(b'0') < 10);
-            at += usize::from(b == b'@');
-            colon += usize::from(b == b':');
-        }
-        Self { digits, at, colon }
-    }
-
-    fn passes(&self, gate: detectors::Gate) -> bool {
-        if self.digits < usize::from(gate.digits) {
-            return false;
-        }
-        match gate.byte {
-            None => true,
-            Some((b'@', n)) => self.at >= usize::from(n),
-            Some((b':', n)) => self.colon >= usize::from(n),
-            Some(_) => true,
-        }
-    }
-}
-
 impl Masker {
     pub fn new(
         detectors: Vec<Arc<Detector>>,
         strategy: Strategy,
         json_paths: Vec<JsonPath>,
     ) -> Self {
-        let mut keywords = Vec::new();
-        let mut keyword_owner = Vec::new();
-        for (index, detector) in detectors.iter().enumerate() {
-            for (anchor, _) in detector.anchors {
-                keywords.push(*anchor);
-                keyword_owner.push(index);
-            }
-        }
-        let prefilter = (!keywords.is_empty()).then(|| {
-            AhoCorasick::builder()
-                .ascii_case_insensitive(true)
-                .build(&keywords)
-                .expect("keyword literals build an automaton")
-        });
+        let triggers = trigger::Triggers::new(&detectors);
         let holdback = detectors.iter().map(|d| d.max_len).max().unwrap_or(0) + 1;
         Self {
             detectors,
-            prefilter,
-            keyword_owner,
-            set: std::sync::OnceLock::new(),
+            triggers,
             local: thread_local::ThreadLocal::new(),
             strategy,
             json_paths,
@@ -416,104 +365,98 @@ impl Masker {
         self.holdback
     }
 
-    fn set(&self) -> Option<&regex::bytes::RegexSet> {
-        self.set
-            .get_or_init(|| {
-                (self.detectors.len() > 1)
-                    .then(|| {
-                        regex::bytes::RegexSetBuilder::new(
-                            self.detectors.iter().map(|d| d.regex.as_str()),
-                        )
-                        .size_limit(SET_SIZE_LIMIT)
-                        .dfa_size_limit(SET_SIZE_LIMIT)
-                        .build()
-                        .ok()
-                    })
-                    .flatten()
-            })
-            .as_ref()
-    }
-
-    /// This thread's copies of the combined automaton and of each detector's regex.
+    /// This thread's scratch space for each detector's search.
     fn local(&self) -> &Local {
         self.local.get_or(|| Local {
-            set: self.set().cloned(),
-            regexes: self.detectors.iter().map(|d| d.regex.clone()).collect(),
+            searches: std::cell::RefCell::new(
+                self.detectors
+                    .iter()
+                    .map(|d| Scratch {
+                        cache: d.search.create_cache(),
+                        captures: d.search.create_captures(),
+                    })
+                    .collect(),
+            ),
         })
     }
 
-    /// Detectors that can match somewhere in `hay[from..]`: their gate passes, and (when
-    /// more than one is left) the combined automaton finds a match of theirs.
-    fn enabled(&self, hay: &[u8], from: usize) -> Vec<bool> {
-        let window = &hay[from..];
-        let census = Census::of(window);
-        let gated: Vec<bool> = self
-            .detectors
-            .iter()
-            .map(|d| census.passes(d.gate))
-            .collect();
-        let open = gated.iter().filter(|g| **g).count();
-        if open == 0 {
-            return gated;
-        }
-        if open > 1
-            && let Some(set) = self.local().set.as_ref()
-        {
-            // One pass of the combined automaton beats a keyword pass plus one per detector.
-            let matched = set.matches_at(hay, from);
-            return gated
-                .iter()
-                .enumerate()
-                .map(|(index, on)| *on && matched.matched(index))
-                .collect();
-        }
-        let mut enabled: Vec<bool> = self
-            .detectors
-            .iter()
-            .zip(&gated)
-            .map(|(d, on)| *on && d.anchors.is_empty())
-            .collect();
-        if let Some(prefilter) = &self.prefilter {
-            for hit in prefilter.find_overlapping_iter(window) {
-                let owner = self.keyword_owner[hit.pattern().as_usize()];
-                enabled[owner] = gated[owner];
-            }
-        }
-        enabled
-    }
-
-    /// The leftmost valid match of detector `index` starting at or after `from`.
-    fn candidate(&self, index: usize, hay: &[u8], from: usize) -> Option<Candidate> {
+    /// The leftmost valid match of detector `index` starting at or after `from`, searched only
+    /// in the detector's `spans` from `*cursor` on (spans wholly before `from` are passed for
+    /// good: `from` only grows during a scan).
+    fn candidate(
+        &self,
+        index: usize,
+        hay: &[u8],
+        from: usize,
+        spans: &[trigger::Span],
+        cursor: &mut usize,
+    ) -> Option<Candidate> {
         let detector = &self.detectors[index];
-        let regex = &self.local().regexes[index];
-        let grouped = regex.captures_len() > 1;
-        let mut locations = regex.capture_locations();
-        let mut at = from;
-        while at <= hay.len() {
-            // Capture groups cost a slower engine: only detectors with context ask for them.
-            let (whole, value) = if grouped {
-                let whole = regex.captures_read_at(&mut locations, hay, at)?;
-                let value = (1..locations.len())
-                    .rev()
-                    .find_map(|g| locations.get(g))
-                    .unwrap_or((whole.start(), whole.end()));
-                ((whole.start(), whole.end()), value)
-            } else {
-                let whole = regex.find_at(hay, at)?;
-                ((whole.start(), whole.end()), (whole.start(), whole.end()))
-            };
-            if value.1 > value.0 && detector.validator.accepts_in(hay, value.0, value.1) {
-                return Some(Candidate {
-                    match_start: whole.0,
-                    match_end: whole.1,
-                    start: value.0,
-                    end: value.1,
-                });
+        while let Some(span) = spans.get(*cursor) {
+            if span.hi < from {
+                *cursor += 1;
+                continue;
             }
-            // A rejected match: the next one may start inside it.
-            at = whole.0 + 1;
+            let mut at = span.lo.max(from);
+            while at <= span.hi {
+                let Some((whole, value)) = self.search(index, hay, at, span) else {
+                    break;
+                };
+                if whole.0 > span.hi {
+                    break;
+                }
+                if value.1 > value.0 && detector.validator.accepts_in(hay, value.0, value.1) {
+                    return Some(Candidate {
+                        match_start: whole.0,
+                        match_end: whole.1,
+                        start: value.0,
+                        end: value.1,
+                    });
+                }
+                // A rejected match: the next one may start inside it.
+                at = whole.0 + 1;
+            }
+            *cursor += 1;
         }
         None
+    }
+
+    /// The leftmost match of detector `index` starting in `at..=span.hi`, if there is one, as
+    /// (whole match, value). The search stops at `span.end`, which no match starting there
+    /// passes, while look-around (`\b`) still sees the bytes beyond: it finds what a search
+    /// of all of `hay` would. With one start left, it is anchored there.
+    fn search(
+        &self,
+        index: usize,
+        hay: &[u8],
+        at: usize,
+        span: &trigger::Span,
+    ) -> Option<((usize, usize), (usize, usize))> {
+        use regex_automata::{Anchored, Input};
+        let regex = &self.detectors[index].search;
+        let anchored = if at == span.hi {
+            Anchored::Yes
+        } else {
+            Anchored::No
+        };
+        let input = Input::new(hay)
+            .span(at..span.end.max(at))
+            .anchored(anchored);
+        let mut searches = self.local().searches.borrow_mut();
+        let scratch = &mut searches[index];
+        // Capture groups cost a slower engine: only detectors with context ask for them.
+        if regex.captures_len() > 1 {
+            regex.search_captures_with(&mut scratch.cache, &input, &mut scratch.captures);
+            let whole = scratch.captures.get_match()?;
+            let value = (1..scratch.captures.group_len())
+                .rev()
+                .find_map(|g| scratch.captures.get_group(g))
+                .unwrap_or(whole.span());
+            Some(((whole.start(), whole.end()), (value.start, value.end)))
+        } else {
+            let whole = regex.search_with(&mut scratch.cache, &input)?;
+            Some(((whole.start(), whole.end()), (whole.start(), whole.end())))
+        }
     }
 
     /// Scans `hay[from..]` and reports each finding whose match starts before `settle`:
@@ -531,16 +474,18 @@ impl Masker {
         settle: usize,
         report: &mut impl FnMut(Finding),
     ) -> usize {
-        let enabled = self.enabled(hay, from);
-        if !enabled.contains(&true) {
+        let spans = self.triggers.spans(self.detectors.len(), hay, from);
+        if spans.is_empty() {
             return from.max(settle);
         }
         let mut cache: Vec<Option<Option<Candidate>>> = vec![None; self.detectors.len()];
+        let mut cursors = vec![0; self.detectors.len()];
         let mut pos = from;
         loop {
             let mut best: Option<(usize, Candidate)> = None;
             for (index, slot) in cache.iter_mut().enumerate() {
-                if !enabled[index] {
+                let mine = spans.of(index);
+                if mine.is_empty() {
                     continue;
                 }
                 let stale = match slot {
@@ -549,7 +494,7 @@ impl Masker {
                     Some(None) => false,
                 };
                 if stale {
-                    *slot = Some(self.candidate(index, hay, pos));
+                    *slot = Some(self.candidate(index, hay, pos, mine, &mut cursors[index]));
                 }
                 if let Some(Some(c)) = slot {
                     let better = best.is_none_or(|(_, b)| {

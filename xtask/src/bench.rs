@@ -43,7 +43,7 @@ pub fn run(args: &[String]) -> Result<()> {
             &[],
         ),
         _ => bail!(
-            "usage: cargo xtask bench redirect|http|policy|mask|record [--store-only] [--seeded DIR]"
+            "usage: cargo xtask bench redirect|http|policy|mask|record [--store-only|--throughput-only] [--seeded DIR]"
         ),
     }
 }

@@ -11,8 +11,8 @@
 //!
 //! Loopback only; every load is bounded by time.
 //!
-//! `--store-only` skips part 1; `--seeded DIR` keeps the seeded store in DIR and reuses it on
-//! the next run (seeding takes minutes).
+//! `--store-only` skips part 1 and `--throughput-only` part 2; `--seeded DIR` keeps the seeded
+//! store in DIR and reuses it on the next run (seeding takes minutes).
 
 use std::{
     path::{Path, PathBuf},
@@ -66,10 +66,12 @@ impl Drop for RemoveDir {
 pub fn run(args: &[String]) -> Result<()> {
     let mut store_only = false;
     let mut seeded = None;
+    let mut throughput_only = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--store-only" => store_only = true,
+            "--throughput-only" => throughput_only = true,
             "--seeded" => seeded = Some(PathBuf::from(args.next().context("--seeded DIR")?)),
             other => bail!("bench record: unknown argument {other}"),
         }
@@ -86,6 +88,14 @@ pub fn run(args: &[String]) -> Result<()> {
     } else {
         Some(throughput(&dir, id)?)
     };
+    if let (true, Some((full_rps, off_rps))) = (throughput_only, rps) {
+        println!(
+            "\nrecord full vs off: {full_rps:.0} vs {off_rps:.0} req/s = {:.2}x ({:.1}% cost) — goal: cost <= 10%",
+            full_rps / off_rps,
+            (1.0 - full_rps / off_rps) * 100.0
+        );
+        return Ok(());
+    }
 
     println!(
         "\n2. seeding {SESSIONS} sessions × {EVENTS_PER_SESSION} events through the recorder (SQLite)"

@@ -1,5 +1,6 @@
-//! The detector catalogue: each detector is a cheap gate (anchor literals, a minimum count of
-//! digits or of one byte), a regex and a validator, under a stable name used in policies.
+//! The detector catalogue: each detector is a trigger (anchor literals, or a shape of digits and
+//! separators that every match contains, found without running a regex), a regex and a
+//! validator, under a stable name used in policies.
 //! Validators keep precision: a 16-digit number is a card only if it passes Luhn and has an
 //! issuer prefix, an IBAN only if mod-97 holds, and so on.
 //!
@@ -90,14 +91,25 @@ impl Validator {
 /// How far back a validator may look before a value (the stream keeps that much context).
 pub const LOOK_BEHIND: usize = 12;
 
-/// A cheap test on a whole window of text that every match needs, so that a detector whose
-/// gate fails does not run its regex there.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Gate {
-    /// At least this many ASCII digits.
-    pub digits: u16,
-    /// At least `.1` occurrences of byte `.0`.
-    pub byte: Option<(u8, u16)>,
+/// What every match of a detector contains, found by one cheap pass over the text (see
+/// `mask/trigger.rs`): the detector's regex runs only around the places a trigger marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// One of the detector's [`Detector::anchors`].
+    Anchors,
+    /// A chain of digits, each joined to the next by at most one ` `, `-` or `.`, with at
+    /// least this many digits and dots: card numbers, SSNs, IPv4 addresses.
+    Chain { digits: u16, dots: u16 },
+    /// Two capitals and two digits at the start of a word: an IBAN's country and check digits.
+    CountryCode,
+    /// A hex pair at the start of a word, `:` or `-`, a hex pair and another `:` or `-`: a MAC
+    /// address.
+    HexPairs,
+    /// A run of hex digits and colons holding `::` or seven colons: an IPv6 address that
+    /// parses.
+    HexColons,
+    /// Nothing known: the regex runs over the whole text (custom detectors).
+    Window,
 }
 
 /// One detector.
@@ -110,13 +122,19 @@ pub struct Detector {
     /// The value masked is the last capture group that took part in the match, or the whole
     /// match when the pattern has no group (context like `Bearer ` stays).
     pub regex: Regex,
+    /// The same pattern on the engine under `regex`: searches bounded to a span and anchored
+    /// at a position, with each thread's own scratch space (see `Masker::scan`).
+    pub search: regex_automata::meta::Regex,
     pub validator: Validator,
-    pub gate: Gate,
+    pub trigger: Trigger,
     /// Lower-case literals one of which every match contains, each with the most bytes that
     /// can precede it in a match. A window without any of them cannot hold a match (the
     /// detector does not run there), and a stream holds back only from where such a literal
     /// (or a part of one at the very end) occurs, rather than the whole match length.
     pub anchors: &'static [(&'static str, u16)],
+    /// The bytes that can come between the start of a match and its anchor: a match starts
+    /// within the run of them right before the anchor.
+    pub lead: fn(u8) -> bool,
     /// The longest match the pattern can produce, in bytes.
     pub max_len: usize,
 }
@@ -128,17 +146,36 @@ impl Detector {
         let max_len = max_len(regex.as_str()).ok_or_else(|| {
             "the pattern's matches have no length bound; streaming masking needs one".to_string()
         })?;
+        let search = searcher(regex.as_str(), REGEX_SIZE_LIMIT)?;
         Ok(Self {
             name: name.to_string(),
             label: label_of(name),
             kind: Kind::Pii,
+            search,
             regex,
             validator,
-            gate: Gate::default(),
+            trigger: Trigger::Window,
             anchors: &[],
+            lead: any_byte,
             max_len,
         })
     }
+}
+
+/// `pattern` compiled as `regex::bytes::Regex` compiles it (leftmost-first, any bytes).
+fn searcher(pattern: &str, size_limit: usize) -> Result<regex_automata::meta::Regex, String> {
+    use regex_automata::meta;
+    meta::Builder::new()
+        .configure(
+            meta::Config::new()
+                .match_kind(regex_automata::MatchKind::LeftmostFirst)
+                .utf8_empty(false)
+                .nfa_size_limit(Some(size_limit))
+                .hybrid_cache_capacity(2 << 20),
+        )
+        .syntax(regex_automata::util::syntax::Config::new().utf8(false))
+        .build(pattern)
+        .map_err(|e| e.to_string())
 }
 
 fn label_of(name: &str) -> String {
@@ -169,28 +206,33 @@ struct Spec {
     kind: Kind,
     pattern: &'static str,
     validator: Validator,
-    gate: Gate,
+    trigger: Trigger,
     anchors: &'static [(&'static str, u16)],
+    lead: fn(u8) -> bool,
 }
 
-const fn digits(n: u16) -> Gate {
-    Gate {
-        digits: n,
-        byte: None,
-    }
+fn any_byte(_: u8) -> bool {
+    true
 }
 
-const fn byte(b: u8, n: u16) -> Gate {
-    Gate {
-        digits: 0,
-        byte: Some((b, n)),
-    }
+/// An e-mail address's local part.
+fn local_part(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"._%+-".contains(&b)
 }
 
-const NO_GATE: Gate = Gate {
-    digits: 0,
-    byte: None,
-};
+/// A key name around `secret`, `api_key`, …
+fn key_name(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"_.-".contains(&b)
+}
+
+/// A URL scheme.
+fn scheme(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"+.-".contains(&b)
+}
+
+const fn chain(digits: u16, dots: u16) -> Trigger {
+    Trigger::Chain { digits, dots }
+}
 
 // `(?-u:\b)`: ASCII word boundaries keep every pattern on the regex crate's DFA engines
 // (a Unicode `\b` makes them give up on non-ASCII text).
@@ -200,8 +242,9 @@ const SPECS: &[Spec] = &[
         kind: Kind::Pii,
         pattern: r"(?i-u)\b[a-z0-9._%+-]{1,64}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63}){0,4}\.[a-z]{2,24}\b",
         validator: Validator::None,
-        gate: byte(b'@', 1),
+        trigger: Trigger::Anchors,
         anchors: &[("@", 64)],
+        lead: local_part,
     },
     Spec {
         // E.164 (+ and 7–15 digits) anywhere; national formats only after a phone-ish word,
@@ -210,7 +253,7 @@ const SPECS: &[Spec] = &[
         kind: Kind::Pii,
         pattern: r"(?i-u)(?:(\+[1-9](?:[ .-]?\d){6,14})\b|\b(?:phone|tel|mobile|cell|call|fax|contact|whatsapp|sms)[a-z]{0,3}\b[^0-9\n]{0,16}(\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4})\b)",
         validator: Validator::Phone,
-        gate: digits(7),
+        trigger: Trigger::Anchors,
         anchors: &[
             ("+", 0),
             ("phone", 0),
@@ -223,149 +266,174 @@ const SPECS: &[Spec] = &[
             ("whatsapp", 0),
             ("sms", 0),
         ],
+        lead: any_byte,
     },
     Spec {
         name: "credit_card",
         kind: Kind::Pii,
         pattern: r"(?-u)\b(?:\d[ -]?){12,18}\d\b",
         validator: Validator::Luhn,
-        gate: digits(13),
+        trigger: chain(13, 0),
         anchors: &[],
+        lead: any_byte,
     },
     Spec {
         name: "us_ssn",
         kind: Kind::Pii,
         pattern: r"(?-u)\b\d{3}-\d{2}-\d{4}\b",
         validator: Validator::UsSsn,
-        gate: digits(9),
+        trigger: chain(9, 0),
         anchors: &[],
+        lead: any_byte,
     },
     Spec {
         name: "iban",
         kind: Kind::Pii,
         pattern: r"(?-u)\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
         validator: Validator::Mod97,
-        gate: digits(2),
+        trigger: Trigger::CountryCode,
         anchors: &[],
+        lead: any_byte,
     },
     Spec {
         name: "ipv4",
         kind: Kind::Pii,
         pattern: r"(?-u)\b(?:\d{1,3}\.){3}\d{1,3}\b",
         validator: Validator::Ipv4,
-        gate: digits(4),
+        trigger: chain(4, 3),
         anchors: &[],
+        lead: any_byte,
     },
     Spec {
         name: "ipv6",
         kind: Kind::Pii,
         pattern: r"(?i-u)(?:\b[0-9a-f]{1,4}|)(?::[0-9a-f]{0,4}){2,7}\b",
         validator: Validator::Ipv6,
-        gate: byte(b':', 2),
+        trigger: Trigger::HexColons,
         anchors: &[],
+        lead: any_byte,
     },
     Spec {
         name: "mac",
         kind: Kind::Pii,
         pattern: r"(?i-u)\b[0-9a-f]{2}(?:[:-][0-9a-f]{2}){5}\b",
         validator: Validator::None,
-        gate: digits(1),
+        trigger: Trigger::HexPairs,
         anchors: &[],
+        lead: any_byte,
     },
     Spec {
         name: "aws_access_key",
         kind: Kind::Secret,
         pattern: r"(?-u)\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
         validator: Validator::None,
-        gate: NO_GATE,
+        trigger: Trigger::Anchors,
         anchors: &[("akia", 0), ("asia", 0), ("abia", 0), ("acca", 0)],
+        lead: any_byte,
     },
     Spec {
         name: "aws_secret_key",
         kind: Kind::Secret,
         pattern: r#"(?i-u)aws.{0,20}?(?:secret|key).{0,20}?['"=:\s]\s{0,4}([A-Za-z0-9/+=]{40})"#,
         validator: Validator::None,
-        gate: NO_GATE,
+        trigger: Trigger::Anchors,
         anchors: &[("aws", 0)],
+        lead: any_byte,
     },
     Spec {
         name: "github_token",
         kind: Kind::Secret,
         pattern: r"(?-u)\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
         validator: Validator::None,
-        gate: NO_GATE,
-        anchors: &[("gh", 0), ("github_pat_", 0)],
+        trigger: Trigger::Anchors,
+        anchors: &[
+            ("ghp_", 0),
+            ("gho_", 0),
+            ("ghu_", 0),
+            ("ghs_", 0),
+            ("ghr_", 0),
+            ("github_pat_", 0),
+        ],
+        lead: any_byte,
     },
     Spec {
         name: "openai_key",
         kind: Kind::Secret,
         pattern: r"(?-u)\bsk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,200}|[A-Za-z0-9]{20,200})",
         validator: Validator::None,
-        gate: NO_GATE,
+        trigger: Trigger::Anchors,
         anchors: &[("sk-", 0)],
+        lead: any_byte,
     },
     Spec {
         name: "anthropic_key",
         kind: Kind::Secret,
         pattern: r"(?-u)\bsk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{20,200}",
         validator: Validator::None,
-        gate: NO_GATE,
+        trigger: Trigger::Anchors,
         anchors: &[("sk-ant-", 0)],
+        lead: any_byte,
     },
     Spec {
         name: "slack_token",
         kind: Kind::Secret,
         pattern: r"(?-u)\bxox[abposr]-[A-Za-z0-9-]{10,200}",
         validator: Validator::None,
-        gate: NO_GATE,
+        trigger: Trigger::Anchors,
         anchors: &[("xox", 0)],
+        lead: any_byte,
     },
     Spec {
         name: "stripe_key",
         kind: Kind::Secret,
         pattern: r"(?-u)\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,200}\b",
         validator: Validator::None,
-        gate: NO_GATE,
+        trigger: Trigger::Anchors,
         anchors: &[("_live_", 2), ("_test_", 2)],
+        lead: |b| b.is_ascii_alphabetic(),
     },
     Spec {
         name: "jwt",
         kind: Kind::Secret,
         pattern: r"(?-u)\beyJ[A-Za-z0-9_-]{5,1024}\.eyJ[A-Za-z0-9_-]{5,4096}\.[A-Za-z0-9_-]{10,1024}",
         validator: Validator::None,
-        gate: NO_GATE,
+        trigger: Trigger::Anchors,
         anchors: &[("eyj", 0)],
+        lead: any_byte,
     },
     Spec {
         name: "private_key",
         kind: Kind::Secret,
         pattern: r"(?-u)-----BEGIN (?:[A-Z0-9]{1,10} ){0,3}PRIVATE KEY-----[A-Za-z0-9+/=:,\s-]{1,4096}?-----END (?:[A-Z0-9]{1,10} ){0,3}PRIVATE KEY-----",
         validator: Validator::None,
-        gate: NO_GATE,
+        trigger: Trigger::Anchors,
         anchors: &[("-----begin ", 0)],
+        lead: any_byte,
     },
     Spec {
         name: "bearer_token",
         kind: Kind::Secret,
         pattern: r"(?i-u)\bbearer\s{1,4}([A-Za-z0-9._~+/-]{16,1024}={0,2})",
         validator: Validator::None,
-        gate: NO_GATE,
+        trigger: Trigger::Anchors,
         anchors: &[("bearer", 0)],
+        lead: any_byte,
     },
     Spec {
         name: "password_in_url",
         kind: Kind::Secret,
         pattern: r"(?i-u)\b[a-z][a-z0-9+.-]{0,15}://[^\s:/@]{1,128}:([^\s/@]{1,128})@",
         validator: Validator::None,
-        gate: NO_GATE,
+        trigger: Trigger::Anchors,
         anchors: &[("://", 16)],
+        lead: scheme,
     },
     Spec {
         name: "generic_secret",
         kind: Kind::Secret,
         pattern: r#"(?i-u)\b[a-z0-9_.-]{0,40}(?:secret|token|passw(?:or)?d|passwd|pwd|api[_-]?key|access[_-]?key|private[_-]?key|credential)[a-z0-9_.-]{0,40}["']?\s{0,4}[:=]\s{0,4}["']?([A-Za-z0-9/+=_.@!#$%^&*~-]{12,256})"#,
         validator: Validator::Entropy,
-        gate: NO_GATE,
+        trigger: Trigger::Anchors,
         anchors: &[
             ("secret", 40),
             ("token", 40),
@@ -374,6 +442,7 @@ const SPECS: &[Spec] = &[
             ("key", 48),
             ("credential", 40),
         ],
+        lead: key_name,
     },
 ];
 
@@ -390,9 +459,12 @@ pub static CATALOGUE: LazyLock<Vec<Arc<Detector>>> = LazyLock::new(|| {
                     .size_limit(BUILTIN_SIZE_LIMIT)
                     .build()
                     .unwrap_or_else(|e| panic!("built-in detector {} compiles: {e}", spec.name)),
+                search: searcher(spec.pattern, BUILTIN_SIZE_LIMIT)
+                    .unwrap_or_else(|e| panic!("built-in detector {} compiles: {e}", spec.name)),
                 validator: spec.validator,
-                gate: spec.gate,
+                trigger: spec.trigger,
                 anchors: spec.anchors,
+                lead: spec.lead,
                 max_len: max_len(spec.pattern).expect("built-in detector patterns are bounded"),
             })
         })

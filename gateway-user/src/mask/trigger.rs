@@ -1,0 +1,518 @@
+//! Where a detector's matches can start, found without running its regex.
+//!
+//! Running every detector's regex over every byte caps masking at a few hundred MB/s, while
+//! most text holds no value at all. Every match of a detector contains its [`Trigger`]: one of
+//! its anchor literals, or a shape of digits and separators. One pass over a window finds the
+//! triggers (the anchors with a SIMD literal search over a lower-cased copy, the shapes with a
+//! scanner that skips eight bytes at a time where there is no digit, `:` or `-`), and each
+//! trigger becomes a span of positions where a match may start, with a bound on where such a
+//! match ends. The regex then runs only there.
+//!
+//! A span must hold the start of every match the trigger stands for; a span holding more is
+//! only slower. That keeps the findings exactly what a search of the whole window gives, which
+//! is what the streaming masker's chunking invariance rests on.
+
+use std::ops::Range;
+
+use aho_corasick::{AhoCorasick, packed};
+
+use super::detectors::{Detector, Trigger};
+
+/// Positions `lo..=hi` where a match of `detector` may start; every such match ends at or
+/// before `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub detector: usize,
+    pub lo: usize,
+    pub hi: usize,
+    pub end: usize,
+}
+
+/// The anchors of two bytes or more, longest first: a leftmost-first search then reports the
+/// longest anchor at a position, and every other anchor there is a prefix of it.
+#[derive(Debug)]
+enum Keywords {
+    /// Teddy (SIMD), when the CPU has it.
+    Packed(packed::Searcher),
+    Automaton(AhoCorasick),
+}
+
+impl Keywords {
+    fn new(keywords: &[&[u8]]) -> Self {
+        packed::Config::new()
+            .match_kind(packed::MatchKind::LeftmostFirst)
+            .builder()
+            .extend(keywords)
+            .build()
+            .map_or_else(
+                || {
+                    Self::Automaton(
+                        AhoCorasick::builder()
+                            .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+                            .build(keywords)
+                            .expect("anchor literals build an automaton"),
+                    )
+                },
+                Self::Packed,
+            )
+    }
+
+    /// The leftmost anchor at or after `at` (the longest one there): (position, pattern).
+    fn find(&self, hay: &[u8], at: usize) -> Option<(usize, usize)> {
+        match self {
+            Self::Packed(searcher) => searcher
+                .find_in(hay, aho_corasick::Span::from(at..hay.len()))
+                .map(|m| (m.start(), m.pattern().as_usize())),
+            Self::Automaton(automaton) => automaton
+                .find(aho_corasick::Input::new(hay).span(at..hay.len()))
+                .map(|m| (m.start(), m.pattern().as_usize())),
+        }
+    }
+}
+
+/// A masker's detectors grouped by trigger, built once with the masker.
+#[derive(Debug)]
+pub struct Triggers {
+    /// Anchors of two bytes or more, lower-case, searched in a lower-cased copy.
+    keywords: Option<Keywords>,
+    /// Pattern index of `keywords` → every (detector, most bytes before the anchor in a
+    /// match) whose anchor is that pattern or a prefix of it.
+    keyword_owners: Vec<Vec<(usize, usize)>>,
+    /// Each detector's longest match.
+    max_len: Vec<usize>,
+    /// Each detector's bytes between a match's start and its anchor.
+    lead: Vec<fn(u8) -> bool>,
+    /// One-byte anchors: (byte, detector, bytes before it).
+    single: Vec<(u8, usize, usize)>,
+    /// (detector, digits, dots) of `Trigger::Chain` detectors.
+    chains: Vec<(usize, usize, usize)>,
+    country: Vec<usize>,
+    hex_pairs: Vec<usize>,
+    hex_colons: Vec<usize>,
+    window: Vec<usize>,
+}
+
+impl Triggers {
+    pub fn new(detectors: &[std::sync::Arc<Detector>]) -> Self {
+        let mut keywords: Vec<(Vec<u8>, usize, usize)> = Vec::new();
+        let mut triggers = Self {
+            keywords: None,
+            keyword_owners: Vec::new(),
+            max_len: detectors.iter().map(|d| d.max_len).collect(),
+            lead: detectors.iter().map(|d| d.lead).collect(),
+            single: Vec::new(),
+            chains: Vec::new(),
+            country: Vec::new(),
+            hex_pairs: Vec::new(),
+            hex_colons: Vec::new(),
+            window: Vec::new(),
+        };
+        for (index, detector) in detectors.iter().enumerate() {
+            match detector.trigger {
+                Trigger::Anchors if detector.anchors.is_empty() => triggers.window.push(index),
+                Trigger::Anchors => {
+                    for &(anchor, before) in detector.anchors {
+                        let before = usize::from(before);
+                        match anchor.as_bytes() {
+                            &[byte] => {
+                                triggers
+                                    .single
+                                    .push((byte.to_ascii_lowercase(), index, before));
+                                if byte.is_ascii_alphabetic() {
+                                    triggers.single.push((
+                                        byte.to_ascii_uppercase(),
+                                        index,
+                                        before,
+                                    ));
+                                }
+                            }
+                            bytes => keywords.push((bytes.to_ascii_lowercase(), index, before)),
+                        }
+                    }
+                }
+                Trigger::Chain { digits, dots } => {
+                    triggers
+                        .chains
+                        .push((index, usize::from(digits), usize::from(dots)));
+                }
+                Trigger::CountryCode => triggers.country.push(index),
+                Trigger::HexPairs => triggers.hex_pairs.push(index),
+                Trigger::HexColons => triggers.hex_colons.push(index),
+                Trigger::Window => triggers.window.push(index),
+            }
+        }
+        // Case-sensitive over a lower-cased copy: that keeps the SIMD literal search, which
+        // ASCII case insensitivity gives up.
+        let mut patterns: Vec<&[u8]> = keywords.iter().map(|(k, ..)| k.as_slice()).collect();
+        patterns.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        patterns.dedup();
+        triggers.keyword_owners = patterns
+            .iter()
+            .map(|pattern| {
+                keywords
+                    .iter()
+                    .filter(|(k, ..)| pattern.starts_with(k))
+                    .map(|&(_, detector, before)| (detector, before))
+                    .collect()
+            })
+            .collect();
+        triggers.keywords = (!patterns.is_empty()).then(|| Keywords::new(&patterns));
+        triggers
+    }
+
+    fn shapes(&self) -> bool {
+        !(self.chains.is_empty()
+            && self.country.is_empty()
+            && self.hex_pairs.is_empty()
+            && self.hex_colons.is_empty())
+    }
+
+    /// Every span of `hay[from..]` where a match may start, grouped by detector in order of
+    /// position and merged; `by_detector[d]` is detector `d`'s part of the spans.
+    pub fn spans(&self, detectors: usize, hay: &[u8], from: usize) -> Spans {
+        let mut spans = Vec::new();
+        let window = &hay[from..];
+        if window.is_empty() {
+            return Spans::default();
+        }
+        let last = hay.len() - 1;
+        let mut anchored = |detector: usize, at: usize, before: usize| {
+            let limit = at.saturating_sub(before).max(from);
+            let lead = self.lead[detector];
+            let lo = at
+                - hay[limit..at]
+                    .iter()
+                    .rev()
+                    .take_while(|b| lead(**b))
+                    .count();
+            spans.push(Span {
+                detector,
+                lo,
+                hi: at,
+                end: (at + self.max_len[detector]).min(hay.len()),
+            });
+        };
+        if let Some(keywords) = &self.keywords {
+            let lower = window.to_ascii_lowercase();
+            let mut at = 0;
+            // Resuming one byte on finds anchors that overlap the one found.
+            while let Some((found, pattern)) = keywords.find(&lower, at) {
+                for &(detector, before) in &self.keyword_owners[pattern] {
+                    anchored(detector, from + found, before);
+                }
+                at = found + 1;
+            }
+        }
+        for &(byte, detector, before) in &self.single {
+            for at in memchr::memchr_iter(byte, window) {
+                anchored(detector, from + at, before);
+            }
+        }
+        for &detector in &self.window {
+            spans.push(Span {
+                detector,
+                lo: from,
+                hi: last,
+                end: hay.len(),
+            });
+        }
+        if self.shapes() {
+            self.scan_shapes(hay, from, &mut spans);
+        }
+        Spans::new(spans, detectors)
+    }
+
+    /// The shape triggers in one pass: digit chains, country codes, hex pairs, hex-colon runs.
+    /// Only digits, `:` and `-` need a look; eight bytes without any are skipped at once.
+    fn scan_shapes(&self, hay: &[u8], from: usize, spans: &mut Vec<Span>) {
+        let mut shapes = Shapes {
+            triggers: self,
+            hay,
+            from,
+            chain: None,
+            colons_seen: from,
+            spans,
+        };
+        let mut at = from;
+        while let Some(word) = hay.get(at..at + 8) {
+            let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+            if digit_colon_or_dash(word) {
+                for i in at..at + 8 {
+                    shapes.byte(i);
+                }
+            }
+            at += 8;
+        }
+        for i in at..hay.len() {
+            shapes.byte(i);
+        }
+        if let Some(done) = shapes.chain.take() {
+            shapes.chain_ended(done);
+        }
+    }
+}
+
+/// The state of one pass of [`Triggers::scan_shapes`].
+struct Shapes<'a> {
+    triggers: &'a Triggers,
+    hay: &'a [u8],
+    from: usize,
+    chain: Option<Chain>,
+    /// Colons before this belong to a hex-colon run already looked at.
+    colons_seen: usize,
+    spans: &'a mut Vec<Span>,
+}
+
+impl Shapes<'_> {
+    #[inline(always)]
+    fn byte(&mut self, at: usize) {
+        match self.hay[at] {
+            b'0'..=b'9' => {
+                if !self.extends_chain(at) {
+                    self.chain_starts(at);
+                }
+            }
+            b':' | b'-' => self.separator(at),
+            _ => {}
+        }
+    }
+
+    /// Whether the digit at `at` is the next of the chain: right after its last digit or after
+    /// one separator.
+    #[inline(always)]
+    fn extends_chain(&mut self, at: usize) -> bool {
+        let Some(c) = &mut self.chain else {
+            return false;
+        };
+        if c.last + 1 == at {
+            c.digits += 1;
+        } else if c.last + 2 == at && matches!(self.hay[at - 1], b' ' | b'.' | b'-') {
+            c.digits += 1;
+            c.dots += usize::from(self.hay[at - 1] == b'.');
+        } else {
+            return false;
+        }
+        c.last = at;
+        true
+    }
+
+    #[inline(never)]
+    fn chain_starts(&mut self, at: usize) {
+        let new = Chain {
+            start: at,
+            last: at,
+            digits: 1,
+            dots: 0,
+        };
+        if let Some(done) = self.chain.replace(new) {
+            self.chain_ended(done);
+        }
+        if country_code(self.hay, self.from, at) {
+            self.push(&self.triggers.country, at - 2, at - 2, None);
+        }
+    }
+
+    #[inline(never)]
+    fn separator(&mut self, at: usize) {
+        let (hay, from) = (self.hay, self.from);
+        if hex_pairs(hay, from, at) {
+            self.push(&self.triggers.hex_pairs, at - 2, at - 2, None);
+        }
+        if hay[at] == b':' && at >= self.colons_seen && !self.triggers.hex_colons.is_empty() {
+            let run = hex_colon_run(hay, from, at);
+            self.colons_seen = run.end;
+            if ipv6_shaped(&hay[run.clone()]) {
+                // An IPv6 address is made of the run's bytes only.
+                self.push(
+                    &self.triggers.hex_colons,
+                    run.start,
+                    run.end - 1,
+                    Some(run.end),
+                );
+            }
+        }
+    }
+
+    fn chain_ended(&mut self, chain: Chain) {
+        for &(detector, digits, dots) in &self.triggers.chains {
+            if chain.digits >= digits && chain.dots >= dots {
+                // A card number, SSN or IPv4 address is made of the chain's bytes only.
+                self.spans.push(Span {
+                    detector,
+                    lo: chain.start,
+                    hi: chain.last,
+                    end: chain.last + 1,
+                });
+            }
+        }
+    }
+
+    /// A span for each of `detectors`; without `end`, matches end within their longest
+    /// length.
+    fn push(&mut self, detectors: &[usize], lo: usize, hi: usize, end: Option<usize>) {
+        for &detector in detectors {
+            let end = end.unwrap_or((lo + self.triggers.max_len[detector]).min(self.hay.len()));
+            self.spans.push(Span {
+                detector,
+                lo,
+                hi,
+                end,
+            });
+        }
+    }
+}
+
+/// A digit chain being read.
+#[derive(Debug, Clone, Copy)]
+struct Chain {
+    start: usize,
+    /// The last digit.
+    last: usize,
+    digits: usize,
+    dots: usize,
+}
+
+/// The spans of one window, grouped by detector.
+#[derive(Debug, Default)]
+pub struct Spans {
+    spans: Vec<Span>,
+    by_detector: Vec<Range<usize>>,
+}
+
+impl Spans {
+    fn new(mut spans: Vec<Span>, detectors: usize) -> Self {
+        if spans.is_empty() {
+            return Self::default();
+        }
+        spans.sort_unstable_by_key(|s| (s.detector, s.lo));
+        let mut merged: Vec<Span> = Vec::with_capacity(spans.len());
+        for span in spans {
+            match merged.last_mut() {
+                Some(last) if last.detector == span.detector && span.lo <= last.hi + 1 => {
+                    last.hi = last.hi.max(span.hi);
+                    last.end = last.end.max(span.end);
+                }
+                _ => merged.push(span),
+            }
+        }
+        let mut by_detector = vec![0..0; detectors];
+        let mut start = 0;
+        while start < merged.len() {
+            let detector = merged[start].detector;
+            let end = start
+                + merged[start..]
+                    .iter()
+                    .take_while(|s| s.detector == detector)
+                    .count();
+            by_detector[detector] = start..end;
+            start = end;
+        }
+        Self {
+            spans: merged,
+            by_detector,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Detector `detector`'s spans, in order of position.
+    pub fn of(&self, detector: usize) -> &[Span] {
+        self.by_detector
+            .get(detector)
+            .map_or(&[], |range| &self.spans[range.clone()])
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether one of the eight bytes of `word` is an ASCII digit, `:` or `-` (bit tricks: each
+/// byte lane is tested at once, without a branch per byte).
+fn digit_colon_or_dash(word: u64) -> bool {
+    // A byte in 0x30..=0x3A ('0'..='9' and ':'): strictly between 0x2F and 0x3B.
+    let low7 = word & (ONES * 0x7F);
+    let between = (ONES * (127 + 0x3B)).wrapping_sub(low7) & !word & (low7 + ONES * (127 - 0x2F));
+    // A zero byte after XOR with '-'.
+    let dashes = word ^ (ONES * u64::from(b'-'));
+    let dash = dashes.wrapping_sub(ONES) & !dashes;
+    (between | dash) & HIGHS != 0
+}
+
+fn is_word(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_'
+}
+
+/// Whether a word starts two bytes before `at`: a word boundary, then two capitals, then the
+/// digit at `at` and another.
+fn country_code(hay: &[u8], from: usize, at: usize) -> bool {
+    at >= from + 2
+        && hay[at - 2].is_ascii_uppercase()
+        && hay[at - 1].is_ascii_uppercase()
+        && hay.get(at + 1).is_some_and(u8::is_ascii_digit)
+        && (at == 2 || !is_word(hay[at - 3]))
+}
+
+/// Whether the separator at `at` is the first of a MAC address: a hex pair starting a word
+/// before it, a hex pair after it and another separator.
+fn hex_pairs(hay: &[u8], from: usize, at: usize) -> bool {
+    at >= from + 2
+        && hay.len() > at + 3
+        && hay[at - 2].is_ascii_hexdigit()
+        && hay[at - 1].is_ascii_hexdigit()
+        && hay[at + 1].is_ascii_hexdigit()
+        && hay[at + 2].is_ascii_hexdigit()
+        && matches!(hay[at + 3], b':' | b'-')
+        && (at == 2 || !is_word(hay[at - 3]))
+}
+
+/// The run of hex digits and colons around the colon at `at`, not before `from`.
+fn hex_colon_run(hay: &[u8], from: usize, at: usize) -> Range<usize> {
+    let part = |b: &u8| b.is_ascii_hexdigit() || *b == b':';
+    let start = at - hay[from..at].iter().rev().take_while(|b| part(b)).count();
+    let end = at + hay[at..].iter().take_while(|b| part(b)).count();
+    start..end
+}
+
+/// Whether a run of hex digits and colons can hold an IPv6 address that parses: without a
+/// dotted tail, one has `::` or eight groups (seven colons).
+fn ipv6_shaped(run: &[u8]) -> bool {
+    memchr::memmem::find(run, b"::").is_some() || memchr::memchr_iter(b':', run).count() >= 7
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digit_colon_or_dash_is_exact() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let want = state
+                .to_le_bytes()
+                .iter()
+                .any(|b| b.is_ascii_digit() || *b == b':' || *b == b'-');
+            assert_eq!(digit_colon_or_dash(state), want, "{state:#x}");
+        }
+        for byte in 0..=255u8 {
+            let word = u64::from_le_bytes([b'a', b'b', byte, b'c', 0xFF, 0x80, b' ', b'z']);
+            let want = byte.is_ascii_digit() || byte == b':' || byte == b'-';
+            assert_eq!(digit_colon_or_dash(word), want, "{byte:#x}");
+        }
+    }
+
+    #[test]
+    fn shapes() {
+        assert!(ipv6_shaped(b"fe80::1"));
+        assert!(ipv6_shaped(b"2001:db8:85a3:0:0:8a2e:370:7334"));
+        assert!(!ipv6_shaped(b"10:42:17"));
+        assert!(hex_pairs(b" 00:1a:2b:3c:4d:5e", 0, 3));
+        assert!(!hex_pairs(b"x00:1a:2b:3c:4d:5e", 0, 3));
+        assert!(country_code(b"to GB82 WEST", 0, 5));
+        assert!(!country_code(b"toGB82 WEST", 0, 4));
+    }
+}
