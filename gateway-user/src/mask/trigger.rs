@@ -18,6 +18,11 @@ use aho_corasick::{AhoCorasick, packed};
 
 use super::detectors::{Detector, Trigger};
 
+thread_local! {
+    /// The lower-cased copy of a window the anchors are searched in, reused.
+    static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Positions `lo..=hi` where a match of `detector` may start; every such match ends at or
 /// before `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +91,8 @@ pub struct Triggers {
     single: Vec<(u8, usize, usize)>,
     /// (detector, digits, dots) of `Trigger::Chain` detectors.
     chains: Vec<(usize, usize, usize)>,
+    /// The fewest digits any of `chains` needs.
+    chain_digits: usize,
     country: Vec<usize>,
     hex_pairs: Vec<usize>,
     hex_colons: Vec<usize>,
@@ -102,6 +109,7 @@ impl Triggers {
             lead: detectors.iter().map(|d| d.lead).collect(),
             single: Vec::new(),
             chains: Vec::new(),
+            chain_digits: usize::MAX,
             country: Vec::new(),
             hex_pairs: Vec::new(),
             hex_colons: Vec::new(),
@@ -131,9 +139,9 @@ impl Triggers {
                     }
                 }
                 Trigger::Chain { digits, dots } => {
-                    triggers
-                        .chains
-                        .push((index, usize::from(digits), usize::from(dots)));
+                    let digits = usize::from(digits);
+                    triggers.chains.push((index, digits, usize::from(dots)));
+                    triggers.chain_digits = triggers.chain_digits.min(digits);
                 }
                 Trigger::CountryCode => triggers.country.push(index),
                 Trigger::HexPairs => triggers.hex_pairs.push(index),
@@ -193,15 +201,22 @@ impl Triggers {
             });
         };
         if let Some(keywords) = &self.keywords {
-            let lower = window.to_ascii_lowercase();
-            let mut at = 0;
-            // Resuming one byte on finds anchors that overlap the one found.
-            while let Some((found, pattern)) = keywords.find(&lower, at) {
-                for &(detector, before) in &self.keyword_owners[pattern] {
-                    anchored(detector, from + found, before);
+            LOWER.with_borrow_mut(|lower| {
+                lower.clear();
+                lower.extend(window.iter().map(u8::to_ascii_lowercase));
+                let mut at = 0;
+                // Resuming one byte on finds anchors that overlap the one found.
+                while let Some((found, pattern)) = keywords.find(lower, at) {
+                    for &(detector, before) in &self.keyword_owners[pattern] {
+                        anchored(detector, from + found, before);
+                    }
+                    at = found + 1;
                 }
-                at = found + 1;
-            }
+                // A window of a large body does not keep its copy around.
+                if lower.capacity() > 64 << 10 {
+                    *lower = Vec::new();
+                }
+            });
         }
         for &(byte, detector, before) in &self.single {
             for at in memchr::memchr_iter(byte, window) {
@@ -229,25 +244,26 @@ impl Triggers {
             triggers: self,
             hay,
             from,
-            chain: None,
+            chain: Chain::default(),
             colons_seen: from,
             spans,
         };
         let mut at = from;
         while let Some(word) = hay.get(at..at + 8) {
             let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-            if digit_colon_or_dash(word) {
-                for i in at..at + 8 {
-                    shapes.byte(i);
-                }
+            // Visit only the flagged bytes (a flag may be false, never missing).
+            let mut flags = digit_colon_or_dash(word);
+            while flags != 0 {
+                shapes.byte(at + flags.trailing_zeros() as usize / 8);
+                flags &= flags - 1;
             }
             at += 8;
         }
         for i in at..hay.len() {
             shapes.byte(i);
         }
-        if let Some(done) = shapes.chain.take() {
-            shapes.chain_ended(done);
+        if shapes.chain.digits >= self.chain_digits {
+            shapes.chain_ended();
         }
     }
 }
@@ -257,7 +273,8 @@ struct Shapes<'a> {
     triggers: &'a Triggers,
     hay: &'a [u8],
     from: usize,
-    chain: Option<Chain>,
+    /// The digit chain being read (none yet: no digits).
+    chain: Chain,
     /// Colons before this belong to a hex-colon run already looked at.
     colons_seen: usize,
     spans: &'a mut Vec<Span>,
@@ -281,9 +298,10 @@ impl Shapes<'_> {
     /// one separator.
     #[inline(always)]
     fn extends_chain(&mut self, at: usize) -> bool {
-        let Some(c) = &mut self.chain else {
+        let c = &mut self.chain;
+        if c.digits == 0 {
             return false;
-        };
+        }
         if c.last + 1 == at {
             c.digits += 1;
         } else if c.last + 2 == at && matches!(self.hay[at - 1], b' ' | b'.' | b'-') {
@@ -296,17 +314,22 @@ impl Shapes<'_> {
         true
     }
 
-    #[inline(never)]
+    #[inline(always)]
     fn chain_starts(&mut self, at: usize) {
-        let new = Chain {
-            start: at,
-            last: at,
-            digits: 1,
-            dots: 0,
-        };
-        if let Some(done) = self.chain.replace(new) {
-            self.chain_ended(done);
+        if self.chain.digits >= self.triggers.chain_digits {
+            self.chain_ended();
         }
+        self.chain.start = at;
+        self.chain.last = at;
+        self.chain.digits = 1;
+        self.chain.dots = 0;
+        if at >= self.from + 2 && self.hay[at - 1].is_ascii_uppercase() {
+            self.country_code(at);
+        }
+    }
+
+    #[inline(never)]
+    fn country_code(&mut self, at: usize) {
         if country_code(self.hay, self.from, at) {
             self.push(&self.triggers.country, at - 2, at - 2, None);
         }
@@ -333,7 +356,9 @@ impl Shapes<'_> {
         }
     }
 
-    fn chain_ended(&mut self, chain: Chain) {
+    #[inline(never)]
+    fn chain_ended(&mut self) {
+        let chain = self.chain;
         for &(detector, digits, dots) in &self.triggers.chains {
             if chain.digits >= digits && chain.dots >= dots {
                 // A card number, SSN or IPv4 address is made of the chain's bytes only.
@@ -363,7 +388,7 @@ impl Shapes<'_> {
 }
 
 /// A digit chain being read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Chain {
     start: usize,
     /// The last digit.
@@ -428,16 +453,17 @@ impl Spans {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether one of the eight bytes of `word` is an ASCII digit, `:` or `-` (bit tricks: each
-/// byte lane is tested at once, without a branch per byte).
-fn digit_colon_or_dash(word: u64) -> bool {
+/// The high bit of each byte of `word` that is an ASCII digit, `:` or `-` (bit tricks: all
+/// eight lanes at once, without a branch). A byte above a `-` may be flagged too; a byte that
+/// qualifies is never missed.
+fn digit_colon_or_dash(word: u64) -> u64 {
     // A byte in 0x30..=0x3A ('0'..='9' and ':'): strictly between 0x2F and 0x3B.
     let low7 = word & (ONES * 0x7F);
     let between = (ONES * (127 + 0x3B)).wrapping_sub(low7) & !word & (low7 + ONES * (127 - 0x2F));
     // A zero byte after XOR with '-'.
     let dashes = word ^ (ONES * u64::from(b'-'));
     let dash = dashes.wrapping_sub(ONES) & !dashes;
-    (between | dash) & HIGHS != 0
+    (between | dash) & HIGHS
 }
 
 fn is_word(byte: u8) -> bool {
@@ -478,12 +504,124 @@ fn hex_colon_run(hay: &[u8], from: usize, at: usize) -> Range<usize> {
 /// Whether a run of hex digits and colons can hold an IPv6 address that parses: without a
 /// dotted tail, one has `::` or eight groups (seven colons).
 fn ipv6_shaped(run: &[u8]) -> bool {
-    memchr::memmem::find(run, b"::").is_some() || memchr::memchr_iter(b':', run).count() >= 7
+    run.windows(2).any(|pair| pair == b"::") || run.iter().filter(|b| **b == b':').count() >= 7
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::mask::{Masker, Strategy, detectors};
+
+    /// Pieces of values, near-values and the shapes the triggers look for.
+    const PIECES: &[&str] = &[
+        "0",
+        "1",
+        "7",
+        "12",
+        "4111",
+        "1111 ",
+        "-",
+        " ",
+        ".",
+        ":",
+        "::",
+        "a",
+        "f",
+        "Z",
+        "GB",
+        "82",
+        "AB",
+        "_",
+        "=",
+        "\"",
+        "'",
+        "\n",
+        "key",
+        "Key=",
+        "token: ",
+        "secret=",
+        "@",
+        "bob",
+        "example.com",
+        "+1",
+        "+44 ",
+        "phone ",
+        "call ",
+        "tel:",
+        "sk-",
+        "sk-ant-api03-",
+        "ghp_",
+        "github_pat_",
+        "AKIA",
+        "ABCDEFGHIJKLMNOP",
+        "aws",
+        "bearer ",
+        "eyJ",
+        "eyJhbGciOiJIUzI1NiJ9",
+        "://",
+        "postgres://",
+        "u:p@",
+        "xoxb-",
+        "sk_live_",
+        "-----BEGIN ",
+        "PRIVATE KEY-----",
+        "-----END ",
+        "é",
+        "9f1c2e7a",
+        "fe80",
+        "1.2.3.4",
+        "10.20.30.",
+        "00:1a:2b:3c:4d:5e",
+        "ab-cd-ef-",
+        "219-09-9998",
+        "v1.",
+        "qwertyuiopASDFGHJK1234567890",
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "GB82 WEST 1234 5698 7654 32",
+        "bob@example.com",
+        "+1 415 555 0134",
+        "call me at (415) 555-0134",
+        "10.20.30.40",
+        "fe80::1",
+        "2001:db8::8a2e:370:7334",
+        "AKIAIOSFODNN7EXAMPLE",
+        "api_key = 'q8Zr3kP0vX7mW2tL'",
+    ];
+
+    /// The catalogue with every trigger replaced by the whole window.
+    fn untriggered() -> Masker {
+        let all = detectors::CATALOGUE
+            .iter()
+            .map(|d| {
+                let mut plain = Detector::custom(&d.name, d.regex.clone(), d.validator)
+                    .expect("built-in patterns are bounded");
+                plain.trigger = Trigger::Window;
+                Arc::new(plain)
+            })
+            .collect();
+        Masker::new(all, Strategy::Redact, Vec::new())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The spans never lose a match: the findings are those of every regex run over the
+        /// whole text.
+        #[test]
+        fn triggers_find_what_whole_text_search_finds(
+            pieces in proptest::collection::vec(proptest::sample::select(PIECES), 0..60)
+        ) {
+            static PLAIN: std::sync::LazyLock<Masker> = std::sync::LazyLock::new(untriggered);
+            let triggered = Masker::new(detectors::CATALOGUE.clone(), Strategy::Redact, Vec::new());
+            let text = pieces.concat();
+            prop_assert_eq!(triggered.find(text.as_bytes()), PLAIN.find(text.as_bytes()));
+        }
+    }
 
     #[test]
     fn digit_colon_or_dash_is_exact() {
@@ -496,12 +634,18 @@ mod tests {
                 .to_le_bytes()
                 .iter()
                 .any(|b| b.is_ascii_digit() || *b == b':' || *b == b'-');
-            assert_eq!(digit_colon_or_dash(state), want, "{state:#x}");
+            assert_eq!(digit_colon_or_dash(state) != 0, want, "{state:#x}");
+            // Every qualifying byte is flagged.
+            for (i, b) in state.to_le_bytes().iter().enumerate() {
+                if b.is_ascii_digit() || *b == b':' || *b == b'-' {
+                    assert_ne!(digit_colon_or_dash(state) & (0x80 << (8 * i)), 0);
+                }
+            }
         }
         for byte in 0..=255u8 {
             let word = u64::from_le_bytes([b'a', b'b', byte, b'c', 0xFF, 0x80, b' ', b'z']);
             let want = byte.is_ascii_digit() || byte == b':' || byte == b'-';
-            assert_eq!(digit_colon_or_dash(word), want, "{byte:#x}");
+            assert_eq!(digit_colon_or_dash(word) != 0, want, "{byte:#x}");
         }
     }
 
