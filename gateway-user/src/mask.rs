@@ -744,6 +744,9 @@ pub fn mask_body(
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|b| matches!(b, b'{' | b'['));
     if json_type || looks_json {
+        if let Some(masked) = mask_json_in_place(steps, body, ctx) {
+            return masked;
+        }
         match serde_json::from_slice::<Value>(body) {
             Ok(mut value) => {
                 let before: u64 = ctx.counts.values().sum();
@@ -770,6 +773,75 @@ pub fn mask_body(
     let mut out = text.push(body, ctx);
     out.extend(text.finish(ctx));
     (out != body).then_some(out)
+}
+
+/// [`mask_body`] for a JSON body when every step masks without `json_paths`: each string
+/// value is masked where it stands, and the rest of the document (keys, numbers, layout) is
+/// copied as it came, without building a tree. `None` when this does not apply (other steps,
+/// or a body that is not valid JSON); `Some(None)` when nothing changed.
+#[expect(
+    clippy::option_option,
+    reason = "\"not applicable\" differs from \"unchanged\""
+)]
+fn mask_json_in_place(
+    steps: &[stream::Step],
+    body: &[u8],
+    ctx: &mut MaskContext,
+) -> Option<Option<Vec<u8>>> {
+    let maskers: Vec<&Masker> = steps
+        .iter()
+        .map(|step| match step {
+            stream::Step::Mask(masker) if masker.json_paths.is_empty() => Some(&**masker),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).ok()?;
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut at = 0;
+    // In a valid document every `"` outside a string opens one.
+    while let Some(found) = memchr::memchr(b'"', &body[at..]) {
+        let open = at + found;
+        let mut close = open + 1;
+        let mut escaped = false;
+        loop {
+            close += memchr::memchr2(b'"', b'\\', &body[close..])?;
+            if body[close] == b'"' {
+                break;
+            }
+            escaped = true;
+            close += 2;
+        }
+        at = close + 1;
+        let is_key = body[at..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b':');
+        if is_key {
+            continue;
+        }
+        let original: Cow<'_, str> = if escaped {
+            Cow::Owned(serde_json::from_slice(&body[open..at]).ok()?)
+        } else {
+            Cow::Borrowed(std::str::from_utf8(&body[open + 1..close]).ok()?)
+        };
+        let mut text = original.clone();
+        for masker in &maskers {
+            if let Cow::Owned(masked) = masker.mask_text(&text, ctx) {
+                text = Cow::Owned(masked);
+            }
+        }
+        if text != original {
+            let out = out.get_or_insert_with(|| Vec::with_capacity(body.len() + 64));
+            out.extend_from_slice(&body[copied..open]);
+            serde_json::to_writer(&mut *out, &*text).ok()?;
+            copied = at;
+        }
+    }
+    Some(out.map(|mut out| {
+        out.extend_from_slice(&body[copied..]);
+        out
+    }))
 }
 
 /// `application/json`, `application/problem+json`, `text/json`, …
@@ -826,6 +898,36 @@ mod tests {
         let value: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["user"], "a@b.io");
         assert_eq!(value["messages"][0]["content"], "to \"*********.com\"");
+    }
+
+    #[test]
+    fn json_masked_in_place_equals_the_tree_walk() {
+        let m = Arc::new(masker(&["pii", "secrets"], Strategy::Redact, &[]));
+        let steps = [stream::Step::Mask(Arc::clone(&m))];
+        let body = br#"{ "a@b.io" : "mail \"x@example.com\"\n",
+            "n": [1.50, -2e3, true, null, "card 4111 1111 1111 1111", {"k": "\u0041KIAIOSFODNN7EXAMPLE"}],
+            "plain": "nothing here", "esc": "tab\tonly" }"#;
+        let out = mask_body(&steps, Some("application/json"), body, &mut ctx()).unwrap();
+        let text = String::from_utf8(out.clone()).unwrap();
+        // Keys, numbers and layout stay as they came; only masked strings are rewritten.
+        assert!(text.starts_with(r#"{ "a@b.io" : "mail \"[REDACTED:EMAIL]\"\n","#));
+        assert!(text.contains("[1.50, -2e3, true, null,"));
+        assert!(text.contains(r#""plain": "nothing here", "esc": "tab\tonly" }"#));
+        // The same values as masking the parsed tree.
+        let mut tree: Value = serde_json::from_slice(body).unwrap();
+        m.mask_json(&mut tree, &mut ctx());
+        assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), tree);
+        // Unchanged: nothing to write. Not JSON: masked as text.
+        assert!(mask_body(&steps, Some("application/json"), br#"{"a": 1}"#, &mut ctx()).is_none());
+        let mut c = ctx();
+        let out = mask_body(
+            &steps,
+            Some("application/json"),
+            b"{\"a\": \"b@c.io",
+            &mut c,
+        );
+        assert_eq!(out.unwrap(), b"{\"a\": \"[REDACTED:EMAIL]");
+        assert!(c.notes.contains("json body did not parse: masked as text"));
     }
 
     #[test]
