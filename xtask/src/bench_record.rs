@@ -63,6 +63,10 @@ impl Drop for RemoveDir {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the two parts and their report, in order"
+)]
 pub fn run(args: &[String]) -> Result<()> {
     let mut store_only = false;
     let mut seeded = None;
