@@ -287,7 +287,8 @@ impl Shapes<'_> {
     )]
     #[inline(always)]
     fn byte(&mut self, at: usize) {
-        match self.hay[at] {
+        let byte = self.hay[at];
+        match byte {
             b'0'..=b'9' if !self.extends_chain(at) => self.chain_starts(at),
             b':' | b'-' => self.separator(at),
             _ => {}
