@@ -107,10 +107,16 @@ struct Naive {
 impl Naive {
     fn new() -> Self {
         let all: Vec<_> = detectors::CATALOGUE.iter().collect();
-        let set = RegexSet::new(all.iter().map(|d| d.regex.as_str())).expect("set");
+        let set = RegexSet::new(all.iter().map(|d| &d.pattern)).expect("set");
         let each = all
             .iter()
-            .map(|d| (d.regex.clone(), d.validator, d.label.clone()))
+            .map(|d| {
+                let regex = regex::bytes::RegexBuilder::new(&d.pattern)
+                    .size_limit(4 << 20)
+                    .build()
+                    .expect("built-in patterns compile");
+                (regex, d.validator, d.label.clone())
+            })
             .collect();
         Self { set, each }
     }

@@ -165,6 +165,45 @@ struct Scratch {
     captures: regex_automata::util::captures::Captures,
 }
 
+impl Detector {
+    /// The leftmost match starting in `at..=span.hi`, if there is one, as (whole match,
+    /// value). The search stops at `span.end`, which no match starting there passes, while
+    /// look-around (`\b`) still sees the bytes beyond: it finds what a search of all of `hay`
+    /// would. With one start left, it is anchored there.
+    fn find(
+        &self,
+        hay: &[u8],
+        at: usize,
+        span: &trigger::Span,
+        scratch: &mut Scratch,
+    ) -> Option<((usize, usize), (usize, usize))> {
+        use regex_automata::{Anchored, Input};
+        let anchored = if at == span.hi {
+            Anchored::Yes
+        } else {
+            Anchored::No
+        };
+        let input = Input::new(hay)
+            .span(at..span.end.max(at))
+            .anchored(anchored);
+        // Capture groups cost a slower engine: only detectors with context ask for them.
+        if self.search.captures_len() > 1 {
+            let captures = &mut scratch.captures;
+            self.search
+                .search_captures_with(&mut scratch.cache, &input, captures);
+            let whole = captures.get_match()?;
+            let value = (1..captures.group_len())
+                .rev()
+                .find_map(|g| captures.get_group(g))
+                .unwrap_or(whole.span());
+            Some(((whole.start(), whole.end()), (value.start, value.end)))
+        } else {
+            let whole = self.search.search_with(&mut scratch.cache, &input)?;
+            Some(((whole.start(), whole.end()), (whole.start(), whole.end())))
+        }
+    }
+}
+
 /// A value found in a text: the value's byte range (what is replaced; context such as
 /// `Bearer ` is not part of it) and the detector index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -390,6 +429,7 @@ impl Masker {
         from: usize,
         spans: &[trigger::Span],
         cursor: &mut usize,
+        scratch: &mut Scratch,
     ) -> Option<Candidate> {
         let detector = &self.detectors[index];
         while let Some(span) = spans.get(*cursor) {
@@ -399,7 +439,7 @@ impl Masker {
             }
             let mut at = span.lo.max(from);
             while at <= span.hi {
-                let Some((whole, value)) = self.search(index, hay, at, span) else {
+                let Some((whole, value)) = detector.find(hay, at, span, scratch) else {
                     break;
                 };
                 if whole.0 > span.hi {
@@ -419,44 +459,6 @@ impl Masker {
             *cursor += 1;
         }
         None
-    }
-
-    /// The leftmost match of detector `index` starting in `at..=span.hi`, if there is one, as
-    /// (whole match, value). The search stops at `span.end`, which no match starting there
-    /// passes, while look-around (`\b`) still sees the bytes beyond: it finds what a search
-    /// of all of `hay` would. With one start left, it is anchored there.
-    fn search(
-        &self,
-        index: usize,
-        hay: &[u8],
-        at: usize,
-        span: &trigger::Span,
-    ) -> Option<((usize, usize), (usize, usize))> {
-        use regex_automata::{Anchored, Input};
-        let regex = &self.detectors[index].search;
-        let anchored = if at == span.hi {
-            Anchored::Yes
-        } else {
-            Anchored::No
-        };
-        let input = Input::new(hay)
-            .span(at..span.end.max(at))
-            .anchored(anchored);
-        let mut searches = self.local().searches.borrow_mut();
-        let scratch = &mut searches[index];
-        // Capture groups cost a slower engine: only detectors with context ask for them.
-        if regex.captures_len() > 1 {
-            regex.search_captures_with(&mut scratch.cache, &input, &mut scratch.captures);
-            let whole = scratch.captures.get_match()?;
-            let value = (1..scratch.captures.group_len())
-                .rev()
-                .find_map(|g| scratch.captures.get_group(g))
-                .unwrap_or(whole.span());
-            Some(((whole.start(), whole.end()), (value.start, value.end)))
-        } else {
-            let whole = regex.search_with(&mut scratch.cache, &input)?;
-            Some(((whole.start(), whole.end()), (whole.start(), whole.end())))
-        }
     }
 
     /// Scans `hay[from..]` and reports each finding whose match starts before `settle`:
@@ -480,6 +482,7 @@ impl Masker {
         }
         let mut cache: Vec<Option<Option<Candidate>>> = vec![None; self.detectors.len()];
         let mut cursors = vec![0; self.detectors.len()];
+        let mut scratch = self.local().searches.borrow_mut();
         let mut pos = from;
         loop {
             let mut best: Option<(usize, Candidate)> = None;
@@ -494,7 +497,14 @@ impl Masker {
                     Some(None) => false,
                 };
                 if stale {
-                    *slot = Some(self.candidate(index, hay, pos, mine, &mut cursors[index]));
+                    *slot = Some(self.candidate(
+                        index,
+                        hay,
+                        pos,
+                        mine,
+                        &mut cursors[index],
+                        &mut scratch[index],
+                    ));
                 }
                 if let Some(Some(c)) = slot {
                     let better = best.is_none_or(|(_, b)| {
@@ -825,13 +835,15 @@ fn mask_json_in_place(
         } else {
             Cow::Borrowed(std::str::from_utf8(&body[open + 1..close]).ok()?)
         };
-        let mut text = original.clone();
+        let mut text = original;
+        let mut changed = false;
         for masker in &maskers {
             if let Cow::Owned(masked) = masker.mask_text(&text, ctx) {
                 text = Cow::Owned(masked);
+                changed = true;
             }
         }
-        if text != original {
+        if changed {
             let out = out.get_or_insert_with(|| Vec::with_capacity(body.len() + 64));
             out.extend_from_slice(&body[copied..open]);
             serde_json::to_writer(&mut *out, &*text).ok()?;

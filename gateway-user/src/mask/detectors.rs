@@ -10,8 +10,6 @@
 
 use std::sync::{Arc, LazyLock};
 
-use regex::bytes::Regex;
-
 /// What a detector finds: personal data or a secret (the `pii` and `secrets` groups).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -121,9 +119,10 @@ pub struct Detector {
     pub kind: Kind,
     /// The value masked is the last capture group that took part in the match, or the whole
     /// match when the pattern has no group (context like `Bearer ` stays).
-    pub regex: Regex,
-    /// The same pattern on the engine under `regex`: searches bounded to a span and anchored
-    /// at a position, with each thread's own scratch space (see `Masker::scan`).
+    pub pattern: String,
+    /// `pattern` compiled as `regex::bytes::Regex` compiles it, on the engine under `regex`:
+    /// searches bounded to a span and anchored at a position, with each thread's own scratch
+    /// space (see `Masker::scan`).
     pub search: regex_automata::meta::Regex,
     pub validator: Validator,
     pub trigger: Trigger,
@@ -140,19 +139,19 @@ pub struct Detector {
 }
 
 impl Detector {
-    /// A custom detector from a policy's `[[detector]]`; the pattern must have a bounded
-    /// match length (`{m,n}` rather than `+` or `*`), returned as the error otherwise.
-    pub fn custom(name: &str, regex: Regex, validator: Validator) -> Result<Self, String> {
-        let max_len = max_len(regex.as_str()).ok_or_else(|| {
-            "the pattern's matches have no length bound; streaming masking needs one".to_string()
-        })?;
-        let search = searcher(regex.as_str(), REGEX_SIZE_LIMIT)?;
+    /// A custom detector from a policy's `[[detector]]`: `pattern` must compile within
+    /// [`REGEX_SIZE_LIMIT`] and have a bounded match length (`{m,n}` rather than `+` or `*`).
+    pub fn custom(name: &str, pattern: &str, validator: Validator) -> Result<Self, CustomError> {
+        let search = searcher(pattern, REGEX_SIZE_LIMIT).map_err(CustomError::Regex)?;
+        let max_len = max_len(pattern)
+            .filter(|len| *len <= MAX_MATCH_LEN)
+            .ok_or(CustomError::Unbounded)?;
         Ok(Self {
             name: name.to_string(),
             label: label_of(name),
             kind: Kind::Pii,
             search,
-            regex,
+            pattern: pattern.to_string(),
             validator,
             trigger: Trigger::Window,
             anchors: &[],
@@ -160,6 +159,15 @@ impl Detector {
             max_len,
         })
     }
+}
+
+/// Why a custom detector was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomError {
+    /// The pattern does not compile (syntax, or over the size limit).
+    Regex(String),
+    /// Its matches have no length bound, or one over [`MAX_MATCH_LEN`].
+    Unbounded,
 }
 
 /// `pattern` compiled as `regex::bytes::Regex` compiles it (leftmost-first, any bytes).
@@ -455,10 +463,7 @@ pub static CATALOGUE: LazyLock<Vec<Arc<Detector>>> = LazyLock::new(|| {
                 name: spec.name.to_string(),
                 label: label_of(spec.name),
                 kind: spec.kind,
-                regex: regex::bytes::RegexBuilder::new(spec.pattern)
-                    .size_limit(BUILTIN_SIZE_LIMIT)
-                    .build()
-                    .unwrap_or_else(|e| panic!("built-in detector {} compiles: {e}", spec.name)),
+                pattern: spec.pattern.to_string(),
                 search: searcher(spec.pattern, BUILTIN_SIZE_LIMIT)
                     .unwrap_or_else(|e| panic!("built-in detector {} compiles: {e}", spec.name)),
                 validator: spec.validator,

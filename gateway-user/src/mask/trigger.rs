@@ -607,7 +607,7 @@ mod tests {
         let all = detectors::CATALOGUE
             .iter()
             .map(|d| {
-                let mut plain = Detector::custom(&d.name, d.regex.clone(), d.validator)
+                let mut plain = Detector::custom(&d.name, &d.pattern, d.validator)
                     .expect("built-in patterns are bounded");
                 plain.trigger = Trigger::Window;
                 Arc::new(plain)

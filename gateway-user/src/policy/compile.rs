@@ -755,9 +755,13 @@ impl Compiler<'_> {
                 }
             }
         };
-        match Detector::custom(name, regex, validator) {
-            Ok(detector) if detector.max_len <= detectors::MAX_MATCH_LEN => Some(detector),
-            Ok(_) | Err(_) => {
+        match Detector::custom(name, regex.as_str(), validator) {
+            Ok(detector) => Some(detector),
+            Err(detectors::CustomError::Regex(error)) => {
+                self.error(&def.regex, format!("invalid regex: {error}"), None);
+                None
+            }
+            Err(detectors::CustomError::Unbounded) => {
                 self.error(
                     &def.regex,
                     format!(
