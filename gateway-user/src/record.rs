@@ -126,7 +126,7 @@ impl Chain {
                 })
                 .collect();
             let mut late = 0;
-            let batch = chain.prepare(writes, &mut late);
+            let batch = Arc::new(chain.prepare(writes, &mut late));
             store.apply(&batch).await?;
             chain.anchor_head(&batch);
         }
@@ -327,7 +327,7 @@ async fn write_loop(
         }
         let received = writes.len();
         let mut late = 0;
-        let batch = chain.prepare(std::mem::take(&mut writes), &mut late);
+        let batch = Arc::new(chain.prepare(std::mem::take(&mut writes), &mut late));
         stats.late_events.fetch_add(late, Ordering::Relaxed);
         let mut backoff = Duration::from_millis(50);
         while !batch.is_empty() {

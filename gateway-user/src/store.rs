@@ -6,8 +6,9 @@
 //! [`bulk`] on `SQLite`.
 
 mod bulk;
+mod write;
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use futures_util::TryStreamExt as _;
 use sqlx::{
@@ -39,6 +40,8 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("store read failed: {0}")]
     Read(#[from] rusqlite::Error),
+    #[error("store write failed: {0}")]
+    Write(String),
     #[error("stored session {0} is corrupt: {1}")]
     Corrupt(String, String),
 }
@@ -110,6 +113,8 @@ pub struct Store {
     backend: Backend,
     /// The database file of a `SQLite` store, for bulk reads ([`bulk`]).
     sqlite_path: Option<PathBuf>,
+    /// The recorder's connection to a `SQLite` store ([`write`]).
+    writer: Option<write::Writer>,
 }
 
 /// SQL text with the backend's placeholders, built alongside its bound values.
@@ -122,12 +127,40 @@ struct Sql<'a> {
 enum Bind<'a> {
     Text(std::borrow::Cow<'a, str>),
     Int(i64),
+    Null,
 }
 
 impl<'a> Bind<'a> {
     fn text(text: &'a str) -> Self {
         Self::Text(std::borrow::Cow::Borrowed(text))
     }
+
+    fn opt_text(text: Option<&'a str>) -> Self {
+        text.map_or(Self::Null, Self::text)
+    }
+
+    fn opt_int(value: Option<impl Into<i64>>) -> Self {
+        value.map_or(Self::Null, |v| Self::Int(v.into()))
+    }
+
+    fn owned(text: String) -> Self {
+        Self::Text(std::borrow::Cow::Owned(text))
+    }
+}
+
+/// Binds `values` in order to a sqlx query.
+fn bind_all<'q>(
+    mut q: Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    values: &'q [Bind<'q>],
+) -> Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    for b in values {
+        q = match b {
+            Bind::Text(t) => q.bind(t.as_ref()),
+            Bind::Int(i) => q.bind(*i),
+            Bind::Null => q.bind(None::<&str>),
+        };
+    }
+    q
 }
 
 impl<'a> Sql<'a> {
@@ -160,14 +193,7 @@ impl<'a> Sql<'a> {
     }
 
     fn query(&self) -> Query<'_, Any, sqlx::any::AnyArguments<'_>> {
-        let mut q = sqlx::query(&self.text);
-        for b in &self.binds {
-            q = match b {
-                Bind::Text(t) => q.bind(t.as_ref()),
-                Bind::Int(i) => q.bind(*i),
-            };
-        }
-        q
+        bind_all(sqlx::query(&self.text), &self.binds)
     }
 }
 
@@ -235,6 +261,7 @@ impl Store {
         Ok(Self {
             pool,
             backend,
+            writer: sqlite_path.as_deref().map(write::Writer::new),
             sqlite_path,
         })
     }
@@ -326,7 +353,10 @@ impl Store {
 
     /// Writes a prepared batch in one transaction. Idempotent: a retry after a failure whose
     /// commit did land writes nothing twice.
-    pub async fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+    pub async fn apply(&self, batch: &Arc<Batch>) -> Result<(), StoreError> {
+        if let Some(writer) = &self.writer {
+            return writer.apply(batch).await;
+        }
         let mut tx = self.pool.begin().await?;
         for s in &batch.sessions {
             upsert_session(&mut tx, &batch.node, s).await?;
@@ -339,26 +369,17 @@ impl Store {
             );
             for (i, e) in chunk.iter().enumerate() {
                 sql.push(if i == 0 { "(" } else { ", (" });
-                sql.bind(Bind::text(&e.session)).push(", ");
-                sql.bind(Bind::Int(int(e.seq))).push(", ");
-                sql.bind(Bind::text(&e.at)).push(", ");
-                sql.bind(Bind::text(&e.kind)).push(", ");
-                sql.bind(Bind::text(&e.data)).push(", ");
-                sql.bind(Bind::Text(hex(&e.hash).into())).push(")");
+                for (j, value) in event_values(e).into_iter().enumerate() {
+                    sql.push(if j == 0 { "" } else { ", " }).bind(value);
+                }
+                sql.push(")");
             }
             sql.push(" ON CONFLICT (session_id, seq) DO NOTHING");
             sql.query().execute(&mut *tx).await?;
         }
         for l in &batch.ledger {
-            sqlx::query("INSERT INTO ledger (node, seq, session_id, ended_at, digest, head, events, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (node, seq) DO NOTHING")
-                .bind(&l.node)
-                .bind(int(l.seq))
-                .bind(&l.session)
-                .bind(&l.ended_at)
-                .bind(hex(&l.digest))
-                .bind(hex(&l.head))
-                .bind(int(l.events))
-                .bind(hex(&l.hash))
+            let values = ledger_values(l);
+            bind_all(sqlx::query(INSERT_LEDGER), &values)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -670,14 +691,8 @@ async fn upsert_checkpoint(
     tx: &mut sqlx::Transaction<'_, Any>,
     c: &Checkpoint,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO checkpoints (node, kind, seq, hash, at, signature) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (node, kind) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at, signature = excluded.signature")
-        .bind(&c.node)
-        .bind(&c.kind)
-        .bind(int(c.seq))
-        .bind(&c.hash)
-        .bind(&c.at)
-        .bind(&c.signature)
+    let values = checkpoint_values(c);
+    bind_all(sqlx::query(UPSERT_CHECKPOINT), &values)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -713,45 +728,98 @@ async fn upsert_session(
     node: &str,
     s: &Session,
 ) -> Result<(), StoreError> {
-    // Every column is updated on conflict: the ledger's digest is of the whole final row.
-    sqlx::query(
-        "INSERT INTO sessions (id, started_at, ended_at, cgroup, pid, uid, gid, exe, dst_ip, dst_port, dst_host, \
-         target, protocol, tls, bytes_up, bytes_down, outcome, error, rules, masked, policy_version, comm, node) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
-         ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, ended_at = excluded.ended_at, \
-         cgroup = excluded.cgroup, pid = excluded.pid, uid = excluded.uid, gid = excluded.gid, exe = excluded.exe, \
-         dst_ip = excluded.dst_ip, dst_port = excluded.dst_port, dst_host = excluded.dst_host, \
-         target = excluded.target, protocol = excluded.protocol, tls = excluded.tls, \
-         bytes_up = excluded.bytes_up, bytes_down = excluded.bytes_down, outcome = excluded.outcome, \
-         error = excluded.error, rules = excluded.rules, masked = excluded.masked, \
-         policy_version = excluded.policy_version, comm = excluded.comm, node = excluded.node",
-    )
-    .bind(&s.id)
-    .bind(&s.started_at)
-    .bind(&s.ended_at)
-    .bind(&s.identity.cgroup)
-    .bind(s.identity.pid.map(i64::from))
-    .bind(s.identity.uid.map(i64::from))
-    .bind(s.identity.gid.map(i64::from))
-    .bind(&s.identity.exe)
-    .bind(s.destination.ip.to_string())
-    .bind(i64::from(s.destination.port))
-    .bind(&s.destination.host)
-    .bind(&s.target)
-    .bind(s.protocol.as_str())
-    .bind(s.tls.as_ref().map(|t| serde_json::to_string(t).unwrap_or_default()))
-    .bind(int(s.bytes_up))
-    .bind(int(s.bytes_down))
-    .bind(s.outcome.map(Outcome::as_str))
-    .bind(&s.error)
-    .bind(serde_json::to_string(&s.rules).unwrap_or_else(|_| "[]".into()))
-    .bind(serde_json::to_string(&s.masked).unwrap_or_else(|_| "{}".into()))
-    .bind(&s.policy_version)
-    .bind(&s.identity.comm)
-    .bind(node)
-    .execute(&mut **tx)
-    .await?;
+    let values = session_values(node, s);
+    bind_all(sqlx::query(UPSERT_SESSION), &values)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
+}
+
+/// Inserts or updates a session row. Every column is updated on conflict: the ledger's digest
+/// is of the whole final row. (`$N` placeholders: both drivers and `SQLite` bind them in
+/// order.)
+const UPSERT_SESSION: &str = "INSERT INTO sessions (id, started_at, ended_at, cgroup, pid, uid, gid, exe, dst_ip, dst_port, dst_host, \
+     target, protocol, tls, bytes_up, bytes_down, outcome, error, rules, masked, policy_version, comm, node) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
+     ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, ended_at = excluded.ended_at, \
+     cgroup = excluded.cgroup, pid = excluded.pid, uid = excluded.uid, gid = excluded.gid, exe = excluded.exe, \
+     dst_ip = excluded.dst_ip, dst_port = excluded.dst_port, dst_host = excluded.dst_host, \
+     target = excluded.target, protocol = excluded.protocol, tls = excluded.tls, \
+     bytes_up = excluded.bytes_up, bytes_down = excluded.bytes_down, outcome = excluded.outcome, \
+     error = excluded.error, rules = excluded.rules, masked = excluded.masked, \
+     policy_version = excluded.policy_version, comm = excluded.comm, node = excluded.node";
+
+/// The values of [`UPSERT_SESSION`], in order.
+fn session_values<'a>(node: &'a str, s: &'a Session) -> [Bind<'a>; 23] {
+    [
+        Bind::text(&s.id),
+        Bind::text(&s.started_at),
+        Bind::opt_text(s.ended_at.as_deref()),
+        Bind::opt_text(s.identity.cgroup.as_deref()),
+        Bind::opt_int(s.identity.pid),
+        Bind::opt_int(s.identity.uid),
+        Bind::opt_int(s.identity.gid),
+        Bind::opt_text(s.identity.exe.as_deref()),
+        Bind::owned(s.destination.ip.to_string()),
+        Bind::Int(i64::from(s.destination.port)),
+        Bind::opt_text(s.destination.host.as_deref()),
+        Bind::opt_text(s.target.as_deref()),
+        Bind::text(s.protocol.as_str()),
+        s.tls.as_ref().map_or(Bind::Null, |t| {
+            Bind::owned(serde_json::to_string(t).unwrap_or_default())
+        }),
+        Bind::Int(int(s.bytes_up)),
+        Bind::Int(int(s.bytes_down)),
+        Bind::opt_text(s.outcome.map(Outcome::as_str)),
+        Bind::opt_text(s.error.as_deref()),
+        Bind::owned(serde_json::to_string(&s.rules).unwrap_or_else(|_| "[]".into())),
+        Bind::owned(serde_json::to_string(&s.masked).unwrap_or_else(|_| "{}".into())),
+        Bind::opt_text(s.policy_version.as_deref()),
+        Bind::opt_text(s.identity.comm.as_deref()),
+        Bind::text(node),
+    ]
+}
+
+const INSERT_EVENT: &str = "INSERT INTO events (session_id, seq, at, kind, data, hash) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_id, seq) DO NOTHING";
+
+fn event_values(e: &EventRow) -> [Bind<'_>; 6] {
+    [
+        Bind::text(&e.session),
+        Bind::Int(int(e.seq)),
+        Bind::text(&e.at),
+        Bind::text(&e.kind),
+        Bind::text(&e.data),
+        Bind::owned(hex(&e.hash)),
+    ]
+}
+
+const INSERT_LEDGER: &str = "INSERT INTO ledger (node, seq, session_id, ended_at, digest, head, events, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (node, seq) DO NOTHING";
+
+fn ledger_values(l: &LedgerEntry) -> [Bind<'_>; 8] {
+    [
+        Bind::text(&l.node),
+        Bind::Int(int(l.seq)),
+        Bind::text(&l.session),
+        Bind::text(&l.ended_at),
+        Bind::owned(hex(&l.digest)),
+        Bind::owned(hex(&l.head)),
+        Bind::Int(int(l.events)),
+        Bind::owned(hex(&l.hash)),
+    ]
+}
+
+const UPSERT_CHECKPOINT: &str = "INSERT INTO checkpoints (node, kind, seq, hash, at, signature) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (node, kind) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at, signature = excluded.signature";
+
+fn checkpoint_values(c: &Checkpoint) -> [Bind<'_>; 6] {
+    [
+        Bind::text(&c.node),
+        Bind::text(&c.kind),
+        Bind::Int(int(c.seq)),
+        Bind::text(&c.hash),
+        Bind::text(&c.at),
+        Bind::text(&c.signature),
+    ]
 }
 
 /// A row of either driver, read by column name.

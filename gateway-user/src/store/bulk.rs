@@ -45,6 +45,7 @@ where
         .map(|b| match b {
             Bind::Text(t) => Value::Text(t.to_string()),
             Bind::Int(i) => Value::Integer(*i),
+            Bind::Null => Value::Null,
         })
         .collect();
     tokio::task::spawn_blocking(move || {
