@@ -172,26 +172,19 @@ fn round_trip_and_tamper(name: &str, backend: &Backend) {
         let shown = session_show(&gateway, s["id"].as_str().unwrap());
         let events = shown["events"].as_array().unwrap();
         let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-        assert_eq!(
-            &kinds[..4],
-            [
-                "http_request",
-                "request_body",
-                "http_response",
-                "response_body"
-            ],
-            "{kinds:?}"
-        );
-        let body = events[1]["body"].as_str().unwrap();
+        // One event per message: the body (after masking) joins its request or response.
+        assert_eq!(&kinds[..2], ["http_request", "http_response"], "{kinds:?}");
+        let body = events[0]["body"].as_str().unwrap();
         assert!(body.contains("[REDACTED:EMAIL]"), "{body}");
-        assert_eq!(events[1]["size"].as_u64(), Some(body.len() as u64));
-        assert_eq!(events[1]["sha256"].as_str().map(str::len), Some(64));
+        assert_eq!(events[0]["body_size"].as_u64(), Some(body.len() as u64));
+        assert_eq!(events[0]["body_sha256"].as_str().map(str::len), Some(64));
         assert_eq!(events[0]["headers"]["x-api-key"], "[REDACTED]");
         // The request line and headers pass unchanged; their record is masked.
         assert_eq!(events[0]["headers"]["x-customer"], "[REDACTED:EMAIL]");
         let path = events[0]["path"].as_str().unwrap();
         assert!(path.ends_with("?contact=[REDACTED:EMAIL]"), "{path}");
-        assert_eq!(events[2]["status"], 200);
+        assert_eq!(events[1]["status"], 200);
+        assert!(events[1]["body_size"].as_u64().is_some(), "{}", events[1]);
     }
     let first = sessions[0]["id"].as_str().unwrap().to_string();
     let (ok, replay) = cli_ok(&gateway, &["sessions", "replay", &first[..20]]);
@@ -257,7 +250,8 @@ fn round_trip_and_tamper(name: &str, backend: &Backend) {
         .map(|l| serde_json::from_str(l).expect("jsonl"))
         .collect();
     assert_eq!(lines.iter().filter(|l| l["type"] == "session").count(), 6);
-    assert!(lines.iter().filter(|l| l["type"] == "event").count() >= 24);
+    // A request and a response event per session, each with its body.
+    assert!(lines.iter().filter(|l| l["type"] == "event").count() >= 12);
 
     // The upstream got the credential; the recordings never hold it, nor the masked value.
     let requests = mock.requests();
@@ -300,10 +294,10 @@ fn round_trip_and_tamper(name: &str, backend: &Backend) {
     let [altered, deleted_event, deleted, reordered, clean] = ids.as_slice() else {
         panic!("{ids:?}");
     };
-    backend.sql(&gateway, &format!("UPDATE events SET data = replace(data, 'REDACTED', 'EDITED') WHERE session_id = '{altered}' AND kind = 'request_body'"));
+    backend.sql(&gateway, &format!("UPDATE events SET data = replace(data, 'REDACTED', 'EDITED') WHERE session_id = '{altered}' AND kind = 'http_request'"));
     backend.sql(
         &gateway,
-        &format!("DELETE FROM events WHERE session_id = '{deleted_event}' AND seq = 2"),
+        &format!("DELETE FROM events WHERE session_id = '{deleted_event}' AND seq = 1"),
     );
     backend.sql(
         &gateway,
@@ -598,6 +592,14 @@ fn record_levels() {
         "{kinds:?}"
     );
     assert!(!kinds.iter().any(|k| k.ends_with("_body")), "{kinds:?}");
+    assert!(
+        shown["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e.get("body").is_none() && e.get("body_size").is_none()),
+        "{shown}"
+    );
 
     gateway.set_policy_file("tools.toml", Some(&policy(&mock, port, "record = \"off\"")));
     post_sessions(&gateway, port, 1);

@@ -584,11 +584,22 @@ impl HttpSession {
     }
 
     pub async fn event(&self, kind: &str, data: serde_json::Value) {
-        self.flush().await;
-        if self.record_level() == RecordLevel::Off {
-            return;
+        if self.record_level() != RecordLevel::Off {
+            crate::lock(&self.bodies).push(Event::new(kind, data));
         }
-        self.write(Event::new(kind, data)).await;
+        self.flush().await;
+    }
+
+    /// Records a message (`http_request`, `http_response`). At `record = "full"` its event
+    /// holds its place until its body, recorded by [`Self::tap`] with the returned place,
+    /// joins it.
+    async fn message(&self, kind: &str, data: serde_json::Value) -> Option<tap::Held> {
+        if self.record_level() != RecordLevel::Full {
+            self.event(kind, data).await;
+            return None;
+        }
+        self.flush().await;
+        Some(tap::Queue::hold(&self.bodies, Event::new(kind, data)))
     }
 
     async fn write(&self, event: Event) {
@@ -601,27 +612,38 @@ impl HttpSession {
             .await;
     }
 
-    /// Writes the body recordings that ended since the last event.
+    /// Writes the events that are ready (none of their predecessors waits for a body).
     pub async fn flush(&self) {
-        let bodies = std::mem::take(&mut *crate::lock(&self.bodies));
-        for event in bodies {
+        let ready = crate::lock(&self.bodies).ready();
+        for event in ready {
             self.write(event).await;
         }
     }
 
-    /// Records a body as it passes (`record = "full"` only).
+    /// Writes every event left (the session ends).
+    pub async fn flush_all(&self) {
+        let all = crate::lock(&self.bodies).drain();
+        for event in all {
+            self.write(event).await;
+        }
+    }
+
+    /// Records a body as it passes, into its message's event (`held`, `record = "full"`
+    /// only).
     fn tap(
         &self,
         body: Body,
+        held: Option<tap::Held>,
         kind: &'static str,
         content_type: Option<String>,
         restores: bool,
     ) -> Body {
-        if self.record_level() != RecordLevel::Full {
+        let Some(held) = held else {
             return body;
-        }
+        };
         let capture = tap::Capture::new(
             kind,
+            Some(held),
             self.policy.defaults.record_body_limit,
             content_type,
             Arc::clone(&self.bodies),
@@ -736,17 +758,18 @@ impl HttpSession {
                 .map_or(path.as_str(), http::uri::PathAndQuery::as_str),
             request_masks,
         );
-        self.event(
-            "http_request",
-            serde_json::json!({
-                "method": method,
-                "path": recorded_path,
-                "host": host,
-                "version": format!("{:?}", request.version()),
-                "headers": recorded_headers(request.headers(), credential_header, request_masks),
-            }),
-        )
-        .await;
+        let request_held = self
+            .message(
+                "http_request",
+                serde_json::json!({
+                    "method": method,
+                    "path": recorded_path,
+                    "host": host,
+                    "version": format!("{:?}", request.version()),
+                    "headers": recorded_headers(request.headers(), credential_header, request_masks),
+                }),
+            )
+            .await;
         if let Some(reason) = &binding.broken {
             self.lock().errors.push(reason.clone());
             return self.error_response(StatusCode::BAD_GATEWAY, reason);
@@ -833,6 +856,7 @@ impl HttpSession {
         }
         let body = self.tap(
             body.into_body(),
+            request_held,
             "request_body",
             header_str(&parts.headers, header::CONTENT_TYPE),
             false,
@@ -872,18 +896,19 @@ impl HttpSession {
                 return self.error_response(StatusCode::BAD_GATEWAY, &reason);
             }
         };
-        self.event(
-            "http_response",
-            serde_json::json!({
-                "status": response.status().as_u16(),
-                "headers": recorded_headers(
-                    response.headers(),
-                    None,
-                    self.metadata_masks(false),
-                ),
-            }),
-        )
-        .await;
+        let response_held = self
+            .message(
+                "http_response",
+                serde_json::json!({
+                    "status": response.status().as_u16(),
+                    "headers": recorded_headers(
+                        response.headers(),
+                        None,
+                        self.metadata_masks(false),
+                    ),
+                }),
+            )
+            .await;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -921,6 +946,7 @@ impl HttpSession {
         };
         let body = self.tap(
             body,
+            response_held,
             "response_body",
             header_str(&parts.headers, header::CONTENT_TYPE),
             true,

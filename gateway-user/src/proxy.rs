@@ -781,7 +781,7 @@ impl Conn<'_> {
         outcome
             .errors
             .extend(std::mem::take(&mut *crate::lock(&http.body_errors)));
-        http.flush().await;
+        http.flush_all().await;
         let (masked, summary) = {
             let mask = crate::lock(&http.mask);
             let summary = (!mask.counts.is_empty() || !mask.notes.is_empty()).then(|| {

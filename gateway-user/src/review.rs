@@ -40,6 +40,31 @@ fn indent(text: &str, by: &str) -> String {
     })
 }
 
+/// A recorded body under its message's line: size, hash and the text, pretty-printed. The
+/// summary fields are `{prefix}size`, `{prefix}sha256`, …, the text is `body`.
+fn body_lines(line: &mut String, arrow: char, d: &serde_json::Map<String, Value>, prefix: &str) {
+    let field = |k: &str| d.get(&format!("{prefix}{k}"));
+    let Some(size) = field("size").and_then(Value::as_u64) else {
+        return;
+    };
+    let truncated = field("truncated").and_then(Value::as_bool) == Some(true);
+    let cut = field("complete").and_then(Value::as_bool) == Some(false);
+    let _ = write!(
+        line,
+        "\n          {arrow} body {size} bytes{}{}{}",
+        if truncated { ", truncated" } else { "" },
+        if cut { ", cut" } else { "" },
+        field("sha256")
+            .and_then(Value::as_str)
+            .map(|h| format!(", sha256 {}", &h[..h.len().min(16)]))
+            .unwrap_or_default()
+    );
+    if let Some(body) = d.get("body").and_then(Value::as_str) {
+        line.push('\n');
+        line.push_str(indent(&pretty_body(body), "      | ").trim_end());
+    }
+}
+
 /// `sessions replay`: the transcript in order, with the time of each event relative to the
 /// session's start and bodies pretty-printed.
 pub fn replay(session: &Session, events: &[Event]) -> String {
@@ -74,33 +99,31 @@ pub fn replay(session: &Session, events: &[Event]) -> String {
         let d = &event.data;
         let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("");
         let line = match event.kind.as_str() {
-            "http_request" => format!("> {} {} (host {})", s("method"), s("path"), s("host")),
-            "http_response" => format!(
-                "< {}",
-                d.get("status")
-                    .map_or_else(String::new, ToString::to_string)
-            ),
+            "http_request" => {
+                let mut line = format!("> {} {} (host {})", s("method"), s("path"), s("host"));
+                body_lines(&mut line, '>', d, "body_");
+                line
+            }
+            "http_response" => {
+                let mut line = format!(
+                    "< {}",
+                    d.get("status")
+                        .map_or_else(String::new, ToString::to_string)
+                );
+                body_lines(&mut line, '<', d, "body_");
+                line
+            }
+            // A body recorded apart from its message (it outlived the queue, or an older
+            // recording).
             "request_body" | "response_body" => {
+                let mut line = String::new();
                 let arrow = if event.kind == "request_body" {
                     '>'
                 } else {
                     '<'
                 };
-                let size = d.get("size").and_then(Value::as_u64).unwrap_or(0);
-                let truncated = d.get("truncated").and_then(Value::as_bool) == Some(true);
-                let mut line = format!(
-                    "{arrow} body {size} bytes{}{}",
-                    if truncated { ", truncated" } else { "" },
-                    d.get("sha256")
-                        .and_then(Value::as_str)
-                        .map(|h| format!(", sha256 {}", &h[..h.len().min(16)]))
-                        .unwrap_or_default()
-                );
-                if let Some(body) = d.get("body").and_then(Value::as_str) {
-                    line.push('\n');
-                    line.push_str(indent(&pretty_body(body), "      | ").trim_end());
-                }
-                line
+                body_lines(&mut line, arrow, d, "");
+                line.trim_start().to_string()
             }
             "blocked" => format!("! blocked by {} {} {}", s("rule"), s("method"), s("path")),
             "denied" => format!("! denied: {}", s("reason")),
@@ -273,7 +296,7 @@ fn collect_strings(value: &Value, path: String, out: &mut Vec<(String, String)>)
         Value::Object(map) => {
             for (k, v) in map {
                 // Hashes are not payload; the host is the destination (in the session row).
-                if matches!(k.as_str(), "sha256" | "host" | ":authority") {
+                if matches!(k.as_str(), "sha256" | "body_sha256" | "host" | ":authority") {
                     continue;
                 }
                 let next = if path.is_empty() {
@@ -329,26 +352,34 @@ mod tests {
             event(
                 "2026-11-21T17:00:00.250Z",
                 "http_request",
-                serde_json::json!({"method": "POST", "path": "/v1/x", "host": "api.test"}),
-            ),
-            event(
-                "2026-11-21T17:00:00.300Z",
-                "request_body",
-                serde_json::json!({"size": 9, "truncated": false, "body": "{\"a\":[1]}"}),
+                serde_json::json!({"method": "POST", "path": "/v1/x", "host": "api.test",
+                    "body": "{\"a\":[1]}", "body_size": 9, "body_truncated": false}),
             ),
             event(
                 "2026-11-21T17:00:01.000Z",
                 "http_response",
                 serde_json::json!({"status": 200}),
             ),
+            // A body recorded apart from its message.
+            event(
+                "2026-11-21T17:00:01.200Z",
+                "response_body",
+                serde_json::json!({"size": 4000, "truncated": true, "body": "tail"}),
+            ),
         ];
         let text = replay(&session(), &events);
         let request = text.find("> POST /v1/x").unwrap();
+        let size = text.find("> body 9 bytes").unwrap();
         let body = text.find("|   \"a\": [").unwrap();
         let response = text.find("< 200").unwrap();
-        assert!(request < body && body < response, "{text}");
+        let apart = text.find("< body 4000 bytes, truncated").unwrap();
+        assert!(
+            request < size && size < body && body < response && response < apart,
+            "{text}"
+        );
         assert!(text.contains("+  0.250s > POST"), "{text}");
         assert!(text.contains("+  1.000s < 200"), "{text}");
+        assert!(text.contains("+  1.200s < body 4000"), "{text}");
     }
 
     #[test]
@@ -356,8 +387,9 @@ mod tests {
         let scanner = LeakScanner::new(None, &["pii".into()]).unwrap();
         let events = [event(
             "2026-11-21T17:00:00.250Z",
-            "request_body",
-            serde_json::json!({"body": "mail jane.doe@example.com and [REDACTED:EMAIL]"}),
+            "http_request",
+            serde_json::json!({"body": "mail jane.doe@example.com and [REDACTED:EMAIL]",
+                "body_sha256": "4155aa", "body_size": 47}),
         )];
         let leaks = scanner.scan(&session(), &events);
         assert_eq!(leaks.len(), 1, "{leaks:?}");

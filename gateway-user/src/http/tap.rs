@@ -1,13 +1,15 @@
 //! Recording of HTTP bodies as they cross the boundary (after masking): a body wrapper keeps
-//! the first `record_body_limit` bytes and summarises the whole by size and SHA-256. The
-//! summary becomes a `request_body` / `response_body` event of the session when the body ends
-//! (or is cut), queued on the session and written before its next event.
+//! the first `record_body_limit` bytes and summarises the whole by size and SHA-256. When the
+//! body ends (or is cut), the summary joins the event of its message (`http_request` /
+//! `http_response`: `body`, `body_size`, `body_sha256`, …), which held its place in the
+//! session's [`Queue`] until then: one event per message, written in order.
 //!
 //! A response in which tokens were restored holds the agent's original values again: its
 //! recording gets the placeholders back ([`MaskContext::retokenize`]) and no hash, so no
 //! masked value reaches the store.
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -17,17 +19,122 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use sha2::{Digest as _, Sha256};
 
-use crate::{mask::MaskContext, session::Event};
+use crate::{
+    mask::MaskContext,
+    session::{self, Event},
+};
 
 /// Extra bytes captured past the limit, so a restored value cut by the limit is still
 /// recognised and re-tokenized before the cut.
 const SLACK: usize = 512;
 
-/// Body events of a session waiting to be written in order.
-pub type Pending = Arc<Mutex<Vec<Event>>>;
+/// Events of a session waiting to be written, shared with the bodies being recorded.
+pub type Pending = Arc<Mutex<Queue>>;
+
+/// Most events waiting behind a held message. Past it (a long stream on one HTTP/2 stream
+/// while others go on), the oldest held message is let go without its body, which follows as
+/// an event of its own (`request_body` / `response_body`) when it ends.
+const WAITING: usize = 64;
+
+/// A session's events in the order they happened. A message whose body is being recorded
+/// holds its place (and the events after it) until the body ends and joins it.
+#[derive(Default)]
+pub struct Queue {
+    next: u64,
+    entries: VecDeque<Entry>,
+}
+
+struct Entry {
+    id: u64,
+    event: Event,
+    held: bool,
+}
+
+/// A held message's place in its session's [`Queue`].
+pub struct Held {
+    id: u64,
+    /// `None` once the body joined the message.
+    pending: Option<Pending>,
+}
+
+impl Drop for Held {
+    /// A message whose body was not recorded (an early answer, no body): it goes as it is.
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            crate::lock(&pending).release(self.id);
+        }
+    }
+}
+
+impl Queue {
+    fn add(&mut self, event: Event, held: bool) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.entries.push_back(Entry { id, event, held });
+        if self.entries.len() > WAITING
+            && let Some(first) = self.entries.iter_mut().find(|e| e.held)
+        {
+            first.held = false;
+        }
+        id
+    }
+
+    pub fn push(&mut self, event: Event) {
+        self.add(event, false);
+    }
+
+    /// Queues `event`, held until the returned place is dropped or its body joins it.
+    pub fn hold(pending: &Pending, event: Event) -> Held {
+        let id = crate::lock(pending).add(event, true);
+        Held {
+            id,
+            pending: Some(Arc::clone(pending)),
+        }
+    }
+
+    fn release(&mut self, id: u64) {
+        if let Some(entry) = self.entries.iter_mut().find(|e| e.id == id) {
+            entry.held = false;
+        }
+    }
+
+    /// Joins a body's summary to its held message; `false` when the message already went.
+    fn join(&mut self, id: u64, body: &mut serde_json::Map<String, serde_json::Value>) -> bool {
+        let Some(entry) = self.entries.iter_mut().find(|e| e.id == id && e.held) else {
+            return false;
+        };
+        for (key, value) in std::mem::take(body) {
+            let key = if key == "body" {
+                key
+            } else {
+                format!("body_{key}")
+            };
+            entry.event.data.insert(key, value);
+        }
+        entry.held = false;
+        true
+    }
+
+    /// The events that can be written now: those before the first held message.
+    pub fn ready(&mut self) -> Vec<Event> {
+        let n = self
+            .entries
+            .iter()
+            .position(|e| e.held)
+            .unwrap_or(self.entries.len());
+        self.entries.drain(..n).map(|e| e.event).collect()
+    }
+
+    /// Everything (the session ends): a message still held goes without its body.
+    pub fn drain(&mut self) -> Vec<Event> {
+        self.entries.drain(..).map(|e| e.event).collect()
+    }
+}
 
 pub struct Capture {
     kind: &'static str,
+    /// The message this body belongs to, until the body joins it.
+    held: Option<Held>,
     limit: usize,
     kept: Vec<u8>,
     size: u64,
@@ -42,6 +149,7 @@ pub struct Capture {
 impl Capture {
     pub fn new(
         kind: &'static str,
+        held: Option<Held>,
         limit: u64,
         content_type: Option<String>,
         pending: Pending,
@@ -49,6 +157,7 @@ impl Capture {
     ) -> Self {
         Self {
             kind,
+            held,
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             kept: Vec::new(),
             size: 0,
@@ -74,7 +183,7 @@ impl Capture {
         }
         self.done = true;
         if self.size == 0 && complete {
-            return;
+            return; // no body: the message goes as it is (`held` dropped)
         }
         let mut kept = std::mem::take(&mut self.kept);
         let mut restored = false;
@@ -87,32 +196,50 @@ impl Capture {
         }
         let truncated = kept.len() > self.limit || self.size > kept.len() as u64;
         kept.truncate(self.limit);
-        let mut data = serde_json::json!({
-            "size": self.size,
-            "truncated": truncated,
-        });
+        let mut data = serde_json::Map::new();
+        data.insert("size".into(), self.size.into());
+        data.insert("truncated".into(), truncated.into());
         if !restored {
-            data["sha256"] = crate::hex(&std::mem::take(&mut self.sha).finalize()).into();
+            data.insert(
+                "sha256".into(),
+                crate::hex(&std::mem::take(&mut self.sha).finalize()).into(),
+            );
         }
         if !complete {
-            data["complete"] = false.into();
+            data.insert("complete".into(), false.into());
         }
         if let Some(ct) = &self.content_type {
-            data["content_type"] = ct.clone().into();
+            data.insert("content_type".into(), ct.clone().into());
         }
         if crate::http::masking::is_binary_type(self.content_type.as_deref()) {
-            data["binary"] = true.into();
+            data.insert("binary".into(), true.into());
         } else {
             match std::str::from_utf8(&kept) {
-                Ok(text) => data["body"] = text.into(),
+                Ok(text) => data.insert("body".into(), text.into()),
                 // Cut inside a character at the limit: keep the valid prefix.
-                Err(e) if e.error_len().is_none() => {
-                    data["body"] = String::from_utf8_lossy(&kept[..e.valid_up_to()]).into();
-                }
-                Err(_) => data["binary"] = true.into(),
-            }
+                Err(e) if e.error_len().is_none() => data.insert(
+                    "body".into(),
+                    String::from_utf8_lossy(&kept[..e.valid_up_to()]).into(),
+                ),
+                Err(_) => data.insert("binary".into(), true.into()),
+            };
         }
-        crate::lock(&self.pending).push(Event::new(self.kind, data));
+        let mut queue = crate::lock(&self.pending);
+        let joined = match self.held.take() {
+            Some(mut held) => {
+                // Settled here, under this lock (`Held::drop` would lock again).
+                held.pending = None;
+                queue.join(held.id, &mut data)
+            }
+            None => false,
+        };
+        if !joined {
+            queue.push(Event {
+                at: session::now(),
+                kind: self.kind.to_string(),
+                data,
+            });
+        }
     }
 }
 
@@ -182,6 +309,7 @@ mod tests {
             Full::new(Bytes::from(vec![b'a'; 100])),
             Capture::new(
                 "response_body",
+                None,
                 10,
                 Some("text/plain".into()),
                 Arc::clone(&pending),
@@ -190,8 +318,9 @@ mod tests {
         );
         let all = body.collect().await.unwrap().to_bytes();
         assert_eq!(all.len(), 100);
-        let events = pending.lock().unwrap();
+        let events = pending.lock().unwrap().drain();
         assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, "response_body");
         let e = &events[0].data;
         assert_eq!(e["size"], 100);
         assert_eq!(e["truncated"], true);
@@ -203,11 +332,97 @@ mod tests {
     fn a_cut_body_is_recorded_as_incomplete() {
         let pending = Pending::default();
         {
-            let mut c = Capture::new("request_body", 1024, None, Arc::clone(&pending), None);
+            let mut c = Capture::new("request_body", None, 1024, None, Arc::clone(&pending), None);
             c.update(b"{\"partial\":");
         }
-        let events = pending.lock().unwrap();
+        let events = pending.lock().unwrap().drain();
         assert_eq!(events[0].data["complete"], false);
         assert_eq!(events[0].data["body"], "{\"partial\":");
+    }
+
+    fn event(kind: &str) -> Event {
+        Event::new(kind, serde_json::json!({}))
+    }
+
+    fn kinds(events: &[Event]) -> Vec<&str> {
+        events.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_body_joins_its_message_and_later_events_wait_for_it() {
+        let pending = Pending::default();
+        let held = Queue::hold(&pending, event("http_response"));
+        pending.lock().unwrap().push(event("masking"));
+        assert!(pending.lock().unwrap().ready().is_empty(), "held in order");
+        let body = Tap::new(
+            Full::new(Bytes::from_static(b"{\"ok\":true}")),
+            Capture::new(
+                "response_body",
+                Some(held),
+                1024,
+                Some("application/json".into()),
+                Arc::clone(&pending),
+                None,
+            ),
+        );
+        body.collect().await.unwrap();
+        let events = pending.lock().unwrap().ready();
+        assert_eq!(kinds(&events), ["http_response", "masking"]);
+        let d = &events[0].data;
+        assert_eq!(d["body"], "{\"ok\":true}");
+        assert_eq!(d["body_size"], 11);
+        assert_eq!(d["body_truncated"], false);
+        assert_eq!(d["body_content_type"], "application/json");
+        assert_eq!(d["body_sha256"].as_str().unwrap().len(), 64);
+    }
+
+    #[test]
+    fn a_message_without_a_recorded_body_goes_as_it_is() {
+        let pending = Pending::default();
+        let held = Queue::hold(&pending, event("http_request"));
+        pending.lock().unwrap().push(event("blocked"));
+        drop(held);
+        let events = pending.lock().unwrap().ready();
+        assert_eq!(kinds(&events), ["http_request", "blocked"]);
+        assert!(!events[0].data.contains_key("body_size"));
+        // An empty body adds nothing either.
+        let held = Queue::hold(&pending, event("http_request"));
+        Capture::new(
+            "request_body",
+            Some(held),
+            10,
+            None,
+            Arc::clone(&pending),
+            None,
+        )
+        .finish(true);
+        let events = pending.lock().unwrap().ready();
+        assert_eq!(kinds(&events), ["http_request"]);
+        assert_eq!(events[0].data.len(), 0);
+    }
+
+    #[test]
+    fn a_long_held_message_lets_the_queue_go_and_its_body_follows() {
+        let pending = Pending::default();
+        let held = Queue::hold(&pending, event("http_response"));
+        for _ in 0..WAITING {
+            pending.lock().unwrap().push(event("http_request"));
+        }
+        let events = pending.lock().unwrap().ready();
+        assert_eq!(events.len(), WAITING + 1);
+        assert_eq!(events[0].kind, "http_response");
+        let mut c = Capture::new(
+            "response_body",
+            Some(held),
+            10,
+            None,
+            Arc::clone(&pending),
+            None,
+        );
+        c.update(b"late");
+        c.finish(true);
+        let events = pending.lock().unwrap().ready();
+        assert_eq!(kinds(&events), ["response_body"]);
+        assert_eq!(events[0].data["body"], "late");
     }
 }

@@ -70,6 +70,7 @@ impl Writer {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // the shape `map_err` wants
 fn write_error(error: rusqlite::Error) -> StoreError {
     StoreError::Write(error.to_string())
 }
