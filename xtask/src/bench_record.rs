@@ -1,7 +1,7 @@
 //! `cargo xtask bench record`: what recording costs and how the store answers, in one run.
 //!
-//! 1. Requests/s through the proxy for 1 KiB HTTP responses with `record = "full"` (request,
-//!    response and body events, chained, ledgered and signed) against `record = "off"` (the
+//! 1. Requests/s through the proxy for 1 KiB HTTP responses with `record = "full"` (request
+//!    and response events with their bodies, chained, ledgered and signed) against `record = "off"` (the
 //!    session row only): two targets of one daemon on two ports of the same upstream, measured
 //!    alternately, three rounds each, medians compared. Goal: full costs <= 10%.
 //! 2. `sessions list` over a store of 1,000,000 sessions (seeded through the daemon's own
