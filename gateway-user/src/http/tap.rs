@@ -279,6 +279,11 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.capture.update(data);
                 }
+                // hyper stops polling a body that says it ended (a known length reached),
+                // so the end is seen here, not only as `None`.
+                if this.inner.is_end_stream() {
+                    this.capture.finish(true);
+                }
             }
             Poll::Ready(None) => this.capture.finish(true),
             Poll::Ready(Some(Err(_))) => this.capture.finish(false),
@@ -338,6 +343,23 @@ mod tests {
         let events = pending.lock().unwrap().drain();
         assert_eq!(events[0].data["complete"], false);
         assert_eq!(events[0].data["body"], "{\"partial\":");
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_known_end_is_complete() {
+        let pending = Pending::default();
+        let mut body = Tap::new(
+            Full::new(Bytes::from_static(b"hello")),
+            Capture::new("request_body", None, 1024, None, Arc::clone(&pending), None),
+        );
+        // As hyper does: one frame, then `is_end_stream`, never the final `None`.
+        body.frame().await.unwrap().unwrap();
+        assert!(body.is_end_stream());
+        drop(body);
+        let events = pending.lock().unwrap().drain();
+        assert_eq!(events.len(), 1);
+        assert!(events[0].data.get("complete").is_none(), "{:?}", events[0]);
+        assert_eq!(events[0].data["size"], 5);
     }
 
     fn event(kind: &str) -> Event {
