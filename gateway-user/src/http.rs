@@ -510,8 +510,8 @@ pub struct HttpSession {
     pub mask: Arc<Mutex<MaskContext>>,
     /// Errors met while streaming a masked response body.
     pub body_errors: Arc<Mutex<Vec<String>>>,
-    /// Body recordings that ended, written before the session's next event.
-    bodies: tap::Pending,
+    /// The session's events waiting to be written in order (a message waits for its body).
+    queue: tap::Pending,
     /// The record level, fixed once the session is bound to its target.
     record: std::sync::OnceLock<RecordLevel>,
     /// The maskers of recorded request lines and headers (requests, responses), fixed once
@@ -540,7 +540,7 @@ impl HttpSession {
             binder,
             mask: Arc::new(Mutex::new(MaskContext::new(Arc::clone(&ctx.mask_key)))),
             body_errors: Arc::default(),
-            bodies: tap::Pending::default(),
+            queue: tap::Pending::default(),
             record: std::sync::OnceLock::new(),
             metadata_masks: std::sync::OnceLock::new(),
             outcome: Mutex::new(Outcome::default()),
@@ -585,7 +585,7 @@ impl HttpSession {
 
     pub async fn event(&self, kind: &str, data: serde_json::Value) {
         if self.record_level() != RecordLevel::Off {
-            crate::lock(&self.bodies).push(Event::new(kind, data));
+            crate::lock(&self.queue).push(Event::new(kind, data));
         }
         self.flush().await;
     }
@@ -599,7 +599,7 @@ impl HttpSession {
             return None;
         }
         self.flush().await;
-        Some(tap::Queue::hold(&self.bodies, Event::new(kind, data)))
+        Some(tap::Queue::hold(&self.queue, Event::new(kind, data)))
     }
 
     async fn write(&self, event: Event) {
@@ -614,7 +614,7 @@ impl HttpSession {
 
     /// Writes the events that are ready (none of their predecessors waits for a body).
     pub async fn flush(&self) {
-        let ready = crate::lock(&self.bodies).ready();
+        let ready = crate::lock(&self.queue).ready();
         for event in ready {
             self.write(event).await;
         }
@@ -622,7 +622,7 @@ impl HttpSession {
 
     /// Writes every event left (the session ends).
     pub async fn flush_all(&self) {
-        let all = crate::lock(&self.bodies).drain();
+        let all = crate::lock(&self.queue).drain();
         for event in all {
             self.write(event).await;
         }
@@ -646,7 +646,7 @@ impl HttpSession {
             Some(held),
             self.policy.defaults.record_body_limit,
             content_type,
-            Arc::clone(&self.bodies),
+            Arc::clone(&self.queue),
             restores.then(|| Arc::clone(&self.mask)),
         );
         tap::Tap::new(body, capture).boxed_unsync()

@@ -2,8 +2,9 @@
 //! PostgreSQL (`--store postgres://…`) for a fleet of nodes writing to one central database.
 //! One set of migrations (`migrations/`, portable SQL) serves both, and so does every query
 //! (`$N` placeholders, which both drivers accept; statements built at run time use `?` for
-//! `SQLite`, see [`Sql::bind`]). Reads of every row (`audit verify`, exports) go through
-//! [`bulk`] on `SQLite`.
+//! `SQLite`, see [`Sql::bind`]). On `SQLite`, reads of every row (`audit verify`, exports,
+//! `sessions list`) go through [`bulk`] and the recorder's writes through [`write`], both
+//! rusqlite on a blocking thread.
 
 mod bulk;
 mod write;
@@ -127,7 +128,10 @@ struct Sql<'a> {
 enum Bind<'a> {
     Text(std::borrow::Cow<'a, str>),
     Int(i64),
-    Null,
+    /// A NULL of a text column. `PostgreSQL` takes a bound parameter's type as given, so a
+    /// NULL bound as text into a `BIGINT` column is an error: nulls carry their column type.
+    NullText,
+    NullInt,
 }
 
 impl<'a> Bind<'a> {
@@ -136,15 +140,37 @@ impl<'a> Bind<'a> {
     }
 
     fn opt_text(text: Option<&'a str>) -> Self {
-        text.map_or(Self::Null, Self::text)
+        text.map_or(Self::NullText, Self::text)
     }
 
     fn opt_int(value: Option<impl Into<i64>>) -> Self {
-        value.map_or(Self::Null, |v| Self::Int(v.into()))
+        value.map_or(Self::NullInt, |v| Self::Int(v.into()))
     }
 
     fn owned(text: String) -> Self {
         Self::Text(std::borrow::Cow::Owned(text))
+    }
+
+    /// The value on its own, for a statement run on another thread ([`bulk`]).
+    fn to_static(&self) -> Bind<'static> {
+        match self {
+            Self::Text(t) => Bind::owned(t.to_string()),
+            Self::Int(i) => Bind::Int(*i),
+            Self::NullText => Bind::NullText,
+            Self::NullInt => Bind::NullInt,
+        }
+    }
+}
+
+/// For the rusqlite paths ([`bulk`], [`write`]).
+impl rusqlite::ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{Null, ToSqlOutput};
+        Ok(match self {
+            Self::Text(t) => ToSqlOutput::from(t.as_ref()),
+            Self::Int(i) => ToSqlOutput::from(*i),
+            Self::NullText | Self::NullInt => ToSqlOutput::from(Null),
+        })
     }
 }
 
@@ -157,7 +183,8 @@ fn bind_all<'q>(
         q = match b {
             Bind::Text(t) => q.bind(t.as_ref()),
             Bind::Int(i) => q.bind(*i),
-            Bind::Null => q.bind(None::<&str>),
+            Bind::NullText => q.bind(None::<&str>),
+            Bind::NullInt => q.bind(None::<i64>),
         };
     }
     q
@@ -361,7 +388,7 @@ impl Store {
         for s in &batch.sessions {
             upsert_session(&mut tx, &batch.node, s).await?;
         }
-        // Multi-row inserts: one statement per 100 events.
+        // PostgreSQL: multi-row inserts, one statement (round trip) per 100 events.
         for chunk in batch.events.chunks(100) {
             let mut sql = Sql::new(
                 self.backend,
@@ -765,7 +792,7 @@ fn session_values<'a>(node: &'a str, s: &'a Session) -> [Bind<'a>; 23] {
         Bind::opt_text(s.destination.host.as_deref()),
         Bind::opt_text(s.target.as_deref()),
         Bind::text(s.protocol.as_str()),
-        s.tls.as_ref().map_or(Bind::Null, |t| {
+        s.tls.as_ref().map_or(Bind::NullText, |t| {
             Bind::owned(serde_json::to_string(t).unwrap_or_default())
         }),
         Bind::Int(int(s.bytes_up)),
@@ -946,5 +973,58 @@ mod tests {
             "postgres://gw:***@127.0.0.1:5432/audit"
         );
         assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+
+    /// A session without identity, TLS or outcome: every NULL carries its column's type
+    /// (`PostgreSQL` refuses a NULL bound as text into a `BIGINT` column).
+    fn bare_session() -> Session {
+        Session {
+            id: "01BARE".into(),
+            started_at: "2026-11-22T00:00:00.000Z".into(),
+            ended_at: None,
+            identity: Identity::default(),
+            destination: Destination {
+                ip: "127.0.0.1".parse().unwrap(),
+                port: 9,
+                host: None,
+            },
+            target: None,
+            protocol: Protocol::Tcp,
+            tls: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            outcome: None,
+            rules: vec![],
+            masked: BTreeMap::new(),
+            error: None,
+            policy_version: None,
+        }
+    }
+
+    #[test]
+    fn int_columns_get_int_nulls() {
+        let s = bare_session();
+        let values = session_values("n", &s);
+        for i in [4, 5, 6] {
+            assert!(matches!(values[i], Bind::NullInt), "pid/uid/gid at {i}");
+        }
+        assert!(matches!(values[2], Bind::NullText), "ended_at");
+    }
+
+    #[tokio::test]
+    async fn a_session_without_identity_is_written_sqlite() {
+        let dir = std::env::temp_dir().join(format!("rg-store-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("t.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let batch = Arc::new(Batch {
+            node: "test-node".into(),
+            sessions: vec![bare_session()],
+            ..Batch::default()
+        });
+        store.apply(&batch).await.unwrap();
+        let got = store.list(&ListFilter::default()).await.unwrap();
+        assert_eq!(got, vec![bare_session()]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

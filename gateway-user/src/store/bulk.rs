@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{OpenFlags, types::Value};
+use rusqlite::OpenFlags;
 use tokio::sync::mpsc;
 
 use super::{Bind, Columns, Sql, StoreError};
@@ -39,15 +39,7 @@ where
     let (tx, rx) = mpsc::channel(4);
     let path: PathBuf = path.to_owned();
     let text = sql.text.clone();
-    let params: Vec<Value> = sql
-        .binds
-        .iter()
-        .map(|b| match b {
-            Bind::Text(t) => Value::Text(t.to_string()),
-            Bind::Int(i) => Value::Integer(*i),
-            Bind::Null => Value::Null,
-        })
-        .collect();
+    let params: Vec<Bind<'static>> = sql.binds.iter().map(Bind::to_static).collect();
     tokio::task::spawn_blocking(move || {
         let read = || -> Result<(), StoreError> {
             let conn = rusqlite::Connection::open_with_flags(

@@ -12,22 +12,12 @@ use std::{
     time::Duration,
 };
 
-use rusqlite::{Connection, OpenFlags, ToSql, TransactionBehavior, types::ToSqlOutput};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::{
-    Batch, Bind, INSERT_EVENT, INSERT_LEDGER, StoreError, UPSERT_CHECKPOINT, UPSERT_SESSION,
+    Batch, INSERT_EVENT, INSERT_LEDGER, StoreError, UPSERT_CHECKPOINT, UPSERT_SESSION,
     checkpoint_values, event_values, ledger_values, session_values,
 };
-
-impl ToSql for Bind<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(match self {
-            Bind::Text(t) => ToSqlOutput::from(t.as_ref()),
-            Bind::Int(i) => ToSqlOutput::from(*i),
-            Bind::Null => ToSqlOutput::from(rusqlite::types::Null),
-        })
-    }
-}
 
 #[derive(Clone)]
 pub(super) struct Writer {
