@@ -624,7 +624,7 @@ fn retention_prunes_and_the_ledger_still_verifies() {
         audit::{Signer, anchor_path},
         policy::Policy,
         record::{Chain, Recorder},
-        session::{Event, Identity, Outcome, Session, timestamp},
+        session::{Identity, Outcome, Record, Session, timestamp},
         store::{Store, Write},
     };
     let dir = std::env::temp_dir().join(format!("rg-retention-{}", std::process::id()));
@@ -654,8 +654,10 @@ fn retention_prunes_and_the_ledger_still_verifies() {
             );
             s.started_at.clone_from(&at);
             recorder.write(Write::Session(Box::new(s.clone()))).await;
-            let mut event =
-                Event::new("http_request", serde_json::json!({"path": format!("/{i}")}));
+            let mut event = Record::new(
+                "http_request",
+                &serde_json::json!({"path": format!("/{i}")}),
+            );
             event.at.clone_from(&at);
             recorder
                 .write(Write::Event {

@@ -14,6 +14,7 @@ pub mod masking;
 pub mod tap;
 
 use std::{
+    borrow::Cow,
     collections::BTreeSet,
     convert::Infallible,
     net::SocketAddr,
@@ -34,7 +35,7 @@ use crate::{
         Credentials, IdSet, Operation, Policy, RecordLevel, TemplatePart, Verdict, template_parts,
     },
     proxy::ProxyContext,
-    session::{Event, TlsLeg},
+    session::{JsonObject, Record, TlsLeg},
     store::Write,
     tls::LegPolicy,
 };
@@ -112,42 +113,49 @@ pub fn is_secret_header(name: &str, extra: Option<&str>) -> bool {
         || extra.is_some_and(|e| e.eq_ignore_ascii_case(&name))
 }
 
-/// Headers as recorded: secrets (and the credential header `extra`) as `[REDACTED]`, other
-/// values with what `masks` find redacted (they pass unchanged; only the record is masked).
+/// Writes `"headers":{…}` as recorded: secrets (and the credential header `extra`) as
+/// `[REDACTED]`, other values with what `masks` find redacted (they pass unchanged; only the
+/// record is masked). A header sent more than once is one field, its values joined by `, `.
 fn recorded_headers(
+    data: &mut JsonObject,
     headers: &HeaderMap,
     extra: Option<&str>,
     masks: &[Arc<crate::mask::Masker>],
-) -> serde_json::Value {
-    let mut out = serde_json::Map::new();
-    for (name, value) in headers {
-        let shown = if is_secret_header(name.as_str(), extra) {
-            "[REDACTED]".to_string()
-        } else {
-            redacted(&String::from_utf8_lossy(value.as_bytes()), masks)
-        };
-        match out.get_mut(name.as_str()) {
-            Some(serde_json::Value::String(previous)) => {
-                previous.push_str(", ");
-                previous.push_str(&shown);
+) {
+    let shown = |value| redacted(String::from_utf8_lossy(HeaderValue::as_bytes(value)), masks);
+    data.object("headers", |data| {
+        for name in headers.keys() {
+            data.key("", name.as_str());
+            if is_secret_header(name.as_str(), extra) {
+                data.value("[REDACTED]");
+                continue;
             }
-            _ => {
-                out.insert(name.to_string(), serde_json::Value::String(shown));
-            }
+            let mut values = headers.get_all(name).iter();
+            let first = values.next().map(shown).unwrap_or_default();
+            match values.next() {
+                None => data.value(&*first),
+                Some(second) => {
+                    let mut joined = first.into_owned();
+                    for value in std::iter::once(second).chain(values) {
+                        joined.push_str(", ");
+                        joined.push_str(&shown(value));
+                    }
+                    data.value(&joined)
+                }
+            };
         }
-    }
-    serde_json::Value::Object(out)
+    });
 }
 
 /// `text` with what `masks` find redacted, for the record.
-fn redacted(text: &str, masks: &[Arc<crate::mask::Masker>]) -> String {
-    let mut text = std::borrow::Cow::Borrowed(text);
+fn redacted<'a>(text: impl Into<Cow<'a, str>>, masks: &[Arc<crate::mask::Masker>]) -> Cow<'a, str> {
+    let mut text = text.into();
     for masker in masks {
-        if let std::borrow::Cow::Owned(masked) = masker.redact(&text) {
-            text = std::borrow::Cow::Owned(masked);
+        if let Cow::Owned(masked) = masker.redact(&text) {
+            text = Cow::Owned(masked);
         }
     }
-    text.into_owned()
+    text
 }
 
 /// Resolves a credential template (`Bearer ${env:KEY}`). Errors name the reference, never a
@@ -583,9 +591,9 @@ impl HttpSession {
         }
     }
 
-    pub async fn event(&self, kind: &str, data: serde_json::Value) {
+    pub async fn event(&self, kind: &'static str, data: serde_json::Value) {
         if self.record_level() != RecordLevel::Off {
-            crate::lock(&self.queue).push(Event::new(kind, data));
+            crate::lock(&self.queue).push(Record::new(kind, &data));
         }
         self.flush().await;
     }
@@ -593,16 +601,31 @@ impl HttpSession {
     /// Records a message (`http_request`, `http_response`). At `record = "full"` its event
     /// holds its place until its body, recorded by [`Self::tap`] with the returned place,
     /// joins it.
-    async fn message(&self, kind: &str, data: serde_json::Value) -> Option<tap::Held> {
-        if self.record_level() != RecordLevel::Full {
-            self.event(kind, data).await;
+    ///
+    /// `data` writes the message's fields; nothing is written at `record = "off"`.
+    async fn message(
+        &self,
+        kind: &'static str,
+        data: impl FnOnce(&mut JsonObject),
+    ) -> Option<tap::Held> {
+        let level = self.record_level();
+        if level == RecordLevel::Off {
+            self.flush().await;
+            return None;
+        }
+        let mut object = JsonObject::new();
+        data(&mut object);
+        let record = Record::encoded(kind, object.finish());
+        if level != RecordLevel::Full {
+            crate::lock(&self.queue).push(record);
+            self.flush().await;
             return None;
         }
         self.flush().await;
-        Some(tap::Queue::hold(&self.queue, Event::new(kind, data)))
+        Some(tap::Queue::hold(&self.queue, record))
     }
 
-    async fn write(&self, event: Event) {
+    async fn write(&self, event: Record) {
         self.ctx
             .recorder
             .write(Write::Event {
@@ -757,18 +780,16 @@ impl HttpSession {
                 .path_and_query()
                 .map_or(path.as_str(), http::uri::PathAndQuery::as_str),
             request_masks,
-        );
+        )
+        .into_owned();
         let request_held = self
-            .message(
-                "http_request",
-                serde_json::json!({
-                    "method": method,
-                    "path": recorded_path,
-                    "host": host,
-                    "version": format!("{:?}", request.version()),
-                    "headers": recorded_headers(request.headers(), credential_header, request_masks),
-                }),
-            )
+            .message("http_request", |data| {
+                data.field("method", method.as_str())
+                    .field("path", &recorded_path)
+                    .field("host", &host)
+                    .field("version", &format!("{:?}", request.version()));
+                recorded_headers(data, request.headers(), credential_header, request_masks);
+            })
             .await;
         if let Some(reason) = &binding.broken {
             self.lock().errors.push(reason.clone());
@@ -897,17 +918,10 @@ impl HttpSession {
             }
         };
         let response_held = self
-            .message(
-                "http_response",
-                serde_json::json!({
-                    "status": response.status().as_u16(),
-                    "headers": recorded_headers(
-                        response.headers(),
-                        None,
-                        self.metadata_masks(false),
-                    ),
-                }),
-            )
+            .message("http_response", |data| {
+                data.field("status", &response.status().as_u16());
+                recorded_headers(data, response.headers(), None, self.metadata_masks(false));
+            })
             .await;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
@@ -1090,7 +1104,15 @@ mod tests {
         headers.insert("x-custom", HeaderValue::from_static("v"));
         headers.insert("x-vault", HeaderValue::from_static("s"));
         headers.append("cookie", HeaderValue::from_static("a=1"));
-        let json = recorded_headers(&headers, Some("X-Vault"), &[]);
+        headers.append("accept", HeaderValue::from_static("text/plain"));
+        headers.append("accept", HeaderValue::from_static(r#"a/"quoted"\b"#));
+        let mut data = JsonObject::new();
+        data.field("status", &200);
+        recorded_headers(&mut data, &headers, Some("X-Vault"), &[]);
+        let data: serde_json::Value = serde_json::from_str(&data.finish()).unwrap();
+        assert_eq!(data["status"], 200);
+        let json = &data["headers"];
+        assert_eq!(json["accept"], r#"text/plain, a/"quoted"\b"#);
         assert_eq!(json["authorization"], "[REDACTED]");
         assert_eq!(json["x-api-key"], "[REDACTED]");
         assert_eq!(json["x-goog-api-key"], "[REDACTED]");

@@ -38,7 +38,7 @@ use crate::{
     },
     record::Recorder,
     redirect::{OrigDstTable, ip_of},
-    session::{self, Event, Identity, Outcome, Protocol, Session},
+    session::{self, Identity, Outcome, Protocol, Record, Session},
     store::Write,
     tls::{self, TlsContext, hello::ClientHello},
 };
@@ -391,7 +391,7 @@ impl Conn<'_> {
         tracing::debug!(id = %session.id, destination = %self.destination, pid = ?session.identity.pid, "session started");
     }
 
-    async fn event(&self, session: &Session, kind: &str, data: serde_json::Value) {
+    async fn event(&self, session: &Session, kind: &'static str, data: serde_json::Value) {
         let target = session
             .target
             .as_deref()
@@ -403,7 +403,7 @@ impl Conn<'_> {
             .recorder
             .write(Write::Event {
                 session: session.id.clone(),
-                event: Event::new(kind, data),
+                event: Record::new(kind, &data),
             })
             .await;
     }

@@ -194,22 +194,26 @@ impl Chain {
                 Write::Event { session, event } => {
                     if self.closed.contains(&session) {
                         *late += 1;
-                        tracing::error!(id = %session, kind = %event.kind, "event after its session closed; not recorded");
+                        tracing::error!(id = %session, kind = event.kind, "event after its session closed; not recorded");
                         continue;
                     }
                     let link = self.open.entry(session.clone()).or_insert_with(|| Link {
                         next: 0,
                         hash: audit::session_genesis(&session),
                     });
-                    let data = serde_json::Value::Object(event.data).to_string();
-                    let hash =
-                        audit::chain_event(&link.hash, link.next, &event.at, &event.kind, &data);
+                    let hash = audit::chain_event(
+                        &link.hash,
+                        link.next,
+                        &event.at,
+                        event.kind,
+                        &event.data,
+                    );
                     batch.events.push(EventRow {
                         session,
                         seq: link.next,
                         at: event.at,
-                        kind: event.kind,
-                        data,
+                        kind: event.kind.to_string(),
+                        data: event.data,
                         hash,
                     });
                     link.next += 1;

@@ -183,9 +183,160 @@ impl Event {
     }
 }
 
+/// An event on its way to the store. Its data is encoded where the event happens, once, as
+/// the JSON object the store keeps ([`JsonObject`]); the recorder chains and stores that text
+/// as it is. (Reading gives an [`Event`] back.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub at: String,
+    pub kind: &'static str,
+    /// A JSON object.
+    pub data: String,
+}
+
+impl Record {
+    /// A record of `data` (an object; anything else records as `{}`).
+    pub fn new(kind: &'static str, data: &serde_json::Value) -> Self {
+        let data = if data.is_object() {
+            data.to_string()
+        } else {
+            "{}".to_string()
+        };
+        Self::encoded(kind, data)
+    }
+
+    /// A record of an object already encoded ([`JsonObject::finish`]).
+    pub fn encoded(kind: &'static str, data: String) -> Self {
+        Self {
+            at: now(),
+            kind,
+            data,
+        }
+    }
+}
+
+/// A JSON object written field by field into one buffer: no map, no value per field.
+/// Keys are the recorder's own names (plain ASCII, nothing to escape); values are escaped.
+pub struct JsonObject {
+    buf: Vec<u8>,
+    /// No field yet in the object being written (no comma before the next key).
+    first: bool,
+}
+
+impl Default for JsonObject {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl JsonObject {
+    pub fn new() -> Self {
+        let mut buf = Vec::with_capacity(512);
+        buf.push(b'{');
+        Self { buf, first: true }
+    }
+
+    /// Opens a finished object again to add fields at its end.
+    pub fn reopen(object: String) -> Self {
+        let mut buf = object.into_bytes();
+        if buf.last() == Some(&b'}') {
+            buf.pop();
+        }
+        if buf.is_empty() {
+            buf.push(b'{');
+        }
+        let first = buf.len() == 1;
+        Self { buf, first }
+    }
+
+    /// Writes `"prefix" "key":` (after a comma unless it is the first field).
+    pub fn key(&mut self, prefix: &str, key: &str) -> &mut Self {
+        debug_assert!(
+            !prefix.contains(['"', '\\']) && !key.contains(['"', '\\']),
+            "keys are plain names"
+        );
+        if !self.first {
+            self.buf.push(b',');
+        }
+        self.first = false;
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(prefix.as_bytes());
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+        self
+    }
+
+    /// Writes a value (after [`Self::key`]).
+    pub fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> &mut Self {
+        if serde_json::to_writer(&mut self.buf, value).is_err() {
+            // Writing into memory cannot fail; if a value could not be encoded, the
+            // object stays valid.
+            self.buf.extend_from_slice(b"null");
+        }
+        self
+    }
+
+    pub fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> &mut Self {
+        self.key("", key).value(value)
+    }
+
+    /// Writes `"key":{…}`, the inner object's fields written by `fill`.
+    pub fn object(&mut self, key: &str, fill: impl FnOnce(&mut Self)) -> &mut Self {
+        self.key("", key);
+        self.buf.push(b'{');
+        self.first = true;
+        fill(self);
+        self.buf.push(b'}');
+        self.first = false;
+        self
+    }
+
+    pub fn finish(mut self) -> String {
+        self.buf.push(b'}');
+        String::from_utf8(self.buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_objects_are_written_as_serde_json_writes_them() {
+        let mut data = JsonObject::new();
+        data.field("method", "POST")
+            .field("path", "/a?q=\"x\"\\\n\u{1}é")
+            .field("host", &None::<String>)
+            .object("headers", |h| {
+                h.field("x-one", "1");
+                h.field("x-two", "2");
+            })
+            .object("empty", |_| {});
+        let text = data.finish();
+        let expect = serde_json::json!({
+            "method": "POST",
+            "path": "/a?q=\"x\"\\\n\u{1}é",
+            "host": null,
+            "headers": {"x-one": "1", "x-two": "2"},
+            "empty": {},
+        });
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            expect
+        );
+        // Reopened, fields go on at the end; an empty object takes no comma.
+        let mut more = JsonObject::reopen(text);
+        more.key("body_", "size").value(&3u64);
+        let text = more.finish();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["body_size"], 3);
+        assert_eq!(value["headers"]["x-two"], "2");
+        let mut empty = JsonObject::reopen(JsonObject::new().finish());
+        empty.field("a", &true);
+        assert_eq!(empty.finish(), r#"{"a":true}"#);
+        assert_eq!(Record::new("k", &serde_json::json!([1])).data, "{}");
+    }
 
     #[test]
     fn session_json_matches_the_contract() {

@@ -20,7 +20,7 @@ use sqlx::{
 
 use crate::{
     audit::{self, Checkpoint, Hash, LedgerEntry, StoredEvent, hex},
-    session::{Destination, Event, Identity, Outcome, Protocol, Session, Tls},
+    session::{Destination, Event, Identity, Outcome, Protocol, Record, Session, Tls},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ pub enum Write {
     /// Insert or update the whole session row (on start and again on end).
     Session(Box<Session>),
     /// Append an event to a session (its place in the session is the order of arrival).
-    Event { session: String, event: Event },
+    Event { session: String, event: Record },
 }
 
 /// One stored event: its place in the session and its chained hash.

@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     mask::MaskContext,
-    session::{self, Event},
+    session::{JsonObject, Record},
 };
 
 /// Extra bytes captured past the limit, so a restored value cut by the limit is still
@@ -46,7 +46,7 @@ pub struct Queue {
 
 struct Entry {
     id: u64,
-    event: Event,
+    event: Record,
     held: bool,
 }
 
@@ -67,7 +67,7 @@ impl Drop for Held {
 }
 
 impl Queue {
-    fn add(&mut self, event: Event, held: bool) -> u64 {
+    fn add(&mut self, event: Record, held: bool) -> u64 {
         let id = self.next;
         self.next += 1;
         self.entries.push_back(Entry { id, event, held });
@@ -79,12 +79,12 @@ impl Queue {
         id
     }
 
-    pub fn push(&mut self, event: Event) {
+    pub fn push(&mut self, event: Record) {
         self.add(event, false);
     }
 
     /// Queues `event`, held until the returned place is dropped or its body joins it.
-    pub fn hold(pending: &Pending, event: Event) -> Held {
+    pub fn hold(pending: &Pending, event: Record) -> Held {
         let id = crate::lock(pending).add(event, true);
         Held {
             id,
@@ -98,25 +98,21 @@ impl Queue {
         }
     }
 
-    /// Joins a body's summary to its held message; `false` when the message already went.
-    fn join(&mut self, id: u64, body: &mut serde_json::Map<String, serde_json::Value>) -> bool {
+    /// Joins a body's summary (written by `summary` at the end of the message's data) to its
+    /// held message; `false` when the message already went.
+    fn join(&mut self, id: u64, summary: impl FnOnce(&mut JsonObject)) -> bool {
         let Some(entry) = self.entries.iter_mut().find(|e| e.id == id && e.held) else {
             return false;
         };
-        for (key, value) in std::mem::take(body) {
-            let key = if key == "body" {
-                key
-            } else {
-                format!("body_{key}")
-            };
-            entry.event.data.insert(key, value);
-        }
+        let mut data = JsonObject::reopen(std::mem::take(&mut entry.event.data));
+        summary(&mut data);
+        entry.event.data = data.finish();
         entry.held = false;
         true
     }
 
     /// The events that can be written now: those before the first held message.
-    pub fn ready(&mut self) -> Vec<Event> {
+    pub fn ready(&mut self) -> Vec<Record> {
         let n = self
             .entries
             .iter()
@@ -126,7 +122,7 @@ impl Queue {
     }
 
     /// Everything (the session ends): a message still held goes without its body.
-    pub fn drain(&mut self) -> Vec<Event> {
+    pub fn drain(&mut self) -> Vec<Record> {
         self.entries.drain(..).map(|e| e.event).collect()
     }
 }
@@ -196,49 +192,52 @@ impl Capture {
         }
         let truncated = kept.len() > self.limit || self.size > kept.len() as u64;
         kept.truncate(self.limit);
-        let mut data = serde_json::Map::new();
-        data.insert("size".into(), self.size.into());
-        data.insert("truncated".into(), truncated.into());
-        if !restored {
-            data.insert(
-                "sha256".into(),
-                crate::hex(&std::mem::take(&mut self.sha).finalize()).into(),
-            );
-        }
-        if !complete {
-            data.insert("complete".into(), false.into());
-        }
-        if let Some(ct) = &self.content_type {
-            data.insert("content_type".into(), ct.clone().into());
-        }
-        if crate::http::masking::is_binary_type(self.content_type.as_deref()) {
-            data.insert("binary".into(), true.into());
+        let held = self.held.take();
+        let sha256 = (!restored).then(|| crate::hex(&std::mem::take(&mut self.sha).finalize()));
+        let body = if crate::http::masking::is_binary_type(self.content_type.as_deref()) {
+            None
         } else {
             match std::str::from_utf8(&kept) {
-                Ok(text) => data.insert("body".into(), text.into()),
+                Ok(text) => Some(text),
                 // Cut inside a character at the limit: keep the valid prefix.
-                Err(e) if e.error_len().is_none() => data.insert(
-                    "body".into(),
-                    String::from_utf8_lossy(&kept[..e.valid_up_to()]).into(),
-                ),
-                Err(_) => data.insert("binary".into(), true.into()),
+                Err(e) if e.error_len().is_none() => {
+                    std::str::from_utf8(&kept[..e.valid_up_to()]).ok()
+                }
+                Err(_) => None,
+            }
+        };
+        // Joined to its message, the fields are named `body_*` (the text stays `body`);
+        // on their own, as an event of `kind`, they keep their short names.
+        let summary = |data: &mut JsonObject, prefix: &str| {
+            data.key(prefix, "size").value(&self.size);
+            data.key(prefix, "truncated").value(&truncated);
+            if let Some(sha256) = &sha256 {
+                data.key(prefix, "sha256").value(sha256);
+            }
+            if !complete {
+                data.key(prefix, "complete").value(&false);
+            }
+            if let Some(ct) = &self.content_type {
+                data.key(prefix, "content_type").value(ct);
+            }
+            match body {
+                Some(text) => data.field("body", text),
+                None => data.key(prefix, "binary").value(&true),
             };
-        }
+        };
         let mut queue = crate::lock(&self.pending);
-        let joined = match self.held.take() {
+        let joined = match held {
             Some(mut held) => {
                 // Settled here, under this lock (`Held::drop` would lock again).
                 held.pending = None;
-                queue.join(held.id, &mut data)
+                queue.join(held.id, |data| summary(data, "body_"))
             }
             None => false,
         };
         if !joined {
-            queue.push(Event {
-                at: session::now(),
-                kind: self.kind.to_string(),
-                data,
-            });
+            let mut data = JsonObject::new();
+            summary(&mut data, "");
+            queue.push(Record::encoded(self.kind, data.finish()));
         }
     }
 }
@@ -326,7 +325,7 @@ mod tests {
         let events = pending.lock().unwrap().drain();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].kind, "response_body");
-        let e = &events[0].data;
+        let e = &data(&events[0]);
         assert_eq!(e["size"], 100);
         assert_eq!(e["truncated"], true);
         assert_eq!(e["body"], "aaaaaaaaaa");
@@ -341,8 +340,8 @@ mod tests {
             c.update(b"{\"partial\":");
         }
         let events = pending.lock().unwrap().drain();
-        assert_eq!(events[0].data["complete"], false);
-        assert_eq!(events[0].data["body"], "{\"partial\":");
+        assert_eq!(data(&events[0])["complete"], false);
+        assert_eq!(data(&events[0])["body"], "{\"partial\":");
     }
 
     #[tokio::test]
@@ -358,16 +357,24 @@ mod tests {
         drop(body);
         let events = pending.lock().unwrap().drain();
         assert_eq!(events.len(), 1);
-        assert!(events[0].data.get("complete").is_none(), "{:?}", events[0]);
-        assert_eq!(events[0].data["size"], 5);
+        assert!(
+            data(&events[0]).get("complete").is_none(),
+            "{:?}",
+            events[0]
+        );
+        assert_eq!(data(&events[0])["size"], 5);
     }
 
-    fn event(kind: &str) -> Event {
-        Event::new(kind, serde_json::json!({}))
+    fn event(kind: &'static str) -> Record {
+        Record::new(kind, &serde_json::json!({}))
     }
 
-    fn kinds(events: &[Event]) -> Vec<&str> {
-        events.iter().map(|e| e.kind.as_str()).collect()
+    fn kinds(events: &[Record]) -> Vec<&str> {
+        events.iter().map(|e| e.kind).collect()
+    }
+
+    fn data(event: &Record) -> serde_json::Value {
+        serde_json::from_str(&event.data).expect("a recorded event is a JSON object")
     }
 
     #[tokio::test]
@@ -390,7 +397,7 @@ mod tests {
         body.collect().await.unwrap();
         let events = pending.lock().unwrap().ready();
         assert_eq!(kinds(&events), ["http_response", "masking"]);
-        let d = &events[0].data;
+        let d = &data(&events[0]);
         assert_eq!(d["body"], "{\"ok\":true}");
         assert_eq!(d["body_size"], 11);
         assert_eq!(d["body_truncated"], false);
@@ -406,7 +413,7 @@ mod tests {
         drop(held);
         let events = pending.lock().unwrap().ready();
         assert_eq!(kinds(&events), ["http_request", "blocked"]);
-        assert!(!events[0].data.contains_key("body_size"));
+        assert!(data(&events[0]).get("body_size").is_none());
         // An empty body adds nothing either.
         let held = Queue::hold(&pending, event("http_request"));
         Capture::new(
@@ -420,7 +427,7 @@ mod tests {
         .finish(true);
         let events = pending.lock().unwrap().ready();
         assert_eq!(kinds(&events), ["http_request"]);
-        assert_eq!(events[0].data.len(), 0);
+        assert_eq!(events[0].data, "{}");
     }
 
     #[test]
@@ -445,6 +452,6 @@ mod tests {
         c.finish(true);
         let events = pending.lock().unwrap().ready();
         assert_eq!(kinds(&events), ["response_body"]);
-        assert_eq!(events[0].data["body"], "late");
+        assert_eq!(data(&events[0])["body"], "late");
     }
 }

@@ -12,7 +12,7 @@ use gateway_user::{
     audit::{Signer, anchor_path},
     policy::Policy,
     record::{Chain, Recorder},
-    session::{Event, Identity, Outcome, Session, timestamp},
+    session::{Identity, Outcome, Record, Session, timestamp},
     store::{Store, Write},
 };
 
@@ -54,13 +54,13 @@ async fn main() {
         s.target = Some(targets[i as usize % targets.len()].to_string());
         recorder.write(Write::Session(Box::new(s.clone()))).await;
         for e in 0..events {
-            let mut event = Event::new(
+            let mut event = Record::new(
                 if e % 2 == 0 {
                     "http_request"
                 } else {
                     "http_response"
                 },
-                serde_json::json!({"method": "POST", "path": format!("/v1/items/{i}/{e}"), "status": 200,
+                &serde_json::json!({"method": "POST", "path": format!("/v1/items/{i}/{e}"), "status": 200,
                     "headers": {"content-type": "application/json", "authorization": "[REDACTED]"}}),
             );
             event.at = timestamp(at);
