@@ -138,6 +138,7 @@ impl Chain {
     fn prepare(&mut self, writes: Vec<Write>, late: &mut u64) -> Batch {
         let mut batch = Batch {
             node: self.signer.node().to_string(),
+            events: Vec::with_capacity(writes.len()),
             ..Batch::default()
         };
         let mut index: HashMap<String, usize> = HashMap::new();

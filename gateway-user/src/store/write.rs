@@ -19,6 +19,9 @@ use super::{
     checkpoint_values, event_values, ledger_values, session_values,
 };
 
+/// `wal_autocheckpoint`, in pages (4 KiB): 32 MiB.
+const WAL_CHECKPOINT_PAGES: i64 = 8_192;
+
 #[derive(Clone)]
 pub(super) struct Writer {
     path: PathBuf,
@@ -75,6 +78,11 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     // survives a crash of the daemon.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Checkpoint (copy the WAL into the database, with an fsync of each) every 32 MiB of WAL
+    // instead of SQLite's 4 MiB: a page the recorder rewrites commit after commit (the end of
+    // the events table and its index) is copied once per checkpoint, and the fsyncs are an
+    // eighth as many. The WAL file stays at most that size plus one batch.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
     Ok(conn)
 }
 
