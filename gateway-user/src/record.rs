@@ -331,8 +331,26 @@ async fn write_loop(
             }
         }
         let received = writes.len();
-        let mut late = 0;
-        let batch = Arc::new(chain.prepare(std::mem::take(&mut writes), &mut late));
+        // Chaining a batch (a SHA-256 per event) runs beside the data path, not on a worker
+        // thread: a tokio worker busy with it for a millisecond stalls the connections
+        // scheduled on it.
+        let taken = std::mem::take(&mut writes);
+        let prepared = tokio::task::spawn_blocking(move || {
+            let mut late = 0;
+            let batch = chain.prepare(taken, &mut late);
+            (chain, batch, late)
+        })
+        .await;
+        let (batch, late) = match prepared {
+            Ok((back, batch, late)) => {
+                chain = back;
+                (Arc::new(batch), late)
+            }
+            Err(error) => {
+                tracing::error!(%error, "the recorder's chaining failed; recording stops");
+                break;
+            }
+        };
         stats.late_events.fetch_add(late, Ordering::Relaxed);
         let mut backoff = Duration::from_millis(50);
         while !batch.is_empty() {
