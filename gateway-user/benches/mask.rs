@@ -1,6 +1,6 @@
-//! Masking throughput (`cargo xtask bench mask`): clean text, dense PII, a JSON document and
-//! an SSE stream at 1 KiB, 64 KiB and 1 MiB, with the full catalogue (`pii` + `secrets`),
-//! against a naive baseline run in the same invocation: one `RegexSet` of every detector
+//! Masking throughput (`cargo xtask bench mask`): clean text, dense PII, a JSON chat body, a
+//! JSON list of API records and an SSE stream at 1 KiB, 64 KiB and 1 MiB, with the full
+//! catalogue (`pii` + `secrets`), against a naive baseline run in the same invocation: one `RegexSet` of every detector
 //! pattern, then each pattern that matched run over the whole text and its matches replaced
 //! (validators applied, as they must be for the output to be comparable).
 //!
@@ -64,6 +64,34 @@ fn json(len: usize) -> Vec<u8> {
         })
         .collect();
     serde_json::to_vec(&serde_json::json!({"model": "gpt-4o", "messages": messages}))
+        .expect("serialises")
+}
+
+/// An API's list answer, as the mock upstream of `cargo xtask bench http` serves it: records
+/// of short fields, prose with ids, dates and versions; one record in eight has an e-mail.
+/// Many short strings, most of them clean.
+fn records(len: usize) -> Vec<u8> {
+    let mut records = Vec::new();
+    let mut length = 16;
+    let mut i = 0u64;
+    while length < len {
+        let email = if i.is_multiple_of(8) {
+            serde_json::Value::String(format!("customer{i}@example.com"))
+        } else {
+            serde_json::Value::Null
+        };
+        let record = serde_json::json!({
+            "id": 100_000 + i,
+            "name": format!("Customer {i}"),
+            "status": "active",
+            "note": format!("Order {} shipped on 2026-11-{:02} by route {}; client v2.{}.{} reported no issues with the delivery window.", 40_000 + i * 7, 1 + i % 28, i % 13, i % 10, i % 7),
+            "email": email,
+        });
+        length += record.to_string().len() + 1;
+        records.push(record);
+        i += 1;
+    }
+    serde_json::to_vec(&serde_json::json!({ "object": "list", "data": records }))
         .expect("serialises")
 }
 
@@ -149,10 +177,11 @@ fn ctx() -> MaskContext {
 fn bench(c: &mut Criterion) {
     let masker = catalogue();
     let naive = Naive::new();
-    let corpora: [(&str, fn(usize) -> Vec<u8>); 4] = [
+    let corpora: [(&str, fn(usize) -> Vec<u8>); 5] = [
         ("clean", clean),
         ("dense", dense),
         ("json", json),
+        ("records", records),
         ("sse", sse),
     ];
     for (name, make) in corpora {
@@ -166,7 +195,7 @@ fn bench(c: &mut Criterion) {
             group.throughput(Throughput::Bytes(input.len() as u64));
             group.bench_with_input(BenchmarkId::new("engine", label), &input, |b, input| {
                 b.iter(|| match name {
-                    "json" => {
+                    "json" | "records" => {
                         let mut ctx = ctx();
                         gateway_user::mask::mask_body(
                             &[Step::Mask(Arc::clone(&masker))],

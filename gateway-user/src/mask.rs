@@ -540,6 +540,17 @@ impl Masker {
         }
     }
 
+    /// Where a match may start in `hay`, as `lo..=hi` ranges sorted by `lo`: a match found
+    /// in any piece of `hay` (a JSON string value, scanned on its own) starts inside one of
+    /// them. Every match holds its trigger (an anchor, a shape of digits, …), and a trigger
+    /// inside a piece is found where that piece stands in the whole.
+    fn trigger_starts(&self, hay: &[u8]) -> Vec<(usize, usize)> {
+        let spans = self.triggers.spans(self.detectors.len(), hay, 0);
+        let mut starts: Vec<(usize, usize)> = spans.starts().collect();
+        starts.sort_unstable();
+        starts
+    }
+
     /// Findings in the whole of `text`.
     pub fn find(&self, text: &[u8]) -> Vec<Finding> {
         let mut found = Vec::new();
@@ -754,7 +765,7 @@ pub fn mask_body(
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|b| matches!(b, b'{' | b'['));
     if json_type || looks_json {
-        if let Some(masked) = mask_json_in_place(steps, body, ctx) {
+        if let Some(masked) = mask_json_in_place(steps, body, ctx, true) {
             return masked;
         }
         match serde_json::from_slice::<Value>(body) {
@@ -797,6 +808,7 @@ fn mask_json_in_place(
     steps: &[stream::Step],
     body: &[u8],
     ctx: &mut MaskContext,
+    prefilter: bool,
 ) -> Option<Option<Vec<u8>>> {
     let maskers: Vec<&Masker> = steps
         .iter()
@@ -806,6 +818,15 @@ fn mask_json_in_place(
         })
         .collect::<Option<_>>()?;
     serde_json::from_slice::<serde::de::IgnoredAny>(body).ok()?;
+    // One trigger pass over the whole document instead of one per string: a string value
+    // (without escapes, so its bytes are its text) is masked only when a trigger falls in
+    // it; any other is one no masker would change.
+    let triggers: Vec<Vec<(usize, usize)>> = if prefilter {
+        maskers.iter().map(|m| m.trigger_starts(body)).collect()
+    } else {
+        Vec::new()
+    };
+    let mut cursors = vec![0; triggers.len()];
     let mut out: Option<Vec<u8>> = None;
     let mut copied = 0;
     let mut at = 0;
@@ -828,6 +849,9 @@ fn mask_json_in_place(
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|b| *b == b':');
         if is_key {
+            continue;
+        }
+        if prefilter && !escaped && !triggered(&triggers, &mut cursors, open + 1..close) {
             continue;
         }
         let original: Cow<'_, str> = if escaped {
@@ -854,6 +878,30 @@ fn mask_json_in_place(
         out.extend_from_slice(&body[copied..]);
         out
     }))
+}
+
+/// Whether a trigger of any masker may start inside `piece`. Pieces come in order of
+/// position, so each masker's sorted ranges are walked forward once (`cursors`): a range
+/// ending before this piece ends before every later one too.
+fn triggered(
+    triggers: &[Vec<(usize, usize)>],
+    cursors: &mut [usize],
+    piece: std::ops::Range<usize>,
+) -> bool {
+    let mut hit = false;
+    for (starts, cursor) in triggers.iter().zip(cursors.iter_mut()) {
+        while starts.get(*cursor).is_some_and(|&(_, hi)| hi < piece.start) {
+            *cursor += 1;
+        }
+        // The range at the cursor reaches the piece (or lies past it): the scan stops there
+        // or soon after.
+        hit = hit
+            || starts[*cursor..]
+                .iter()
+                .take_while(|&&(lo, _)| lo < piece.end)
+                .any(|&(_, hi)| hi >= piece.start);
+    }
+    hit
 }
 
 /// `application/json`, `application/problem+json`, `text/json`, …

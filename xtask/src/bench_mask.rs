@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
-const CORPORA: &[&str] = &["clean", "dense", "json", "sse"];
+const CORPORA: &[&str] = &["clean", "dense", "json", "records", "sse"];
 const SIZES: &[&str] = &["1KiB", "64KiB", "1MiB"];
 
 /// Bytes per second of one benchmark, from criterion's files.
@@ -34,7 +34,7 @@ pub fn run() -> Result<()> {
     let root = crate::util::workspace_root().join("target/criterion");
     println!("\nmasking throughput, full catalogue (pii + secrets), one core");
     println!(
-        "{:<7} {:>6} {:>12} {:>12} {:>8}  goal",
+        "{:<8} {:>6} {:>12} {:>12} {:>8}  goal",
         "corpus", "size", "engine MB/s", "naive MB/s", "ratio"
     );
     for corpus in CORPORA {
@@ -57,7 +57,7 @@ pub fn run() -> Result<()> {
                 _ => String::new(),
             };
             println!(
-                "{corpus:<7} {size:>6} {:>12.1} {:>12.1} {:>7.2}×  {goal}",
+                "{corpus:<8} {size:>6} {:>12.1} {:>12.1} {:>7.2}×  {goal}",
                 engine / 1e6,
                 naive / 1e6,
                 engine / naive

@@ -351,6 +351,13 @@ impl Shapes<'_> {
             self.push(&self.triggers.hex_pairs, at - 2, at - 2, None);
         }
         if hay[at] == b':' && at >= self.colons_seen && !self.triggers.hex_colons.is_empty() {
+            let part = |b: &u8| b.is_ascii_hexdigit() || *b == b':';
+            let joined = (at > from && part(&hay[at - 1])) || hay.get(at + 1).is_some_and(part);
+            if !joined {
+                // A colon alone (a JSON key's, a label's): its run is itself, no address.
+                self.colons_seen = at + 1;
+                return;
+            }
             let run = hex_colon_run(hay, from, at);
             self.colons_seen = run.end;
             if ipv6_shaped(&hay[run.clone()]) {
@@ -449,6 +456,11 @@ impl Spans {
 
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
+    }
+
+    /// Every span's possible starts `lo..=hi`, whatever its detector (unordered).
+    pub fn starts(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.spans.iter().map(|s| (s.lo, s.hi))
     }
 
     /// Detector `detector`'s spans, in order of position.
@@ -630,7 +642,66 @@ mod tests {
             let text = pieces.concat();
             prop_assert_eq!(triggered.find(text.as_bytes()), PLAIN.find(text.as_bytes()));
         }
+
+        /// A JSON document masked in place gives the same bytes whether its string values
+        /// are chosen by one trigger pass over the whole document or all masked one by one.
+        #[test]
+        fn one_trigger_pass_over_a_json_document_masks_what_every_string_would(
+            values in proptest::collection::vec(
+                (
+                    proptest::sample::select(KEYS),
+                    proptest::collection::vec(proptest::sample::select(PIECES), 0..12),
+                    0u8..5,
+                ),
+                0..24,
+            )
+        ) {
+            static STEPS: std::sync::LazyLock<Vec<crate::mask::stream::Step>> =
+                std::sync::LazyLock::new(|| {
+                    vec![crate::mask::stream::Step::Mask(Arc::new(Masker::new(
+                        detectors::CATALOGUE.clone(),
+                        Strategy::Redact,
+                        Vec::new(),
+                    )))]
+                });
+            // Objects, arrays and numbers around the strings; keys that are key words.
+            let mut doc = Vec::new();
+            for (key, pieces, shape) in values {
+                let mut text = pieces.concat();
+                if shape == 4 {
+                    // Escapes: this value's bytes in the document are not its text.
+                    let mid = (0..=text.len() / 2)
+                        .rev()
+                        .find(|&i| text.is_char_boundary(i))
+                        .unwrap_or(0);
+                    text.insert_str(mid, "\"q\\\n");
+                }
+                let text = serde_json::Value::String(text);
+                doc.push(match shape {
+                    0 => serde_json::json!({ key: text }),
+                    1 => serde_json::json!([text, 4111, "1111 1111", key]),
+                    2 => serde_json::json!({ key: { "n": 219, "v": text } }),
+                    _ => text,
+                });
+            }
+            for body in [
+                serde_json::to_vec(&doc).unwrap(),
+                serde_json::to_vec_pretty(&doc).unwrap(),
+            ] {
+                let mut a = crate::mask::MaskContext::new(Arc::from(&b"k"[..]));
+                let mut b = crate::mask::MaskContext::new(Arc::from(&b"k"[..]));
+                let filtered = crate::mask::mask_json_in_place(&STEPS, &body, &mut a, true);
+                let each = crate::mask::mask_json_in_place(&STEPS, &body, &mut b, false);
+                prop_assert_eq!(filtered, each);
+                prop_assert_eq!(a.counts, b.counts);
+            }
+        }
     }
+
+    /// Keys of the documents above: plain names and key words that gate detectors.
+    const KEYS: &[&str] = &[
+        "content", "password", "api_key", "phone", "ip", "secret", "AKIA", "x",
+    ];
 
     #[test]
     fn digit_colon_or_dash_is_exact() {
