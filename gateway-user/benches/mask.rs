@@ -16,6 +16,10 @@ use gateway_user::mask::{
 };
 use regex::bytes::{Regex, RegexSet};
 
+/// Shared with the mock upstream (`tests/src/records.rs`), which the bench cannot depend on.
+#[path = "../../tests/src/records.rs"]
+mod shared;
+
 const SIZES: &[(usize, &str)] = &[(1 << 10, "1KiB"), (64 << 10, "64KiB"), (1 << 20, "1MiB")];
 
 /// Prose and log lines with numbers, versions, ids and times, and no sensitive value.
@@ -67,32 +71,10 @@ fn json(len: usize) -> Vec<u8> {
         .expect("serialises")
 }
 
-/// An API's list answer, as the mock upstream of `cargo xtask bench http` serves it: records
-/// of short fields, prose with ids, dates and versions; one record in eight has an e-mail.
-/// Many short strings, most of them clean.
+/// An API's list answer, the very document the mock upstream of `cargo xtask bench http`
+/// serves: many short strings, most of them clean.
 fn records(len: usize) -> Vec<u8> {
-    let mut records = Vec::new();
-    let mut length = 16;
-    let mut i = 0u64;
-    while length < len {
-        let email = if i.is_multiple_of(8) {
-            serde_json::Value::String(format!("customer{i}@example.com"))
-        } else {
-            serde_json::Value::Null
-        };
-        let record = serde_json::json!({
-            "id": 100_000 + i,
-            "name": format!("Customer {i}"),
-            "status": "active",
-            "note": format!("Order {} shipped on 2026-11-{:02} by route {}; client v2.{}.{} reported no issues with the delivery window.", 40_000 + i * 7, 1 + i % 28, i % 13, i % 10, i % 7),
-            "email": email,
-        });
-        length += record.to_string().len() + 1;
-        records.push(record);
-        i += 1;
-    }
-    serde_json::to_vec(&serde_json::json!({ "object": "list", "data": records }))
-        .expect("serialises")
+    shared::json_document(len)
 }
 
 /// One line in five carries a value: what an agent's tool results look like.

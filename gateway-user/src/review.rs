@@ -49,9 +49,12 @@ fn body_lines(line: &mut String, arrow: char, d: &serde_json::Map<String, Value>
     };
     let truncated = field("truncated").and_then(Value::as_bool) == Some(true);
     let cut = field("complete").and_then(Value::as_bool) == Some(false);
+    if !line.is_empty() {
+        line.push_str("\n          "); // under its message's line
+    }
     let _ = write!(
         line,
-        "\n          {arrow} body {size} bytes{}{}{}",
+        "{arrow} body {size} bytes{}{}{}",
         if truncated { ", truncated" } else { "" },
         if cut { ", cut" } else { "" },
         field("sha256")
@@ -123,7 +126,7 @@ pub fn replay(session: &Session, events: &[Event]) -> String {
                     '<'
                 };
                 body_lines(&mut line, arrow, d, "");
-                line.trim_start().to_string()
+                line
             }
             "blocked" => format!("! blocked by {} {} {}", s("rule"), s("method"), s("path")),
             "denied" => format!("! denied: {}", s("reason")),

@@ -978,27 +978,11 @@ mod tests {
     /// A session without identity, TLS or outcome: every NULL carries its column's type
     /// (`PostgreSQL` refuses a NULL bound as text into a `BIGINT` column).
     fn bare_session() -> Session {
-        Session {
-            id: "01BARE".into(),
-            started_at: "2026-11-22T00:00:00.000Z".into(),
-            ended_at: None,
-            identity: Identity::default(),
-            destination: Destination {
-                ip: "127.0.0.1".parse().unwrap(),
-                port: 9,
-                host: None,
-            },
-            target: None,
-            protocol: Protocol::Tcp,
-            tls: None,
-            bytes_up: 0,
-            bytes_down: 0,
-            outcome: None,
-            rules: vec![],
-            masked: BTreeMap::new(),
-            error: None,
-            policy_version: None,
-        }
+        Session::open(
+            Identity::default(),
+            "127.0.0.1:9".parse().unwrap(),
+            &crate::policy::Policy::record_only(),
+        )
     }
 
     #[test]
@@ -1017,14 +1001,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let url = format!("sqlite://{}", dir.join("t.db").display());
         let store = Store::open(&url).await.unwrap();
+        let session = bare_session();
         let batch = Arc::new(Batch {
             node: "test-node".into(),
-            sessions: vec![bare_session()],
+            sessions: vec![session.clone()],
             ..Batch::default()
         });
         store.apply(&batch).await.unwrap();
         let got = store.list(&ListFilter::default()).await.unwrap();
-        assert_eq!(got, vec![bare_session()]);
+        assert_eq!(got, vec![session]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -22,6 +22,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod records;
+
 /// The daemon binary: `REACT_GATEWAY_BIN`, else `target/release/react-gateway`.
 pub fn bin() -> PathBuf {
     let path = std::env::var_os("REACT_GATEWAY_BIN").map_or_else(

@@ -178,7 +178,7 @@ async fn serve(
             .lock()
             .expect("documents")
             .entry(size)
-            .or_insert_with(|| Bytes::from(json_document(size)))
+            .or_insert_with(|| Bytes::from(react_gateway_tests::records::json_document(size)))
             .clone();
         return Response::builder()
             .header("content-type", "application/json")
@@ -413,31 +413,4 @@ async fn main() {
     }
     println!("ready");
     std::future::pending::<()>().await;
-}
-
-/// The `/json/N` body: a JSON object of records, about `size` bytes.
-fn json_document(size: usize) -> Vec<u8> {
-    let mut records = Vec::new();
-    let mut length = 16;
-    let mut i = 0u64;
-    while length < size {
-        let email = if i % 8 == 0 {
-            serde_json::Value::String(format!("customer{i}@example.com"))
-        } else {
-            serde_json::Value::Null
-        };
-        let record = serde_json::json!({
-            "id": 100_000 + i,
-            "name": format!("Customer {i}"),
-            "status": "active",
-            "note": format!("Order {} shipped on 2026-11-{:02} by route {}; client v2.{}.{} reported no issues with the delivery window.", 40_000 + i * 7, 1 + i % 28, i % 13, i % 10, i % 7),
-            "email": email,
-        });
-        length += record.to_string().len() + 1;
-        records.push(record);
-        i += 1;
-    }
-    serde_json::json!({ "object": "list", "data": records })
-        .to_string()
-        .into_bytes()
 }
