@@ -24,7 +24,7 @@ use std::{
 };
 
 use react_gateway_tests::{Gateway, MockUpstream, Postgres, free_port, privileged, session_show};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 
 const MOCK: &str = env!("CARGO_BIN_EXE_mock-upstream");
 const EMAIL: &str = "jane.doe@example.com";
@@ -68,6 +68,39 @@ impl Backend {
                 String::from_utf8_lossy(&out.stdout).into_owned()
             }
         }
+    }
+
+    /// A session's stored events, each as its exact JSON text, in order (its event blocks
+    /// flattened).
+    fn events(&self, gateway: &Gateway, id: &str) -> Vec<String> {
+        let blocks = self.sql(
+            gateway,
+            &format!("SELECT data FROM event_blocks WHERE session_id = '{id}' ORDER BY seq"),
+        );
+        let mut events = Vec::new();
+        for block in blocks.lines().filter(|l| !l.is_empty()) {
+            let block: Vec<Box<RawValue>> = serde_json::from_str(block).expect(block);
+            events.extend(block.iter().map(|e| e.get().to_string()));
+        }
+        events
+    }
+
+    /// Stores `events` as the session's only block of events.
+    fn set_events(&self, gateway: &Gateway, id: &str, events: &[String]) {
+        let first: Value = serde_json::from_str(&events[0]).unwrap();
+        let data = format!("[{}]", events.join(",")).replace('\'', "''");
+        self.sql(
+            gateway,
+            &format!("DELETE FROM event_blocks WHERE session_id = '{id}'"),
+        );
+        self.sql(
+            gateway,
+            &format!(
+                "INSERT INTO event_blocks (session_id, seq, events, data) VALUES ('{id}', {}, {}, '{data}')",
+                first["seq"],
+                events.len()
+            ),
+        );
     }
 
     /// Every byte the store holds: the `SQLite` files (WAL included) or a PostgreSQL dump.
@@ -294,27 +327,29 @@ fn round_trip_and_tamper(name: &str, backend: &Backend) {
     let [altered, deleted_event, deleted, reordered, clean] = ids.as_slice() else {
         panic!("{ids:?}");
     };
-    backend.sql(&gateway, &format!("UPDATE events SET data = replace(data, 'REDACTED', 'EDITED') WHERE session_id = '{altered}' AND kind = 'http_request'"));
+    backend.sql(&gateway, &format!("UPDATE event_blocks SET data = replace(data, 'REDACTED', 'EDITED') WHERE session_id = '{altered}'"));
+    let mut events = backend.events(&gateway, deleted_event);
+    assert!(events.len() >= 3, "{events:?}");
+    events.remove(1);
+    backend.set_events(&gateway, deleted_event, &events);
     backend.sql(
         &gateway,
-        &format!("DELETE FROM events WHERE session_id = '{deleted_event}' AND seq = 1"),
-    );
-    backend.sql(
-        &gateway,
-        &format!("DELETE FROM events WHERE session_id = '{deleted}'"),
+        &format!("DELETE FROM event_blocks WHERE session_id = '{deleted}'"),
     );
     backend.sql(
         &gateway,
         &format!("DELETE FROM sessions WHERE id = '{deleted}'"),
     );
-    for (from, to) in [(0, -1), (1, 0), (-1, 1)] {
-        backend.sql(
-            &gateway,
-            &format!(
-                "UPDATE events SET seq = {to} WHERE session_id = '{reordered}' AND seq = {from}"
-            ),
-        );
-    }
+    // The first two events change places, each taking the other's seq.
+    let mut events = backend.events(&gateway, reordered);
+    let (first, second) = (
+        events[1].replacen("{\"seq\":1,", "{\"seq\":0,", 1),
+        events[0].replacen("{\"seq\":0,", "{\"seq\":1,", 1),
+    );
+    assert!(first.starts_with("{\"seq\":0,") && second.starts_with("{\"seq\":1,"));
+    events[0] = first;
+    events[1] = second;
+    backend.set_events(&gateway, reordered, &events);
     backend.sql(
         &gateway,
         &format!("DELETE FROM ledger WHERE session_id = '{last}'"),

@@ -45,11 +45,12 @@ pub mod tls;
 
 /// Lower-case hex of `bytes` (digests, keys, signatures).
 pub fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
+    let mut out = Vec::with_capacity(bytes.len() * 2);
     for &b in bytes {
-        out.extend(hex_pair(b).map(char::from));
+        out.extend_from_slice(&hex_pair(b));
     }
-    out
+    // Hex digits are ASCII.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The two lower-case hex digits of `b`.

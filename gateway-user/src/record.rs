@@ -31,7 +31,7 @@ use tokio::{
 use crate::{
     audit::{self, Hash, LedgerEntry, Signer},
     session::{self, Outcome},
-    store::{Batch, EventRow, Store, StoreError, Write},
+    store::{Batch, EventBlock, Store, StoreError, Write},
 };
 
 /// Queue capacity; senders wait when it is full (backpressure on running sessions).
@@ -138,10 +138,11 @@ impl Chain {
     fn prepare(&mut self, writes: Vec<Write>, late: &mut u64) -> Batch {
         let mut batch = Batch {
             node: self.signer.node().to_string(),
-            events: Vec::with_capacity(writes.len()),
             ..Batch::default()
         };
         let mut index: HashMap<String, usize> = HashMap::new();
+        // Each session's block in `batch.blocks`.
+        let mut blocks: HashMap<String, usize> = HashMap::new();
         for write in writes {
             match write {
                 Write::Session(session) => {
@@ -209,18 +210,21 @@ impl Chain {
                         event.kind,
                         &event.data,
                     );
-                    batch.events.push(EventRow {
-                        session,
-                        seq: link.next,
-                        at: event.at,
-                        kind: event.kind.to_string(),
-                        data: event.data,
-                        hash,
+                    let i = *blocks.entry(session).or_insert_with_key(|session| {
+                        batch
+                            .blocks
+                            .push(EventBlock::new(session.clone(), link.next));
+                        batch.blocks.len() - 1
                     });
+                    let block = &mut batch.blocks[i];
+                    block.push(link.next, &event.at, event.kind, &hash, &event.data);
                     link.next += 1;
                     link.hash = hash;
                 }
             }
+        }
+        for block in &mut batch.blocks {
+            block.finish();
         }
         if !batch.ledger.is_empty() {
             batch.head =

@@ -6,8 +6,11 @@
 //! `sessions list`) go through [`bulk`] and the recorder's writes through [`write`], both
 //! rusqlite on a blocking thread.
 
+mod block;
 mod bulk;
 mod write;
+
+pub use block::EventBlock;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -57,16 +60,6 @@ pub enum Write {
 }
 
 /// One stored event: its place in the session and its chained hash.
-#[derive(Debug, Clone)]
-pub struct EventRow {
-    pub session: String,
-    pub seq: u64,
-    pub at: String,
-    pub kind: String,
-    pub data: String,
-    pub hash: Hash,
-}
-
 /// What the recorder writes in one transaction: rows prepared (and chained) once, so a retry
 /// after a store failure writes exactly the same thing.
 #[derive(Debug, Default)]
@@ -74,18 +67,19 @@ pub struct Batch {
     pub node: String,
     /// The latest state of each session touched, in first-touched order.
     pub sessions: Vec<Session>,
-    pub events: Vec<EventRow>,
+    /// Each session's events of this batch, as one block per session.
+    pub blocks: Vec<EventBlock>,
     pub ledger: Vec<LedgerEntry>,
     pub head: Option<Checkpoint>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.events.is_empty() && self.ledger.is_empty()
+        self.sessions.is_empty() && self.blocks.is_empty() && self.ledger.is_empty()
     }
 
     pub fn rows(&self) -> usize {
-        self.sessions.len() + self.events.len() + self.ledger.len()
+        self.sessions.len() + self.blocks.len() + self.ledger.len()
     }
 }
 
@@ -354,28 +348,48 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let session = session_from_row(row)?;
-            let last = sqlx::query(
-                "SELECT seq, hash FROM events WHERE session_id = $1 ORDER BY seq DESC LIMIT 1",
-            )
-            .bind(&session.id)
-            .fetch_optional(&self.pool)
-            .await?;
-            let (count, head) = match last {
-                Some(row) => {
-                    let seq: i64 = row.try_get("seq")?;
-                    let hash: String = row.try_get("hash")?;
+            let (count, head) = match self.last_event(&session.id).await? {
+                Some((seq, hash)) => {
                     let hash = audit::unhex(&hash)
                         .and_then(|h| h.try_into().ok())
                         .ok_or_else(|| {
                             StoreError::Corrupt(session.id.clone(), "event hash".into())
                         })?;
-                    (u64::try_from(seq).unwrap_or(0) + 1, hash)
+                    (seq + 1, hash)
                 }
                 None => (0, audit::session_genesis(&session.id)),
             };
             out.push((session, count, head));
         }
         Ok(out)
+    }
+
+    /// `seq` and stored hash of a session's last event.
+    async fn last_event(&self, id: &str) -> Result<Option<(u64, String)>, StoreError> {
+        let block: Option<String> = sqlx::query_scalar(
+            "SELECT data FROM event_blocks WHERE session_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(block) = block {
+            let last = block::events(id, &block)
+                .map_err(|problem| StoreError::Corrupt(id.to_string(), problem))?
+                .pop();
+            return Ok(last.map(|e| (e.seq, e.hash)));
+        }
+        // Recorded before event blocks.
+        let row = sqlx::query(
+            "SELECT seq, hash FROM events WHERE session_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let seq: i64 = row.try_get("seq")?;
+            Ok((u64::try_from(seq).unwrap_or(0), row.try_get("hash")?))
+        })
+        .transpose()
     }
 
     /// Writes a prepared batch in one transaction. Idempotent: a retry after a failure whose
@@ -388,15 +402,15 @@ impl Store {
         for s in &batch.sessions {
             upsert_session(&mut tx, &batch.node, s).await?;
         }
-        // PostgreSQL: multi-row inserts, one statement (round trip) per 100 events.
-        for chunk in batch.events.chunks(100) {
+        // PostgreSQL: multi-row inserts, one statement (round trip) per 100 blocks.
+        for chunk in batch.blocks.chunks(100) {
             let mut sql = Sql::new(
                 self.backend,
-                "INSERT INTO events (session_id, seq, at, kind, data, hash) VALUES ",
+                "INSERT INTO event_blocks (session_id, seq, events, data) VALUES ",
             );
-            for (i, e) in chunk.iter().enumerate() {
+            for (i, b) in chunk.iter().enumerate() {
                 sql.push(if i == 0 { "(" } else { ", (" });
-                for (j, value) in event_values(e).into_iter().enumerate() {
+                for (j, value) in block_values(b).into_iter().enumerate() {
                     sql.push(if j == 0 { "" } else { ", " }).bind(value);
                 }
                 sql.push(")");
@@ -512,6 +526,7 @@ impl Store {
             return Ok(None);
         };
         let session = session_from_row(&row)?;
+        // Recorded before event blocks.
         let rows =
             sqlx::query("SELECT at, kind, data FROM events WHERE session_id = $1 ORDER BY seq")
                 .bind(id)
@@ -525,6 +540,22 @@ impl Store {
                 kind: row.try_get("kind")?,
                 data: event_data(id, &data)?,
             });
+        }
+        let blocks: Vec<String> =
+            sqlx::query_scalar("SELECT data FROM event_blocks WHERE session_id = $1 ORDER BY seq")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        for block in blocks {
+            for e in block::events(id, &block)
+                .map_err(|problem| StoreError::Corrupt(id.to_string(), problem))?
+            {
+                events.push(Event {
+                    data: event_data(id, &e.data)?,
+                    at: e.at,
+                    kind: e.kind,
+                });
+            }
         }
         Ok(Some((session, events)))
     }
@@ -549,18 +580,31 @@ impl Store {
         since: Option<&str>,
         mut each: impl FnMut(StoredEvent) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut q = Sql::new(
-            self.backend,
-            "SELECT session_id, seq, at, kind, data, hash FROM events",
-        );
-        if let Some(since) = since {
-            // Session ids are ULIDs: they sort by start time, like `since`.
-            q.push(" WHERE session_id IN (SELECT id FROM sessions WHERE started_at >= ")
-                .bind(Bind::text(since))
-                .push(")");
-        }
-        q.push(" ORDER BY session_id, seq");
-        self.each_row(&q, event_from_row, &mut each).await
+        let query = |table: &str| {
+            let mut q = Sql::new(
+                self.backend,
+                if table == "events" {
+                    "SELECT session_id, seq, at, kind, data, hash FROM events"
+                } else {
+                    "SELECT session_id, seq, data FROM event_blocks"
+                },
+            );
+            if let Some(since) = since {
+                q.push(" WHERE session_id IN (SELECT id FROM sessions WHERE started_at >= ")
+                    .bind(Bind::text(since))
+                    .push(")");
+            }
+            q.push(" ORDER BY session_id, seq");
+            q
+        };
+        // Events recorded before event blocks first: a session has its events in one table
+        // or the other, and each session's come in order.
+        self.each_row(&query("events"), event_from_row, &mut each)
+            .await?;
+        self.each_row(&query("event_blocks"), block_from_row, &mut |events| {
+            events.into_iter().try_for_each(&mut each)
+        })
+        .await
     }
 
     /// Runs a query and hands each row, mapped, to `each`: through [`bulk`] for `SQLite`,
@@ -588,10 +632,14 @@ impl Store {
     }
 
     pub async fn count_events(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
             .fetch_one(&self.pool)
             .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let in_blocks: i64 =
+            sqlx::query_scalar("SELECT CAST(COALESCE(SUM(events), 0) AS BIGINT) FROM event_blocks")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(rows + in_blocks).unwrap_or(0))
     }
 
     /// Every node with its registered public key (hex).
@@ -686,13 +734,15 @@ impl Store {
         );
         let mut tx = self.pool.begin().await?;
         let select = "SELECT session_id FROM ledger WHERE node = $1 AND seq <= $2";
-        sqlx::query(&format!(
-            "DELETE FROM events WHERE session_id IN ({select})"
-        ))
-        .bind(node)
-        .bind(bound)
-        .execute(&mut *tx)
-        .await?;
+        for table in ["events", "event_blocks"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE session_id IN ({select})"
+            ))
+            .bind(node)
+            .bind(bound)
+            .execute(&mut *tx)
+            .await?;
+        }
         let removed = sqlx::query(&format!("DELETE FROM sessions WHERE id IN ({select})"))
             .bind(node)
             .bind(bound)
@@ -807,16 +857,14 @@ fn session_values<'a>(node: &'a str, s: &'a Session) -> [Bind<'a>; 23] {
     ]
 }
 
-const INSERT_EVENT: &str = "INSERT INTO events (session_id, seq, at, kind, data, hash) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_id, seq) DO NOTHING";
+const INSERT_BLOCK: &str = "INSERT INTO event_blocks (session_id, seq, events, data) VALUES ($1, $2, $3, $4) ON CONFLICT (session_id, seq) DO NOTHING";
 
-fn event_values(e: &EventRow) -> [Bind<'_>; 6] {
+fn block_values(b: &EventBlock) -> [Bind<'_>; 4] {
     [
-        Bind::text(&e.session),
-        Bind::Int(int(e.seq)),
-        Bind::text(&e.at),
-        Bind::text(&e.kind),
-        Bind::text(&e.data),
-        Bind::owned(hex(&e.hash)),
+        Bind::text(&b.session),
+        Bind::Int(int(b.seq)),
+        Bind::Int(int(b.events)),
+        Bind::text(&b.data),
     ]
 }
 
@@ -884,6 +932,16 @@ fn event_from_row(row: &dyn Columns) -> Result<StoredEvent, StoreError> {
         data: row.need_text("data")?,
         hash: row.need_text("hash")?,
     })
+}
+
+fn block_from_row(row: &dyn Columns) -> Result<Vec<StoredEvent>, StoreError> {
+    let session = row.need_text("session_id")?;
+    let seq = u64::try_from(row.need_int("seq")?).unwrap_or(u64::MAX);
+    Ok(block::events_or_unreadable(
+        &session,
+        seq,
+        row.need_text("data")?,
+    ))
 }
 
 fn ledger_from_row(row: &dyn Columns) -> Result<LedgerEntry, StoreError> {

@@ -15,8 +15,8 @@ use std::{
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::{
-    Batch, INSERT_EVENT, INSERT_LEDGER, StoreError, UPSERT_CHECKPOINT, UPSERT_SESSION,
-    checkpoint_values, event_values, ledger_values, session_values,
+    Batch, INSERT_BLOCK, INSERT_LEDGER, StoreError, UPSERT_CHECKPOINT, UPSERT_SESSION,
+    block_values, checkpoint_values, ledger_values, session_values,
 };
 
 /// `wal_autocheckpoint`, in pages (4 KiB): 32 MiB.
@@ -80,7 +80,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Checkpoint (copy the WAL into the database, with an fsync of each) every 32 MiB of WAL
     // instead of SQLite's 4 MiB: a page the recorder rewrites commit after commit (the end of
-    // the events table and its index) is copied once per checkpoint, and the fsyncs are an
+    // the event blocks table and its index) is copied once per checkpoint, and the fsyncs are an
     // eighth as many. The WAL file stays at most that size plus one batch.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
     Ok(conn)
@@ -95,9 +95,9 @@ fn write(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
         for s in &batch.sessions {
             session.execute(rusqlite::params_from_iter(session_values(&batch.node, s)))?;
         }
-        let mut event = tx.prepare_cached(INSERT_EVENT)?;
-        for e in &batch.events {
-            event.execute(rusqlite::params_from_iter(event_values(e)))?;
+        let mut block = tx.prepare_cached(INSERT_BLOCK)?;
+        for b in &batch.blocks {
+            block.execute(rusqlite::params_from_iter(block_values(b)))?;
         }
         let mut ledger = tx.prepare_cached(INSERT_LEDGER)?;
         for l in &batch.ledger {
