@@ -59,12 +59,12 @@ impl EventBlock {
         push_json_str(out, at);
         out.push_str(",\"kind\":");
         push_json_str(out, kind);
-        out.push_str(",\"hash\":\"");
-        for &b in hash {
-            let [high, low] = crate::hex_pair(b);
-            out.push(char::from(high));
-            out.push(char::from(low));
+        let mut hex = [0; 64];
+        for (pair, &b) in hex.chunks_exact_mut(2).zip(hash) {
+            pair.copy_from_slice(&crate::hex_pair(b));
         }
+        out.push_str(",\"hash\":\"");
+        out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
         out.push_str("\",\"data\":");
         out.push_str(data);
         out.push('}');
