@@ -337,18 +337,23 @@ async fn write_loop(
         let received = writes.len();
         // Chaining a batch (a SHA-256 per event) runs beside the data path, not on a worker
         // thread: a tokio worker busy with it for a millisecond stalls the connections
-        // scheduled on it.
+        // scheduled on it. On SQLite the first attempt at writing the batch is made on that
+        // thread too, so the batch crosses no more threads.
         let taken = std::mem::take(&mut writes);
+        let sqlite = store.writer().cloned();
         let prepared = tokio::task::spawn_blocking(move || {
             let mut late = 0;
             let batch = chain.prepare(taken, &mut late);
-            (chain, batch, late)
+            let written = sqlite
+                .filter(|_| !batch.is_empty())
+                .map(|w| w.apply_blocking(&batch));
+            (chain, batch, late, written)
         })
         .await;
-        let (batch, late) = match prepared {
-            Ok((back, batch, late)) => {
+        let (batch, late, mut written) = match prepared {
+            Ok((back, batch, late, written)) => {
                 chain = back;
-                (Arc::new(batch), late)
+                (Arc::new(batch), late, written)
             }
             Err(error) => {
                 // A bug (a panic while chaining). Say so where operators look, and let
@@ -363,7 +368,11 @@ async fn write_loop(
         stats.late_events.fetch_add(late, Ordering::Relaxed);
         let mut backoff = Duration::from_millis(50);
         while !batch.is_empty() {
-            match store.apply(&batch).await {
+            let result = match written.take() {
+                Some(result) => result,
+                None => store.apply(&batch).await,
+            };
+            match result {
                 Ok(()) => {
                     stats.failing.store(false, Ordering::Relaxed);
                     break;

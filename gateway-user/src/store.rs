@@ -364,6 +364,12 @@ impl Store {
         Ok(out)
     }
 
+    /// The `SQLite` writer, for a caller already on a blocking thread (the recorder prepares
+    /// and writes a batch in one go there); `None` for `PostgreSQL`.
+    pub(crate) fn writer(&self) -> Option<&write::Writer> {
+        self.writer.as_ref()
+    }
+
     /// `seq` and stored hash of a session's last event.
     async fn last_event(&self, id: &str) -> Result<Option<(u64, String)>, StoreError> {
         let block: Option<String> = sqlx::query_scalar(

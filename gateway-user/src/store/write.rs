@@ -23,7 +23,7 @@ use super::{
 const WAL_CHECKPOINT_PAGES: i64 = 8_192;
 
 #[derive(Clone)]
-pub(super) struct Writer {
+pub(crate) struct Writer {
     path: PathBuf,
     /// `None` until the first write, and again after a failed one (the next write reopens).
     conn: Arc<Mutex<Option<Connection>>>,
@@ -46,7 +46,8 @@ impl Writer {
             .map_err(|e| StoreError::Write(format!("writer thread: {e}")))?
     }
 
-    fn apply_blocking(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// [`Self::apply`] for a caller already on a blocking thread.
+    pub(crate) fn apply_blocking(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut conn = crate::lock(&self.conn);
         if conn.is_none() {
             *conn = Some(open(&self.path).map_err(write_error)?);
