@@ -1028,6 +1028,8 @@ fn session_from_row(row: &dyn Columns) -> Result<Session, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     #[test]
@@ -1074,6 +1076,94 @@ mod tests {
         store.apply(&batch).await.unwrap();
         let got = store.list(&ListFilter::default()).await.unwrap();
         assert_eq!(got, vec![session]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Events of a store recorded before event blocks (rows of `events`), events in blocks,
+    /// and a block edited into something else, side by side.
+    #[tokio::test]
+    async fn rows_of_older_stores_and_blocks_read_alike() {
+        let dir = std::env::temp_dir().join(format!("rg-store-blocks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.join("t.db").display()))
+            .await
+            .unwrap();
+        let (old, new, edited) = (bare_session(), bare_session(), bare_session());
+        let at = "2026-11-22T06:52:31.123Z";
+        let data = [r#"{"method":"GET"}"#, r#"{"status":200}"#];
+        let mut hashes = HashMap::new();
+        let mut block = EventBlock::new(new.id.clone(), 0);
+        for id in [&old.id, &new.id] {
+            let mut hash = audit::session_genesis(id);
+            for (seq, data) in (0..).zip(data) {
+                hash = audit::chain_event(&hash, seq, at, "http", data);
+                hashes.insert((id.clone(), seq), hex(&hash));
+                if *id == new.id {
+                    block.push(seq, at, "http", &hash, data);
+                } else {
+                    sqlx::query("INSERT INTO events (session_id, seq, at, kind, data, hash) VALUES ($1, $2, $3, 'http', $4, $5)")
+                        .bind(id)
+                        .bind(int(seq))
+                        .bind(at)
+                        .bind(data)
+                        .bind(hex(&hash))
+                        .execute(&store.pool)
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+        block.finish();
+        let batch = Arc::new(Batch {
+            node: "test-node".into(),
+            sessions: vec![old.clone(), new.clone(), edited.clone()],
+            blocks: vec![block],
+            ..Batch::default()
+        });
+        store.apply(&batch).await.unwrap();
+        sqlx::query("INSERT INTO event_blocks (session_id, seq, events, data) VALUES ($1, 0, 1, '[{\"seq\":0,')")
+            .bind(&edited.id)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+
+        for id in [&old.id, &new.id] {
+            let (_, events) = store.show(id).await.unwrap().unwrap();
+            let fields: Vec<_> = events.iter().map(|e| e.data.len()).collect();
+            assert_eq!(fields, [1, 1], "{id}");
+            assert_eq!(events[1].data["status"], 200);
+            assert_eq!(events[0].at, at);
+            assert_eq!(
+                store.last_event(id).await.unwrap(),
+                Some((1, hashes[&(id.clone(), 1)].clone()))
+            );
+        }
+        assert!(matches!(
+            store.show(&edited.id).await,
+            Err(StoreError::Corrupt(..))
+        ));
+        let mut seen = Vec::new();
+        store
+            .each_event(None, |e| {
+                seen.push(e);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen.len(), 5);
+        for e in &seen {
+            if e.session == edited.id {
+                assert!(
+                    e.hash.is_empty() && e.kind.starts_with("unreadable"),
+                    "{}",
+                    e.kind
+                );
+            } else {
+                assert_eq!(e.hash, hashes[&(e.session.clone(), e.seq)]);
+                assert_eq!(e.data, data[usize::try_from(e.seq).unwrap()]);
+            }
+        }
+        assert_eq!(store.count_events().await.unwrap(), 5);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
