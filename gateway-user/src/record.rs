@@ -356,12 +356,14 @@ async fn write_loop(
                 (Arc::new(batch), late, written)
             }
             Err(error) => {
-                // A bug (a panic while chaining). Say so where operators look, and let
-                // `on_record_failure` govern new sessions: nothing more will be recorded.
-                tracing::error!(%error, "the recorder's chaining failed; recording stops");
+                // A bug (a panic while chaining or writing). Say so where operators look,
+                // and let `on_record_failure` govern new sessions: nothing more will be
+                // recorded.
+                tracing::error!(%error, "the recorder's batch thread failed; recording stops");
                 stats.failing.store(true, Ordering::Relaxed);
-                *crate::lock(&stats.last_error) =
-                    Some(format!("recorder stopped: chaining failed: {error}"));
+                *crate::lock(&stats.last_error) = Some(format!(
+                    "recorder stopped: preparing or writing a batch failed: {error}"
+                ));
                 break;
             }
         };
