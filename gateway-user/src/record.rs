@@ -47,6 +47,9 @@ const BATCH: usize = 2_048;
 const LINGER: Duration = Duration::from_millis(10);
 /// The documented durability window (see the module docs).
 pub const DURABILITY_WINDOW: Duration = Duration::from_secs(1);
+/// A session's block is closed at this size and its next event starts another (a block is
+/// one row: a batch of 2,048 events with 16 MiB bodies must not make a 32 GiB one).
+const BLOCK_BYTES: usize = 1 << 20;
 /// Closed sessions remembered, so an event arriving after its session closed is reported
 /// instead of starting a second chain.
 const CLOSED_MEMORY: usize = 65_536;
@@ -218,6 +221,9 @@ impl Chain {
                     });
                     let block = &mut batch.blocks[i];
                     block.push(link.next, &event.at, event.kind, &hash, &event.data);
+                    if block.data.len() >= BLOCK_BYTES {
+                        blocks.remove(&block.session);
+                    }
                     link.next += 1;
                     link.hash = hash;
                 }
@@ -394,4 +400,57 @@ async fn write_loop(
         stats.written.fetch_add(received as u64, Ordering::Relaxed);
     }
     store.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{session::Record, store::block};
+
+    #[test]
+    fn a_batch_is_a_block_per_session_and_a_large_one_is_split() {
+        let dir = std::env::temp_dir().join(format!("rg-record-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let signer = Arc::new(Signer::load_or_create(&dir).unwrap());
+        let node = signer.node().to_string();
+        let mut chain = Chain {
+            signer,
+            anchor: dir.join("anchor"),
+            seq: 0,
+            hash: audit::ledger_genesis(&node),
+            open: HashMap::new(),
+            closed: HashSet::new(),
+            closed_order: VecDeque::new(),
+        };
+        let event = |session: &str, size: usize| Write::Event {
+            session: session.into(),
+            event: Record::new(
+                "http_request",
+                &serde_json::json!({ "body": "x".repeat(size) }),
+            ),
+        };
+        // Two sessions interleaved; `b`'s events are big enough to fill three blocks.
+        let mut writes = Vec::new();
+        for _ in 0..5 {
+            writes.push(event("a", 10));
+            writes.push(event("b", BLOCK_BYTES / 2));
+        }
+        let mut late = 0;
+        let batch = chain.prepare(writes, &mut late);
+        let shape: Vec<_> = batch
+            .blocks
+            .iter()
+            .map(|b| (b.session.as_str(), b.seq, b.events))
+            .collect();
+        assert_eq!(shape, [("a", 0, 5), ("b", 0, 2), ("b", 2, 2), ("b", 4, 1)]);
+        for b in &batch.blocks {
+            let events = block::events(&b.session, &b.data).unwrap();
+            let seqs: Vec<_> = events.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (b.seq..b.seq + b.events).collect::<Vec<_>>());
+        }
+        // The next batch goes on where this one ended.
+        let batch = chain.prepare(vec![event("b", 1)], &mut late);
+        assert_eq!((batch.blocks[0].seq, late), (5, 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

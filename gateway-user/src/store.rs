@@ -6,7 +6,7 @@
 //! `sessions list`) go through [`bulk`] and the recorder's writes through [`write`], both
 //! rusqlite on a blocking thread.
 
-mod block;
+pub(crate) mod block;
 mod bulk;
 mod write;
 
