@@ -6,9 +6,9 @@
 //! while records cannot be written (`on_record_failure = "block"`). On shutdown the queue is
 //! drained before the daemon exits.
 //!
-//! Durability: the writer takes whatever is queued, waiting [`LINGER`] (100 ms) after the
-//! first record of a batch so that one transaction carries many: a record reaches the store
-//! within about 100 ms of being made when the store keeps up. Every event of a
+//! Durability: the writer takes whatever is queued, waiting [`LINGER`] (10 ms) after the first
+//! record of a batch so that one transaction carries many: a record reaches the store one
+//! transaction after it was made, milliseconds when the store keeps up. Every event of a
 //! session that ended more than [`DURABILITY_WINDOW`] before a crash of the daemon is in the
 //! store (the test `kill -9` under load checks it); a committed transaction survives the
 //! daemon's crash (`SQLite` WAL, PostgreSQL commit).
@@ -43,11 +43,8 @@ const HIGH_WATER: usize = QUEUE * 9 / 10;
 const BATCH: usize = 2_048;
 /// How long the writer waits for more records after the first of a batch arrives. Each
 /// transaction rewrites the pages it touches (WAL frames, index pages), so one commit of 300
-/// rows costs far less than 300 commits of one. Each batch is also a burst of work beside
-/// the data path: at 1,000 recorded requests/s, 10 batches a second instead of 100 took
-/// about 85 µs off the proxy's p99 (bench/README.md). 100 ms is a tenth of the durability
-/// window; a full batch ([`BATCH`]) goes without waiting.
-const LINGER: Duration = Duration::from_millis(100);
+/// rows costs far less than 300 commits of one; 10 ms is 1% of the durability window.
+const LINGER: Duration = Duration::from_millis(10);
 /// The documented durability window (see the module docs).
 pub const DURABILITY_WINDOW: Duration = Duration::from_secs(1);
 /// A session's block is closed at this size and its next event starts another (a block is
