@@ -45,12 +45,18 @@ pub mod tls;
 
 /// Lower-case hex of `bytes` (digests, keys, signatures).
 pub fn hex(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len() * 2);
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+/// Appends the lower-case hex of `bytes` to `out`.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
     for &b in bytes {
-        out.extend_from_slice(&hex_pair(b));
+        let [high, low] = hex_pair(b);
+        out.push(char::from(high));
+        out.push(char::from(low));
     }
-    // Hex digits are ASCII.
-    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The two lower-case hex digits of `b`.

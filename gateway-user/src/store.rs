@@ -59,7 +59,6 @@ pub enum Write {
     Event { session: String, event: Record },
 }
 
-/// One stored event: its place in the session and its chained hash.
 /// What the recorder writes in one transaction: rows prepared (and chained) once, so a retry
 /// after a store failure writes exactly the same thing.
 #[derive(Debug, Default)]
@@ -379,9 +378,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         if let Some(block) = block {
-            let last = block::events(id, &block)
-                .map_err(|problem| StoreError::Corrupt(id.to_string(), problem))?
-                .pop();
+            let last = block_events(id, &block)?.pop();
             return Ok(last.map(|e| (e.seq, e.hash)));
         }
         // Recorded before event blocks.
@@ -553,9 +550,7 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
         for block in blocks {
-            for e in block::events(id, &block)
-                .map_err(|problem| StoreError::Corrupt(id.to_string(), problem))?
-            {
+            for e in block_events(id, &block)? {
                 events.push(Event {
                     data: event_data(id, &e.data)?,
                     at: e.at,
@@ -586,15 +581,8 @@ impl Store {
         since: Option<&str>,
         mut each: impl FnMut(StoredEvent) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let query = |table: &str| {
-            let mut q = Sql::new(
-                self.backend,
-                if table == "events" {
-                    "SELECT session_id, seq, at, kind, data, hash FROM events"
-                } else {
-                    "SELECT session_id, seq, data FROM event_blocks"
-                },
-            );
+        let query = |select: &'static str| {
+            let mut q = Sql::new(self.backend, select);
             if let Some(since) = since {
                 q.push(" WHERE session_id IN (SELECT id FROM sessions WHERE started_at >= ")
                     .bind(Bind::text(since))
@@ -605,9 +593,10 @@ impl Store {
         };
         // Events recorded before event blocks first: a session has its events in one table
         // or the other, and each session's come in order.
-        self.each_row(&query("events"), event_from_row, &mut each)
-            .await?;
-        self.each_row(&query("event_blocks"), block_from_row, &mut |events| {
+        let rows = query("SELECT session_id, seq, at, kind, data, hash FROM events");
+        self.each_row(&rows, event_from_row, &mut each).await?;
+        let blocks = query("SELECT session_id, seq, data FROM event_blocks");
+        self.each_row(&blocks, block_from_row, &mut |events| {
             events.into_iter().try_for_each(&mut each)
         })
         .await
@@ -938,6 +927,11 @@ fn event_from_row(row: &dyn Columns) -> Result<StoredEvent, StoreError> {
         data: row.need_text("data")?,
         hash: row.need_text("hash")?,
     })
+}
+
+/// A stored block's events; one that does not read as a block makes the session corrupt.
+fn block_events(id: &str, block: &str) -> Result<Vec<StoredEvent>, StoreError> {
+    block::events(id, block).map_err(|problem| StoreError::Corrupt(id.to_string(), problem))
 }
 
 fn block_from_row(row: &dyn Columns) -> Result<Vec<StoredEvent>, StoreError> {

@@ -59,12 +59,8 @@ impl EventBlock {
         push_json_str(out, at);
         out.push_str(",\"kind\":");
         push_json_str(out, kind);
-        let mut hex = [0; 64];
-        for (pair, &b) in hex.chunks_exact_mut(2).zip(hash) {
-            pair.copy_from_slice(&crate::hex_pair(b));
-        }
         out.push_str(",\"hash\":\"");
-        out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+        crate::push_hex(out, hash);
         out.push_str("\",\"data\":");
         out.push_str(data);
         out.push('}');
