@@ -395,6 +395,84 @@ fn upstream_certificates_are_verified() {
     );
 }
 
+/// Agents that open a connection per call (curl, `requests.get`) share the gateway's
+/// upstream connections: the second and third sessions take the first one's verified TLS
+/// connection from the pool, and each records the upstream leg it used. A pooled connection
+/// the upstream closed is never used: after the upstream restarts, the next call dials anew.
+#[test]
+fn upstream_connections_are_pooled_across_sessions() {
+    if !privileged() {
+        return;
+    }
+    let (port, plain) = (free_port(), free_port());
+    let mock = MockUpstream::start(MOCK, "pool", &[format!("https@127.0.0.2:{port}")]);
+    let plain_spec = [format!("http@127.0.0.3:{plain}")];
+    let mut plain_mock = MockUpstream::start(MOCK, "pool-plain", &plain_spec);
+    let policy = format!(
+        "{}\n[[target]]\nname = \"plain\"\naddresses = [\"127.0.0.3/32\"]\nports = [{plain}]\nprotocol = \"http\"\n",
+        intercept_policy(&mock, r#""127.0.0.2/32""#, port, "")
+    );
+    let gateway = Gateway::start_with_policy("tls-pool", &[("api.toml", &policy)], &[]);
+    let call = |url: &str| -> Value {
+        let out = gateway.exec(
+            "agent",
+            &["curl", "-sS", "--max-time", "5", "--http1.1", url],
+        );
+        assert!(out.status.success(), "{url}: {}", out_text(&out));
+        serde_json::from_slice(&out.stdout).expect("echo json")
+    };
+
+    let url = format!("https://127.0.0.2:{port}/v1/models");
+    let mut peers = Vec::new();
+    for n in 1..=3 {
+        let echo = call(&url);
+        assert_eq!(echo["tls"], true, "{echo}");
+        peers.push(echo["peer"].as_str().expect("peer").to_string());
+        // The session has ended (its connection is back in the pool) before the next call.
+        wait_for(&gateway, n);
+    }
+    assert!(
+        peers.iter().all(|p| *p == peers[0]),
+        "three agent connections, one upstream connection: {peers:?}"
+    );
+    let sessions = wait_for(&gateway, 3);
+    for session in &sessions {
+        assert_eq!(session["outcome"], "ok", "{session}");
+        assert_eq!(
+            session["tls"]["upstream"]["version"], "TLSv1.3",
+            "each session records the upstream leg it used: {session}"
+        );
+        assert_eq!(session["tls"]["client"]["version"], "TLSv1.3", "{session}");
+    }
+    let reused = gateway.status()["proxy"]["upstream_reused"].as_u64();
+    assert_eq!(reused, Some(2), "{}", gateway.status());
+
+    // Plain HTTP is pooled the same way; the upstream then restarts on the same port.
+    let plain_url = format!("http://127.0.0.3:{plain}/plain");
+    let first = call(&plain_url);
+    wait_for(&gateway, 4);
+    assert_eq!(call(&plain_url)["peer"], first["peer"], "reused");
+    wait_for(&gateway, 5);
+    drop(plain_mock);
+    plain_mock = MockUpstream::start(MOCK, "pool-plain", &plain_spec);
+    thread::sleep(Duration::from_millis(300));
+    let after = call(&plain_url);
+    assert_ne!(
+        after["peer"], first["peer"],
+        "a new connection after the restart"
+    );
+    assert_eq!(
+        plain_mock.requests().len(),
+        1,
+        "the restarted upstream saw the one call"
+    );
+    let sessions = wait_for(&gateway, 6);
+    assert!(
+        sessions.iter().all(|s| s["outcome"] == "ok"),
+        "{sessions:#?}"
+    );
+}
+
 /// `originate`: the agent speaks HTTP, the upstream sees verified TLS. `passthrough`: no
 /// decryption, SNI recorded. Clear text to an HTTPS target with mode `none` is refused.
 #[test]

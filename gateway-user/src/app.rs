@@ -240,6 +240,8 @@ impl Daemon {
                 "sessions": p.sessions.load(Ordering::Relaxed),
                 "unattributed": p.unattributed.load(Ordering::Relaxed),
                 "upstream_errors": p.upstream_errors.load(Ordering::Relaxed),
+                "upstream_reused": p.upstream_reused.load(Ordering::Relaxed),
+                "upstream_idle": self.proxy.upstreams.idle(),
                 "denied": p.denied.load(Ordering::Relaxed),
             },
             "recorder": {
@@ -339,6 +341,10 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         connect_timeout: Duration::from_secs(10),
         tls: Arc::new(crate::tls::TlsContext::new(ca)),
         mask_key: settings.state.mask_key()?,
+        upstreams: Arc::new(crate::http::UpstreamPool::new(
+            crate::http::POOL_PER_UPSTREAM,
+            crate::http::POOL_TIMEOUT,
+        )),
         stats: proxy::ProxyStats::default(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -11,6 +11,7 @@
 //! Upgrades (WebSocket) are relayed byte for byte after the `101`.
 
 pub mod masking;
+pub mod pool;
 pub mod tap;
 
 use std::{
@@ -18,7 +19,7 @@ use std::{
     collections::BTreeSet,
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
@@ -204,13 +205,70 @@ impl Sender {
     }
 }
 
-/// The upstream of a session: one connection, re-dialled when the upstream closes it.
+/// Which sessions may share an upstream connection: the same address, reached with the same
+/// TLS name and client configuration (trust roots, versions, suites, ALPN), or in clear with
+/// the same ALPN.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    addr: SocketAddr,
+    /// Server name and the address of the `ClientConfig` it was verified with (the entry
+    /// holds that `Arc`, so the address is not reused while the key lives).
+    tls: Option<(String, usize)>,
+    alpn: Vec<Vec<u8>>,
+}
+
+/// An upstream connection waiting in the pool, with the TLS it negotiated.
+pub struct Idle {
+    sender: Sender,
+    negotiated: Option<TlsLeg>,
+    _config: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl pool::Reusable for Idle {
+    fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+    fn is_ready(&self) -> bool {
+        match &self.sender {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+}
+
+/// The daemon's idle upstream connections (see [`pool`]).
+pub type UpstreamPool = pool::Pool<PoolKey, Idle>;
+/// Idle connections kept per upstream.
+pub const POOL_PER_UPSTREAM: usize = 32;
+/// How long an idle upstream connection is kept (below the 60 s or more of common servers'
+/// keep-alive timeouts, so the gateway is the one to let go).
+pub const POOL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The session's connection to its upstream, and where it goes back when the session ends.
+struct Live {
+    sender: Sender,
+    key: PoolKey,
+    config: Option<Arc<rustls::ClientConfig>>,
+    pool: Arc<UpstreamPool>,
+    /// Taken from the pool and not used yet: if the upstream closed it while it was idle,
+    /// the request is sent again on a new connection.
+    reused: bool,
+}
+
+/// How a new upstream connection is secured: the name verified and the configuration.
+struct Dial {
+    key: PoolKey,
+    tls: Option<(String, Arc<rustls::ClientConfig>)>,
+}
+
+/// The upstream of a session: one connection at a time, taken from the daemon's pool or
+/// dialled, re-dialled when the upstream closes it, and returned to the pool at the end.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub tls: Option<UpstreamTls>,
     /// ALPN offered upstream (the client's, filtered to h2 / http/1.1).
     pub alpn: Vec<Vec<u8>>,
-    sender: tokio::sync::Mutex<Option<Sender>>,
+    live: tokio::sync::Mutex<Option<Live>>,
     /// A TCP connection already made to `addr` (while sniffing), used by the first connect.
     preconnected: Mutex<Option<tokio::net::TcpStream>>,
     /// Negotiated TLS of the upstream leg (the last connection's).
@@ -223,7 +281,7 @@ impl Upstream {
             addr,
             tls,
             alpn,
-            sender: tokio::sync::Mutex::new(None),
+            live: tokio::sync::Mutex::new(None),
             preconnected: Mutex::new(None),
             negotiated: Mutex::new(None),
         }
@@ -234,35 +292,105 @@ impl Upstream {
         *crate::lock(&self.preconnected) = tcp;
     }
 
-    /// Connects (TCP, then TLS when configured) and returns the stream with whether it speaks
-    /// HTTP/2. Errors are what the agent and the record are told.
-    pub async fn connect(
-        &self,
-        ctx: &ProxyContext,
-        host: Option<&str>,
-    ) -> Result<(Box<dyn Io>, bool), String> {
-        let early = crate::lock(&self.preconnected).take();
-        let tcp = match early {
-            Some(tcp) => tcp,
-            None => crate::proxy::connect_upstream(self.addr, ctx.connect_timeout)
-                .await
-                .map_err(|e| format!("upstream {} unreachable: {e}", self.addr))?,
-        };
+    /// Makes sure the session has an upstream connection (from the pool or dialled) and
+    /// returns whether it speaks HTTP/2. Errors are what the agent and the record are told.
+    pub async fn open(&self, ctx: &ProxyContext) -> Result<bool, String> {
+        let mut live = self.live.lock().await;
+        if live.as_ref().is_none_or(|l| l.sender.is_closed()) {
+            *live = Some(self.dial(ctx, None, true).await?);
+        }
+        Ok(matches!(
+            live.as_ref().map(|l| &l.sender),
+            Some(Sender::H2(_))
+        ))
+    }
+
+    /// What a connection for a request to `host` needs: its pool key, TLS name and config.
+    fn plan(&self, ctx: &ProxyContext, host: Option<&str>) -> Result<Dial, String> {
         let Some(tls) = &self.tls else {
-            let h2 = self.alpn.first().is_some_and(|p| p == b"h2");
-            return Ok((Box::new(tcp), h2));
+            return Ok(Dial {
+                key: PoolKey {
+                    addr: self.addr,
+                    tls: None,
+                    alpn: self.alpn.clone(),
+                },
+                tls: None,
+            });
         };
         let name = tls
             .server_name
             .clone()
             .or_else(|| host.map(str::to_string))
             .unwrap_or_else(|| self.addr.ip().to_string());
-        let server_name = rustls::pki_types::ServerName::try_from(name.clone())
-            .map_err(|_| format!("`{name}` is not a valid TLS server name"))?;
         let config = ctx
             .tls
             .client(&tls.leg, &self.alpn)
             .map_err(|e| e.to_string())?;
+        Ok(Dial {
+            key: PoolKey {
+                addr: self.addr,
+                tls: Some((name.clone(), Arc::as_ptr(&config) as usize)),
+                alpn: self.alpn.clone(),
+            },
+            tls: Some((name, config)),
+        })
+    }
+
+    /// A connection for this session: the preconnected one if sniffing made one, else an
+    /// idle one from the pool (when `reuse`), else a new one.
+    async fn dial(
+        &self,
+        ctx: &ProxyContext,
+        host: Option<&str>,
+        reuse: bool,
+    ) -> Result<Live, String> {
+        let plan = self.plan(ctx, host)?;
+        let early = crate::lock(&self.preconnected).take();
+        let config = plan.tls.as_ref().map(|(_, c)| Arc::clone(c));
+        if reuse
+            && early.is_none()
+            && let Some(idle) = ctx.upstreams.take(&plan.key)
+        {
+            ctx.stats.upstream_reused.fetch_add(1, Ordering::Relaxed);
+            crate::lock(&self.negotiated).clone_from(&idle.negotiated);
+            return Ok(Live {
+                sender: idle.sender,
+                key: plan.key,
+                config,
+                pool: Arc::clone(&ctx.upstreams),
+                reused: true,
+            });
+        }
+        let (io, h2) = self.connect(ctx, early, plan.tls).await?;
+        Ok(Live {
+            sender: handshake(io, h2).await?,
+            key: plan.key,
+            config,
+            pool: Arc::clone(&ctx.upstreams),
+            reused: false,
+        })
+    }
+
+    /// Connects (TCP, then TLS when configured) and returns the stream with whether it speaks
+    /// HTTP/2.
+    async fn connect(
+        &self,
+        ctx: &ProxyContext,
+        early: Option<tokio::net::TcpStream>,
+        tls: Option<(String, Arc<rustls::ClientConfig>)>,
+    ) -> Result<(Box<dyn Io>, bool), String> {
+        let tcp = match early {
+            Some(tcp) => tcp,
+            None => crate::proxy::connect_upstream(self.addr, ctx.connect_timeout)
+                .await
+                .map_err(|e| format!("upstream {} unreachable: {e}", self.addr))?,
+        };
+        let Some((name, config)) = tls else {
+            let h2 = self.alpn.first().is_some_and(|p| p == b"h2");
+            return Ok((Box::new(tcp), h2));
+        };
+        let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+            .map_err(|_| format!("`{name}` is not a valid TLS server name"))?;
         let stream = tokio::time::timeout(
             ctx.connect_timeout,
             tokio_rustls::TlsConnector::from(config).connect(server_name, tcp),
@@ -276,42 +404,78 @@ impl Upstream {
         Ok((Box::new(stream), h2))
     }
 
-    /// Starts HTTP on an established upstream stream.
-    pub async fn attach(&self, io: Box<dyn Io>, h2: bool) -> Result<(), String> {
-        let sender = handshake(io, h2).await?;
-        *self.sender.lock().await = Some(sender);
-        Ok(())
-    }
-
     async fn send(
         &self,
         ctx: &ProxyContext,
         host: Option<&str>,
-        request: Request<Body>,
+        mut request: Request<Body>,
     ) -> Result<Response<Incoming>, String> {
-        let mut guard = self.sender.lock().await;
-        if guard.as_ref().is_none_or(Sender::is_closed) {
-            let (io, h2) = self.connect(ctx, host).await?;
-            *guard = Some(handshake(io, h2).await?);
-        }
-        let request = match guard.as_ref() {
-            Some(Sender::H2(_)) => to_h2(request, self, host),
-            _ => to_h1(request),
-        };
         let error = |e: hyper::Error| format!("upstream {} failed: {e}", self.addr);
-        match guard.as_mut() {
-            Some(Sender::H1(sender)) => {
-                sender.ready().await.map_err(error)?;
-                let response = sender.send_request(request);
-                drop(guard);
-                response.await.map_err(error)
+        loop {
+            let mut guard = self.live.lock().await;
+            if guard.as_ref().is_none_or(|l| l.sender.is_closed()) {
+                *guard = Some(self.dial(ctx, host, true).await?);
             }
-            Some(Sender::H2(sender)) => {
-                let mut sender = sender.clone();
-                drop(guard);
-                sender.send_request(request).await.map_err(error)
+            let Some(live) = guard.as_mut() else {
+                return Err("no upstream connection".into());
+            };
+            let retry = std::mem::replace(&mut live.reused, false);
+            request = match live.sender {
+                Sender::H2(_) => to_h2(request, self, host),
+                Sender::H1(_) => to_h1(request),
+            };
+            let sent = match &mut live.sender {
+                Sender::H1(sender) => {
+                    if let Err(e) = sender.ready().await {
+                        if retry {
+                            // Closed while it was idle in the pool: dial a new one.
+                            *guard = Some(self.dial(ctx, host, false).await?);
+                            continue;
+                        }
+                        return Err(error(e));
+                    }
+                    let response = sender.try_send_request(request);
+                    drop(guard);
+                    response.await
+                }
+                Sender::H2(sender) => {
+                    let mut sender = sender.clone();
+                    drop(guard);
+                    sender.try_send_request(request).await
+                }
+            };
+            match sent {
+                Ok(response) => return Ok(response),
+                Err(mut failed) => match failed.take_message() {
+                    // Never written: the idle connection was closed under it. Once more on a
+                    // new connection (the closed one is not taken again).
+                    Some(unsent) if retry => {
+                        tracing::debug!(upstream = %self.addr, error = %failed.error(), "pooled upstream connection closed; dialling a new one");
+                        request = unsent;
+                        let mut guard = self.live.lock().await;
+                        *guard = Some(self.dial(ctx, host, false).await?);
+                    }
+                    _ => return Err(error(failed.into_error())),
+                },
             }
-            None => Err("no upstream connection".into()),
+        }
+    }
+}
+
+impl Drop for Upstream {
+    /// The session is over: its connection waits in the pool for the next one, if it can
+    /// take another request (an upgraded or half-read connection is closed instead).
+    fn drop(&mut self) {
+        if let Some(live) = self.live.get_mut().take() {
+            let negotiated = crate::lock(&self.negotiated).clone();
+            live.pool.put(
+                live.key,
+                Idle {
+                    sender: live.sender,
+                    negotiated,
+                    _config: live.config,
+                },
+            );
         }
     }
 }

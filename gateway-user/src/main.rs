@@ -563,6 +563,11 @@ fn print_status(data: &serde_json::Value) {
         get("/proxy/unattributed")
     );
     println!(
+        "  upstreams   {} connections reused from the pool, {} idle",
+        get("/proxy/upstream_reused"),
+        get("/proxy/upstream_idle")
+    );
+    println!(
         "  kernel      {} redirected, {} excluded, {} denied, {} tracked sockets",
         get("/kernel/redirected"),
         get("/kernel/excluded"),

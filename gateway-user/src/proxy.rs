@@ -57,6 +57,8 @@ pub struct ProxyContext {
     pub tls: Arc<TlsContext>,
     /// The installation's key of the `hash` masking strategy.
     pub mask_key: Arc<[u8]>,
+    /// Idle upstream connections, shared by the sessions to the same upstream.
+    pub upstreams: Arc<http::UpstreamPool>,
     pub stats: ProxyStats,
 }
 
@@ -67,6 +69,8 @@ pub struct ProxyStats {
     pub sessions: AtomicU64,
     pub unattributed: AtomicU64,
     pub upstream_errors: AtomicU64,
+    /// Sessions that took an idle upstream connection from the pool instead of dialling.
+    pub upstream_reused: AtomicU64,
     /// Connections refused on accept by policy (the kernel refuses most before that).
     pub denied: AtomicU64,
 }
@@ -560,8 +564,8 @@ impl Conn<'_> {
             alpn.clone(),
         ));
         upstream.preconnect(self.early.take());
-        let (chosen, broken) = match upstream.connect(self.ctx, None).await {
-            Ok((io, h2)) => {
+        let (chosen, broken) = match upstream.open(self.ctx).await {
+            Ok(h2) => {
                 let chosen = if h2 {
                     Some(b"h2".to_vec())
                 } else if alpn.is_empty() {
@@ -569,10 +573,7 @@ impl Conn<'_> {
                 } else {
                     Some(b"http/1.1".to_vec())
                 };
-                match upstream.attach(io, h2).await {
-                    Ok(()) => (chosen, None),
-                    Err(reason) => (chosen, Some(reason)),
-                }
+                (chosen, None)
             }
             // The agent still gets its handshake, then a clear 502 for every request.
             Err(reason) => (alpn.first().cloned(), Some(reason)),

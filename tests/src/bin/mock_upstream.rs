@@ -110,7 +110,10 @@ async fn serve(
     server: Arc<Server>,
     mut request: Request<hyper::body::Incoming>,
     alpn: Option<String>,
+    peer: SocketAddr,
 ) -> Response<Body> {
+    // The client's address tells connections apart (the gateway's pool reuses them).
+    let peer = peer.to_string();
     let method = request.method().to_string();
     let path = request.uri().path().to_string();
     let version = format!("{:?}", request.version());
@@ -153,7 +156,7 @@ async fn serve(
     {
         let record = serde_json::json!({
             "method": method, "path": path, "version": version, "tls": server.tls,
-            "headers": headers, "body": String::from_utf8_lossy(&body),
+            "peer": peer, "headers": headers, "body": String::from_utf8_lossy(&body),
         });
         let mut log = server.log.lock().expect("log");
         let _ = writeln!(log, "{record}");
@@ -266,7 +269,7 @@ async fn serve(
     }
     let echo = serde_json::json!({
         "method": method, "path": path, "version": version, "tls": server.tls, "alpn": alpn,
-        "body_len": body.len(), "authorized": auth.is_some(),
+        "peer": peer, "body_len": body.len(), "authorized": auth.is_some(),
     });
     Response::builder()
         .header("content-type", "application/json")
@@ -319,13 +322,13 @@ fn futures_stream(
     Chunks { left: total, chunk }
 }
 
-async fn connection<S>(server: Arc<Server>, io: S, alpn: Option<String>)
+async fn connection<S>(server: Arc<Server>, io: S, alpn: Option<String>, peer: SocketAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |request| {
         let (server, alpn) = (Arc::clone(&server), alpn.clone());
-        async move { Ok::<_, Infallible>(serve(server, request, alpn).await) }
+        async move { Ok::<_, Infallible>(serve(server, request, alpn, peer).await) }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(io), service)
@@ -385,7 +388,7 @@ async fn main() {
         });
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -393,7 +396,7 @@ async fn main() {
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     match tls {
-                        None => connection(server, stream, None).await,
+                        None => connection(server, stream, None, peer).await,
                         Some(config) => {
                             if let Ok(stream) =
                                 tokio_rustls::TlsAcceptor::from(config).accept(stream).await
@@ -403,7 +406,7 @@ async fn main() {
                                     .1
                                     .alpn_protocol()
                                     .map(|p| String::from_utf8_lossy(p).into_owned());
-                                connection(server, stream, alpn).await;
+                                connection(server, stream, alpn, peer).await;
                             }
                         }
                     }
