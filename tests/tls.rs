@@ -447,12 +447,32 @@ fn upstream_connections_are_pooled_across_sessions() {
     let reused = gateway.status()["proxy"]["upstream_reused"].as_u64();
     assert_eq!(reused, Some(2), "{}", gateway.status());
 
+    // HTTP/2 from the agent: another key (ALPN), and the same sharing.
+    let mut h2_peers = Vec::new();
+    for n in 4..=5 {
+        let out = gateway.exec(
+            "agent",
+            &["curl", "-sS", "--max-time", "5", "--http2", &url],
+        );
+        assert!(out.status.success(), "curl --http2: {}", out_text(&out));
+        let echo: Value = serde_json::from_slice(&out.stdout).expect("echo json");
+        assert_eq!(echo["alpn"], "h2", "{echo}");
+        assert_ne!(
+            echo["peer"],
+            peers[0].as_str(),
+            "not the HTTP/1.1 connection"
+        );
+        h2_peers.push(echo["peer"].clone());
+        wait_for(&gateway, n);
+    }
+    assert_eq!(h2_peers[0], h2_peers[1], "one HTTP/2 upstream connection");
+
     // Plain HTTP is pooled the same way; the upstream then restarts on the same port.
     let plain_url = format!("http://127.0.0.3:{plain}/plain");
     let first = call(&plain_url);
-    wait_for(&gateway, 4);
+    wait_for(&gateway, 6);
     assert_eq!(call(&plain_url)["peer"], first["peer"], "reused");
-    wait_for(&gateway, 5);
+    wait_for(&gateway, 7);
     drop(plain_mock);
     plain_mock = MockUpstream::start(MOCK, "pool-plain", &plain_spec);
     thread::sleep(Duration::from_millis(300));

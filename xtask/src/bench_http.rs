@@ -492,7 +492,7 @@ strategy = "redact"
     }
 
     println!(
-        "\nnew TLS connections/s (full client handshake per request, 16 concurrent; upstream sessions resumed by the proxies)"
+        "\nnew TLS connections/s (full client handshake per request, 16 concurrent; upstream connections kept alive and reused by the proxies)"
     );
     println!(
         "{:<30} {:>10} {:>12} {:>14}",
