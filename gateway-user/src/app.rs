@@ -350,10 +350,14 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (cut_tx, cut_rx) = watch::channel(false);
 
+    let upstreams = Arc::clone(&ctx.upstreams);
     let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         loop {
             tick.tick().await;
+            // Idle upstream connections past their time are closed even when no session
+            // asks for that upstream again.
+            upstreams.sweep();
             let removed = orig_dst.sweep(SWEEP_AGE);
             if removed > 0 {
                 tracing::info!(

@@ -75,6 +75,16 @@ impl<K: Hash + Eq, T: Reusable> Pool<K, T> {
         true
     }
 
+    /// Closes the connections that are closed or expired, under every key (the daemon's
+    /// sweeper calls it; `take` and `put` only prune their own key).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        crate::lock(&self.idle).retain(|_, list| {
+            self.prune(list, now);
+            !list.is_empty()
+        });
+    }
+
     /// Idle connections held, over all keys.
     pub fn idle(&self) -> usize {
         crate::lock(&self.idle).values().map(Vec::len).sum()
@@ -145,7 +155,7 @@ mod tests {
 
     #[test]
     fn closed_expired_and_surplus_connections_are_dropped() {
-        let pool = Pool::new(2, Duration::from_millis(50));
+        let pool = Pool::new(2, Duration::from_millis(150));
         let closed = Conn::new(0);
         closed.closed.store(true, Ordering::Relaxed);
         assert!(!pool.put("a", closed), "a closed connection is not kept");
@@ -160,8 +170,17 @@ mod tests {
         assert!(pool.take(&"a").is_none(), "1 was dropped, 2 closed since");
 
         pool.put("a", Conn::new(4));
-        sleep(Duration::from_millis(80));
+        sleep(Duration::from_millis(250));
         assert!(pool.take(&"a").is_none(), "idle past the timeout");
         assert_eq!(pool.idle(), 0);
+
+        // The sweep closes what no later `take` or `put` of the key would have looked at.
+        pool.put("a", Conn::new(5));
+        pool.put("b", Conn::new(6));
+        sleep(Duration::from_millis(250));
+        pool.put("c", Conn::new(7));
+        pool.sweep();
+        assert_eq!(pool.idle(), 1, "only c is young enough");
+        assert_eq!(pool.take(&"c").map(|c| c.id), Some(7));
     }
 }
