@@ -1,5 +1,6 @@
 //! The HTTP data path (hyper): HTTP/1.1 (keep-alive, chunked, upgrades) and HTTP/2 from the
-//! agent, relayed to one upstream connection per session, plain or TLS.
+//! agent, relayed to the upstream over one connection at a time per session, plain or TLS,
+//! taken from the daemon's pool of idle upstream connections when one fits ([`pool`]).
 //!
 //! Each request is resolved to its target (by `Host` when the connection alone did not say),
 //! evaluated against the policy (`block` answers 403 with a JSON body and never reaches the
