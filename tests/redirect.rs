@@ -539,6 +539,49 @@ asyncio.run(main())
     assert_eq!(status["proxy"]["upstream_errors"], 0, "{status:#}");
 }
 
+/// Bulk bursts move by `splice(2)` through a pipe that a direction keeps between bursts and
+/// gives back after a second of quiet: bursts separated by short and by long pauses arrive
+/// byte for byte, both ways, and the session counts every byte.
+#[test]
+fn bulk_bursts_with_pauses_arrive_intact_both_ways() {
+    if !privileged() {
+        return;
+    }
+    let echo = PyEcho::start("127.0.0.2");
+    let gw = Gateway::start("bulk");
+    let port = echo.port.to_string();
+    gw.python(
+        "agent",
+        r"
+import hashlib, os, socket, sys, threading, time
+port = int(sys.argv[1])
+s = socket.create_connection(('127.0.0.2', port), timeout=30)
+received = hashlib.sha256(); count = [0]
+def read():
+    while chunk := s.recv(1 << 20):
+        received.update(chunk); count[0] += len(chunk)
+reader = threading.Thread(target=read); reader.start()
+sent = hashlib.sha256()
+# a short pause keeps the pipe, a long one (over the 1 s linger) gives it back
+for pause in (0.2, 1.5, 0):
+    burst = os.urandom(16 << 20)
+    sent.update(burst); s.sendall(burst)
+    time.sleep(pause)
+s.shutdown(socket.SHUT_WR)
+reader.join(60)
+assert count[0] == 48 << 20, count[0]
+assert received.digest() == sent.digest(), 'echoed bytes differ'
+",
+        &[&port],
+    );
+    let sessions = gw.ended_sessions(1, Duration::from_secs(20));
+    let ours = sessions_to(&sessions, "127.0.0.2", echo.port);
+    assert_eq!(ours.len(), 1, "{sessions:#?}");
+    assert_eq!(ours[0]["outcome"], "ok", "{:#}", ours[0]);
+    assert_eq!(ours[0]["bytes_up"], 48 << 20, "{:#}", ours[0]);
+    assert_eq!(ours[0]["bytes_down"], 48 << 20, "{:#}", ours[0]);
+}
+
 /// `attach` governs an existing cgroup (e.g. a systemd slice), `detach` stops governing it,
 /// and `--detach-on-exit` removes every pin when the daemon stops cleanly.
 #[test]

@@ -266,12 +266,14 @@ async fn handle(
         None => sniff::sniff(&mut client, &mut prefix, wait).await,
     };
     match sniffed {
+        // The TLS and HTTP handlers hold kilobytes of handshake and hyper state across their
+        // awaits: boxed, they cost only the sessions that use them, and an idle raw session's
+        // task stays small (see the idle-memory figure in bench/README.md).
         Sniffed::Kind(Kind::Tls(hello)) => {
-            conn.tls(client, prefix, hello, session, &mut cut).await;
+            Box::pin(conn.tls(client, prefix, hello, session, &mut cut)).await;
         }
         Sniffed::Kind(Kind::Http) => {
-            conn.http(client, prefix, resolution, session, &mut cut)
-                .await;
+            Box::pin(conn.http(client, prefix, resolution, session, &mut cut)).await;
         }
         Sniffed::Kind(Kind::BadTls(reason)) if protocol == Some(TargetProtocol::Https) => {
             session.protocol = Protocol::Https;

@@ -3,7 +3,8 @@
 //! Each direction waits for readiness without holding a buffer and takes a 64 KiB buffer only
 //! while data is flowing, so an idle relayed connection costs no buffer memory (measured
 //! ~3 KiB per idle connection in all). When a read fills the buffer the burst is bulk, and the
-//! rest of it moves with `splice(2)` through a pipe, without copying through user space.
+//! rest of it moves with `splice(2)` through a pipe, without copying through user space; the
+//! pipe stays with the direction until it has been quiet for a second.
 //! Half-close is propagated (`shutdown(SHUT_WR)` on EOF); an error in one direction shuts
 //! down both sockets so the other direction ends too.
 
@@ -78,15 +79,36 @@ async fn pump_or_abort(from: &TcpStream, to: &TcpStream, total: &mut u64) -> io:
 }
 
 async fn pump(from: &TcpStream, to: &TcpStream, total: &mut u64) -> io::Result<()> {
+    // Kept while the direction is bulk: a loopback sender is often slower than the relay, so
+    // the source empties between writes, and starting each burst again with a copy and a new
+    // pipe cost more than half the throughput (bench/README.md, "bulk").
+    let mut pipe: Option<Pipe> = None;
     loop {
-        from.readable().await?;
-        if copy_burst(from, to, total).await? == Burst::Eof {
+        if pipe.is_some() {
+            if let Ok(ready) = tokio::time::timeout(PIPE_LINGER, from.readable()).await {
+                ready?;
+            } else {
+                // Quiet for a while: an idle connection holds no pipe.
+                pipe = None;
+                from.readable().await?;
+            }
+        } else {
+            from.readable().await?;
+        }
+        let burst = match &pipe {
+            Some(pipe) => splice_burst(from, to, pipe, total).await?,
+            None => copy_burst(from, to, total, &mut pipe).await?,
+        };
+        if burst == Burst::Eof {
             shutdown(to, Shutdown::Write);
             return Ok(());
         }
-        // Idle again: buffer and pipe were dropped with the burst, not kept per connection.
+        // Idle again: the copy buffer went with the burst, not kept per connection.
     }
 }
+
+/// How long a direction that moved bulk data keeps its pipe once the source goes quiet.
+const PIPE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(PartialEq, Eq)]
 enum Burst {
@@ -97,19 +119,29 @@ enum Burst {
 }
 
 /// Moves what the source has through a user-space buffer; a read that fills the buffer means
-/// bulk data, and the rest of the burst goes through [`splice_burst`] instead.
-async fn copy_burst(from: &TcpStream, to: &TcpStream, total: &mut u64) -> io::Result<Burst> {
-    let mut buffer = vec![0u8; BUFFER];
+/// bulk data: a pipe is made (kept in `pipe` for later bursts) and the rest of the burst goes
+/// through [`splice_burst`] instead.
+async fn copy_burst(
+    from: &TcpStream,
+    to: &TcpStream,
+    total: &mut u64,
+    pipe: &mut Option<Pipe>,
+) -> io::Result<Burst> {
+    // Not zeroed: most bursts are a few hundred bytes, and `try_read_buf` fills the spare
+    // capacity without reading it.
+    let mut buffer = Vec::with_capacity(BUFFER);
     loop {
-        match from.try_read(&mut buffer) {
+        buffer.clear();
+        match from.try_read_buf(&mut buffer) {
             Ok(0) => return Ok(Burst::Eof),
             Ok(n) => {
-                write_all(to, &buffer[..n]).await?;
+                write_all(to, &buffer).await?;
                 *total += n as u64;
-                if n == BUFFER
-                    && let Some(pipe) = Pipe::new()
-                {
-                    return splice_burst(from, to, &pipe, total).await;
+                if n == BUFFER {
+                    *pipe = Pipe::new();
+                    if let Some(pipe) = pipe {
+                        return splice_burst(from, to, pipe, total).await;
+                    }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Idle),
