@@ -447,8 +447,7 @@ with multiprocessing.Pool(4) as pool:
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let kernel = gw.status()["kernel"].clone();
-        let settled = kernel["tracked_sockets"] == baseline["tracked_sockets"]
-            && kernel["pending_orig_dst"] == baseline["pending_orig_dst"];
+        let settled = kernel["tracked_sockets"] == baseline["tracked_sockets"];
         if settled {
             assert!(
                 kernel["redirected"].as_u64().unwrap() >= 100_000,
@@ -537,6 +536,42 @@ asyncio.run(main())
     let status = gw.status();
     assert_eq!(status["proxy"]["unattributed"], 0, "{status:#}");
     assert_eq!(status["proxy"]["upstream_errors"], 0, "{status:#}");
+}
+
+/// getpeername rewrites only sockets connected to the proxy. A socket that shares the local
+/// address and port of a redirected one (allowed when their peers differ) but goes to an
+/// excluded destination keeps its real peer.
+#[test]
+fn getpeername_leaves_a_socket_sharing_a_redirected_local_port() {
+    if !privileged() {
+        return;
+    }
+    let governed = Upstream::http("127.0.0.2:0");
+    let excluded = Upstream::http("127.0.0.4:0");
+    let gw = Gateway::start_with("peers", &["--exclude", "127.0.0.4/32"]);
+    gw.python(
+        "agent",
+        r"
+import socket, sys
+up, ex = int(sys.argv[1]), int(sys.argv[2])
+def bound(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('127.0.0.1', port)); return s
+a = bound(0); port = a.getsockname()[1]
+a.connect(('127.0.0.2', up))      # redirected to the proxy
+b = bound(port)
+b.connect(('127.0.0.4', ex))      # excluded: a direct connection from the same address and port
+assert a.getsockname() == b.getsockname(), (a.getsockname(), b.getsockname())
+assert a.getpeername() == ('127.0.0.2', up), a.getpeername()
+assert b.getpeername() == ('127.0.0.4', ex), b.getpeername()
+",
+        &[&governed.port(), &excluded.port()],
+    );
+    assert_eq!(
+        excluded.accepted(),
+        1,
+        "the excluded connection went direct"
+    );
 }
 
 /// Bulk bursts move by `splice(2)` through a pipe that a direction keeps between bursts and

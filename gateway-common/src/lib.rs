@@ -35,12 +35,14 @@ pub const BYPASS_MARK: u32 = 0x5247_0001; // "RG" 0001
 pub mod maps {
     /// `Array<Config>`, one entry: the instance's settings.
     pub const CONFIG: &str = "RG_CONFIG";
-    /// `HashMap<u64 socket cookie, OrigDst>`: written by connect4/6, read by
-    /// getpeername4/6 and sockops, removed when the socket closes. A preallocated hash, not
-    /// an LRU: inserts are cheaper, and every entry has an explicit delete.
-    pub const SOCKETS: &str = "RG_SOCKETS";
-    /// `LruHashMap<PeerKey, OrigDst>`: published by sockops when a redirected connection is
-    /// established; the proxy removes the entry when it accepts the connection.
+    /// `PerCpuArray<Pending>` of [`crate::PENDING_SLOTS`] slots, indexed by socket cookie:
+    /// connect4/6 leave the original destination here for sockops, which runs later in the
+    /// same `connect()` call. Plain per-CPU stores: no hash, no lock, no allocation on the
+    /// connect path (a hash insert there was half of connect4's cost).
+    pub const PENDING: &str = "RG_PENDING";
+    /// `LruHashMap<PeerKey, OrigDst>`: published by sockops when a redirected connection sends
+    /// its SYN, under the client address the proxy sees on `accept()`; read by the proxy and
+    /// by getpeername4/6, and removed by sockops when the socket closes.
     pub const ORIG_DST: &str = "RG_ORIG_DST";
     /// `LpmTrie<DstKey, u8>`: destinations that are never redirected.
     pub const EXCLUDE: &str = "RG_EXCLUDE";
@@ -66,10 +68,16 @@ pub mod programs {
     pub const ALL: [&str; 5] = [SOCKOPS, GETPEERNAME4, GETPEERNAME6, CONNECT4, CONNECT6];
 }
 
-/// Capacity of the socket and original-destination maps. When the socket map is full, connect4
-/// refuses (fail closed) and counts `MapFull`; the original-destination map is an LRU, swept by
-/// the daemon, so entries no proxy accepted can never pile up.
+/// Capacity of the original-destination map: redirected sockets open at once. It is an LRU,
+/// so an entry whose close was never seen (programs detached meanwhile) cannot pin a slot.
 pub const MAX_TRACKED_SOCKETS: u32 = 65_536;
+/// Slots per CPU of [`maps::PENDING`]. A slot is overwritten only if 16 more sockets get a
+/// cookie on one CPU while one task sits between its connect4 and its sockops callback; the
+/// connection then fails closed (the proxy cannot attribute it), it never goes astray.
+pub const PENDING_SLOTS: u32 = 16;
+/// Upper bound of CPUs sockops searches when a task moved to another CPU between connect4 and
+/// its callback (the kernel answers "no such CPU" past the last one, ending the search).
+pub const MAX_CPUS: u32 = 256;
 /// Values of the deny trie. The longest matching prefix decides, so an `ALLOW` entry for a
 /// policy target inside a `DENY` default (`0.0.0.0/0`) lets that target through.
 pub mod deny_verdict {
@@ -118,9 +126,18 @@ pub struct OrigDst {
     pub gid: u32,
     /// cgroup v2 id (the cgroup directory's inode number) of the caller.
     pub cgroup_id: u64,
-    /// `bpf_ktime_get_ns()` when sockops published the entry (0 before), used by the daemon
-    /// to sweep entries that no proxy accepted.
+    /// `bpf_ktime_get_ns()` when sockops published the entry (0 before); for a denied connect
+    /// ([`DeniedEvent`]) the time of the attempt.
     pub connect_ns: u64,
+}
+
+/// A connect4/6 entry waiting for its socket's sockops callback ([`maps::PENDING`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// The socket's cookie; 0 once sockops has taken the entry.
+    pub cookie: u64,
+    pub dst: OrigDst,
 }
 
 /// A connect refused by policy in the kernel ([`maps::EVENTS`]).
@@ -200,6 +217,7 @@ mod pod {
     // implicit padding (every gap is an explicit `_pad` field), so any bit pattern is valid.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::Pending {}
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::DstKey {}
     unsafe impl aya::Pod for super::DenyKey {}
@@ -210,6 +228,7 @@ mod pod {
 const _: () = {
     assert!(core::mem::size_of::<Config>() == 8);
     assert!(core::mem::size_of::<OrigDst>() == 48);
+    assert!(core::mem::size_of::<Pending>() == 56);
     assert!(core::mem::size_of::<DeniedEvent>() == 64);
     assert!(core::mem::size_of::<PeerKey>() == 20);
     assert!(core::mem::size_of::<DstKey>() == 20);

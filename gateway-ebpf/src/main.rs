@@ -5,10 +5,12 @@
 //!   of a governed process is rewritten to the local proxy (127.0.0.1 / ::1 at the instance's
 //!   listen port), unless the destination is excluded or the socket belongs to the daemon
 //!   itself (it carries [`BYPASS_MARK`]); destinations in the deny trie get `EPERM`. The
-//!   original destination and the caller's identity are remembered under the socket cookie.
-//! * `rg_sockops` (`sockops`): when such a socket is established, publishes
-//!   `{client address:port → original destination + identity}` for the proxy, which removes
-//!   the entry on accept; when the socket closes, forgets its cookie entry.
+//!   original destination and the caller's identity wait in a per-CPU slot under the socket
+//!   cookie (no hash insert on the connect path).
+//! * `rg_sockops` (`sockops`): later in the same connect(), when the SYN is about to leave
+//!   (`TCP_CONNECT_CB`), takes that slot and publishes
+//!   `{client address:port → original destination + identity}` for the proxy and for
+//!   getpeername; when the socket closes, removes the entry.
 //! * `rg_getpeername4` / `rg_getpeername6`: a governed program sees its original peer, not the
 //!   proxy.
 //!

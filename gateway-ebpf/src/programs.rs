@@ -1,18 +1,21 @@
 //! The programs proper; see the crate docs for what each one does.
 
+use core::ptr;
+
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+        BPF_ANY, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE, bpf_sock,
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        generated::bpf_map_lookup_percpu_elem,
     },
     macros::{cgroup_sock_addr, map, sock_ops},
     maps::{
-        Array, HashMap, LruHashMap, PerCpuArray, RingBuf,
+        Array, LruHashMap, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{SockAddrContext, SockOpsContext},
@@ -20,8 +23,9 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use gateway_common::{
     AF_INET, AF_INET6, BYPASS_MARK, COUNTER_COUNT, Config, Counter, DENY_KEY_FIXED_BITS,
-    DST_KEY_FIXED_BITS, DeniedEvent, DenyKey, DstKey, EVENTS_BYTES, MAX_PREFIXES,
-    MAX_TRACKED_SOCKETS, OrigDst, PROXY_IPV4, PROXY_IPV6, PeerKey, config_flags, deny_verdict,
+    DST_KEY_FIXED_BITS, DeniedEvent, DenyKey, DstKey, EVENTS_BYTES, MAX_CPUS, MAX_PREFIXES,
+    MAX_TRACKED_SOCKETS, OrigDst, PENDING_SLOTS, PROXY_IPV4, PROXY_IPV6, PeerKey, Pending,
+    config_flags, deny_verdict,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -49,8 +53,8 @@ const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 #[map(name = "RG_CONFIG")]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-#[map(name = "RG_SOCKETS")]
-static SOCKETS: HashMap<u64, OrigDst> = HashMap::pinned(MAX_TRACKED_SOCKETS, 0);
+#[map(name = "RG_PENDING")]
+static PENDING: PerCpuArray<Pending> = PerCpuArray::pinned(PENDING_SLOTS, 0);
 
 #[map(name = "RG_ORIG_DST")]
 static ORIG_DST: LruHashMap<PeerKey, OrigDst> = LruHashMap::pinned(MAX_TRACKED_SOCKETS, 0);
@@ -246,17 +250,23 @@ fn decide(ctx: &SockAddrContext, dst: Dst) -> Decision {
     }
     // SAFETY: the context is a socket-carrying context, as the helper requires.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if SOCKETS.insert(&cookie, &entry, u64::from(BPF_ANY)).is_err() {
-        // Without the entry the proxy could not tell where this goes: refuse (fail closed).
+    // For sockops, which publishes it later in this same connect() (TCP_CONNECT_CB).
+    let Some(slot) = PENDING.get_ptr_mut(pending_slot(cookie)) else {
+        // Cannot happen (the index is below the map's size); refuse rather than go unseen.
         count(Counter::MapFull);
-        warn!(
-            ctx,
-            "react-gateway: socket map insert failed, refusing connect"
-        );
         return Decision::Refuse;
-    }
+    };
+    // SAFETY: this CPU's slot; programs run with migration disabled.
+    unsafe { *slot = Pending { cookie, dst: entry } };
     count(Counter::Redirected);
     Decision::Redirect(listen_port)
+}
+
+const _: () = assert!(PENDING_SLOTS.is_power_of_two());
+
+#[inline(always)]
+fn pending_slot(cookie: u64) -> u32 {
+    (cookie & u64::from(PENDING_SLOTS - 1)) as u32
 }
 
 #[inline(always)]
@@ -310,10 +320,16 @@ fn is_denied(dst: &Dst, cgroup_id: u64) -> bool {
 }
 
 fn try_getpeername(ctx: &SockAddrContext, v6_socket: bool) {
-    // SAFETY: socket-carrying context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(config) = CONFIG.get(0) else {
+        return;
+    };
+    // SAFETY: `sk` is a valid, non-null socket pointer for sock_addr hooks (PTR_TO_SOCKET).
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    let Some(key) = proxy_client_key(sk, config.listen_port, v6_socket) else {
+        return;
+    };
     // SAFETY: read-only copy of a plain-old-data value.
-    let Some(orig) = (unsafe { SOCKETS.get(&cookie) }).copied() else {
+    let Some(orig) = (unsafe { ORIG_DST.get(&key) }).copied() else {
         return;
     };
     // SAFETY: the kernel hands sock_addr programs a valid context.
@@ -337,63 +353,167 @@ fn try_getpeername(ctx: &SockAddrContext, v6_socket: bool) {
     count(Counter::PeerRewritten);
 }
 
+/// The [`PeerKey`] of a socket connected to this instance's listener, `None` for any other
+/// socket: another socket may share its local address and port with a redirected one (the
+/// same ephemeral port towards another destination), so the peer must be checked too.
+#[inline(always)]
+fn proxy_client_key(sk: *mut bpf_sock, listen_port: u16, v6_socket: bool) -> Option<PeerKey> {
+    // Each context field is read on its own (volatile): the verifier accepts only loads of a
+    // field's own size, and LLVM may otherwise merge neighbouring words into one load.
+    // SAFETY: `sk` is a valid socket pointer (see the caller); fields of `bpf_sock` are readable.
+    let field = |p: *const u32| unsafe { ptr::read_volatile(p) };
+    // SAFETY: as above.
+    let dst_port = unsafe { ptr::read_volatile(ptr::addr_of!((*sk).dst_port)) };
+    if dst_port != listen_port.to_be() {
+        return None;
+    }
+    // SAFETY: as above.
+    let src_port = unsafe { field(ptr::addr_of!((*sk).src_port)) } as u16;
+    if !v6_socket {
+        // SAFETY: as above.
+        let (dst, src) = unsafe {
+            (
+                field(ptr::addr_of!((*sk).dst_ip4)),
+                field(ptr::addr_of!((*sk).src_ip4)),
+            )
+        };
+        return (dst == PROXY_IP4).then_some(PeerKey {
+            addr: [src, 0, 0, 0],
+            port: src_port,
+            family: AF_INET,
+        });
+    }
+    // SAFETY: as above (the arrays are in the context; each word is read on its own).
+    let (dst, src) = unsafe {
+        let d = ptr::addr_of!((*sk).dst_ip6).cast::<u32>();
+        let s = ptr::addr_of!((*sk).src_ip6).cast::<u32>();
+        (
+            [field(d), field(d.add(1)), field(d.add(2)), field(d.add(3))],
+            [field(s), field(s.add(1)), field(s.add(2)), field(s.add(3))],
+        )
+    };
+    if src[0] == 0 && src[1] == 0 && src[2] == V4_MAPPED_WORD {
+        // A dual-stack socket redirected to ::ffff:127.0.0.1 (see connect6).
+        let proxy = dst[0] == 0 && dst[1] == 0 && dst[2] == V4_MAPPED_WORD && dst[3] == PROXY_IP4;
+        return proxy.then_some(PeerKey {
+            addr: [src[3], 0, 0, 0],
+            port: src_port,
+            family: AF_INET,
+        });
+    }
+    (dst == PROXY_IP6).then_some(PeerKey {
+        addr: src,
+        port: src_port,
+        family: AF_INET6,
+    })
+}
+
 fn try_sockops(ctx: &SockOpsContext) {
     let op = ctx.op();
-    if op != BPF_SOCK_OPS_TCP_CONNECT_CB
-        && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
-        && op != BPF_SOCK_OPS_STATE_CB
-    {
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        publish(ctx);
+    } else if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == BPF_TCP_CLOSE {
+        // args[1] is the new state. Closing (after a refused or aborted connect, too) is the
+        // one point every published socket passes, and its address is still set here: forget
+        // it, so the map never leaks.
+        let _ = ORIG_DST.remove(&local_key(ctx));
+    }
+}
+
+/// In connect(), as the SYN is about to leave: the socket's local address and port are
+/// chosen, so the entry connect4/6 left is published under them, where the proxy's accept()
+/// and getpeername will look.
+fn publish(ctx: &SockOpsContext) {
+    let Some(config) = CONFIG.get(0) else {
+        return;
+    };
+    // Only sockets connect4/6 sent to the listener can have an entry. `remote_port` is a
+    // 32-bit network-order value (the kernel shifts the port into the upper half on
+    // little-endian machines), so it is read as `ntohl` would.
+    if u32::from_be(ctx.remote_port()) != u32::from(config.listen_port) {
         return;
     }
     // SAFETY: socket-carrying context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if op == BPF_SOCK_OPS_STATE_CB {
-        // args[1] is the new state. Closing (after a refused or aborted connect, too) is the
-        // one point every tracked socket passes: forget it there so the map never leaks.
-        if ctx.arg(1) == BPF_TCP_CLOSE {
-            let _ = SOCKETS.remove(&cookie);
-        }
-        return;
-    }
-    // SAFETY: read-only copy of a plain-old-data value.
-    let Some(orig) = (unsafe { SOCKETS.get(&cookie) }).copied() else {
+    let Some(mut orig) = take_pending(cookie) else {
         return;
     };
-    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        // Ask for state callbacks on this socket only, so we see it close.
-        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
-        return;
-    }
-    // Established: publish under the client's address as the proxy will see it on accept(),
-    // stamped so the daemon can sweep entries no proxy ever accepted.
-    let mut orig = orig;
+    // Stamped here rather than in connect4: connect4 is the hot path, and only status and
+    // debugging need the time.
     // SAFETY: helper without preconditions.
     orig.connect_ns = unsafe { bpf_ktime_get_ns() };
-    let key = if ctx.family() == u32::from(AF_INET) {
-        PeerKey {
-            addr: [ctx.local_ip4(), 0, 0, 0],
-            port: ctx.local_port() as u16,
-            family: AF_INET,
-        }
-    } else {
-        let ip6 = ctx.local_ip6();
-        if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_WORD {
-            PeerKey {
-                addr: [ip6[3], 0, 0, 0],
-                port: ctx.local_port() as u16,
-                family: AF_INET,
-            }
-        } else {
-            PeerKey {
-                addr: ip6,
-                port: ctx.local_port() as u16,
-                family: AF_INET6,
-            }
-        }
-    };
-    if ORIG_DST.insert(&key, &orig, u64::from(BPF_ANY)).is_ok() {
+    if ORIG_DST
+        .insert(&local_key(ctx), &orig, u64::from(BPF_ANY))
+        .is_ok()
+    {
+        // Ask for state callbacks on this socket only, so we see it close.
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
         count(Counter::Published);
     } else {
         count(Counter::MapFull);
+        warn!(
+            ctx,
+            "react-gateway: original-destination map insert failed; the proxy will refuse this connection"
+        );
+    }
+}
+
+/// Takes the entry connect4/6 left for `cookie`: in this CPU's slot, or, if the task moved
+/// to another CPU in between, in that CPU's.
+fn take_pending(cookie: u64) -> Option<OrigDst> {
+    let index = pending_slot(cookie);
+    if let Some(slot) = PENDING.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a per-CPU array; nothing else runs on it meanwhile.
+        let slot = unsafe { &mut *slot };
+        if slot.cookie == cookie {
+            slot.cookie = 0;
+            return Some(slot.dst);
+        }
+    }
+    // `PerCpuArray` is a transparent wrapper of its map definition: its address is the map.
+    let map = ptr::from_ref(&PENDING).cast_mut().cast();
+    for cpu in 0..MAX_CPUS {
+        // SAFETY: the helper checks the map, the key and the CPU; null past the last CPU.
+        let found = unsafe { bpf_map_lookup_percpu_elem(map, ptr::from_ref(&index).cast(), cpu) }
+            .cast::<Pending>();
+        if found.is_null() {
+            return None;
+        }
+        // SAFETY: a valid map value. Another CPU may write the slot meanwhile: the cookie
+        // check then fails or the connection fails closed; it never takes another's entry
+        // whole, since cookies are unique.
+        let slot = unsafe { &mut *found };
+        if slot.cookie == cookie {
+            slot.cookie = 0;
+            return Some(slot.dst);
+        }
+    }
+    None
+}
+
+/// The socket's local side as the proxy sees it on accept(): IPv4 (also IPv4-mapped IPv6) in
+/// word 0.
+fn local_key(ctx: &SockOpsContext) -> PeerKey {
+    let port = ctx.local_port() as u16;
+    if ctx.family() == u32::from(AF_INET) {
+        return PeerKey {
+            addr: [ctx.local_ip4(), 0, 0, 0],
+            port,
+            family: AF_INET,
+        };
+    }
+    let ip6 = ctx.local_ip6();
+    if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_WORD {
+        PeerKey {
+            addr: [ip6[3], 0, 0, 0],
+            port,
+            family: AF_INET,
+        }
+    } else {
+        PeerKey {
+            addr: ip6,
+            port,
+            family: AF_INET6,
+        }
     }
 }

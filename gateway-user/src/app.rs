@@ -27,9 +27,8 @@ use crate::{
     store::Store,
 };
 
-/// How often stale original-destination entries are swept, and how old they must be.
+/// How often idle upstream connections past their time are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
-const SWEEP_AGE: Duration = Duration::from_mins(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -331,9 +330,8 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         forward_kernel_logs(logger);
     }
 
-    let orig_dst = redirector.orig_dst();
     let ctx = Arc::new(ProxyContext {
-        orig_dst: orig_dst.clone(),
+        orig_dst: redirector.orig_dst(),
         policy: Arc::clone(&live),
         recorder,
         names: CgroupNames::new(host.cgroup2.clone(), roots),
@@ -358,13 +356,6 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             // Idle upstream connections past their time are closed even when no session
             // asks for that upstream again.
             upstreams.sweep();
-            let removed = orig_dst.sweep(SWEEP_AGE);
-            if removed > 0 {
-                tracing::info!(
-                    removed,
-                    "swept original-destination entries nobody accepted"
-                );
-            }
         }
     });
 

@@ -180,7 +180,7 @@ async fn handle(
 ) {
     ctx.stats.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(&ctx.stats);
-    let (destination, identity) = match ctx.orig_dst.take(peer) {
+    let (destination, identity) = match ctx.orig_dst.lookup(peer) {
         Some(orig) => (
             SocketAddr::new(ip_of(orig.family, orig.addr), orig.port),
             ctx.identity(&orig),

@@ -16,8 +16,8 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use aya::{
@@ -215,50 +215,23 @@ pub fn peer_key(peer: SocketAddr) -> PeerKey {
     }
 }
 
-/// The proxy's view of [`maps::ORIG_DST`]: take (look up and delete) the entry of an accepted
-/// connection. Cheap to clone.
+/// The proxy's view of [`maps::ORIG_DST`]: where an accepted connection was going and who
+/// opened it. The entry stays until the client's socket closes (sockops removes it then), as
+/// getpeername needs it for the socket's whole life. Lookups take no lock. Cheap to clone.
 #[derive(Clone)]
 pub struct OrigDstTable {
-    map: Arc<Mutex<HashMap<MapData, PeerKey, OrigDst>>>,
+    map: Arc<HashMap<MapData, PeerKey, OrigDst>>,
 }
 
 impl OrigDstTable {
-    pub fn take(&self, peer: SocketAddr) -> Option<OrigDst> {
-        let key = peer_key(peer);
-        let mut map = self.map.lock().ok()?;
-        let value = map.get(&key, 0).ok()?;
-        // Consumed: the entry must not outlive the accept (the leak test counts entries).
-        let _ = map.remove(&key);
-        Some(value)
+    pub fn lookup(&self, peer: SocketAddr) -> Option<OrigDst> {
+        self.map.get(&peer_key(peer), 0).ok()
     }
 
-    /// Removes entries older than `max_age` that no proxy accept consumed (connections that
-    /// were queued when a previous daemon died). Returns how many were removed.
-    pub fn sweep(&self, max_age: Duration) -> usize {
-        let Ok(mut map) = self.map.lock() else {
-            return 0;
-        };
-        let now = monotonic_ns();
-        let limit = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
-        let stale: Vec<PeerKey> = map
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| now.saturating_sub(v.connect_ns) > limit)
-            .map(|(k, _)| k)
-            .collect();
-        stale.iter().filter(|k| map.remove(k).is_ok()).count()
-    }
-
+    /// Entries in the map: redirected sockets open now (and not yet seen closing).
     pub fn len(&self) -> usize {
-        self.map.lock().map_or(0, |m| m.keys().count())
+        self.map.keys().count()
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
-    u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
-        + u64::try_from(ts.tv_nsec()).unwrap_or(0)
 }
 
 /// Kernel-side counters and map sizes, for `status`.
@@ -273,8 +246,8 @@ pub struct KernelStats {
     pub published: u64,
     pub peer_rewritten: u64,
     pub events_lost: u64,
+    /// Redirected sockets with a published original destination (open now).
     pub tracked_sockets: usize,
-    pub pending_orig_dst: usize,
 }
 
 /// Loaded programs and maps of one daemon instance.
@@ -284,7 +257,6 @@ pub struct Redirector {
     cgroup2: PathBuf,
     generation: u64,
     orig_dst: OrigDstTable,
-    sockets: HashMap<MapData, u64, OrigDst>,
     counters: PerCpuArray<MapData, u64>,
     exclude: LpmTrie<MapData, DstKey, u8>,
     deny: LpmTrie<MapData, DenyKey, u8>,
@@ -326,8 +298,6 @@ impl Redirector {
         };
         let orig_dst =
             HashMap::try_from(take(&mut ebpf, maps::ORIG_DST)?).map_err(map_err(maps::ORIG_DST))?;
-        let sockets =
-            HashMap::try_from(take(&mut ebpf, maps::SOCKETS)?).map_err(map_err(maps::SOCKETS))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)
             .map_err(map_err(maps::COUNTERS))?;
         let exclude =
@@ -346,9 +316,8 @@ impl Redirector {
             cgroup2: cgroup2.to_path_buf(),
             generation,
             orig_dst: OrigDstTable {
-                map: Arc::new(Mutex::new(orig_dst)),
+                map: Arc::new(orig_dst),
             },
-            sockets,
             counters,
             exclude,
             deny,
@@ -545,8 +514,7 @@ impl Redirector {
             published: counter(Counter::Published),
             peer_rewritten: counter(Counter::PeerRewritten),
             events_lost: counter(Counter::EventsLost),
-            tracked_sockets: self.sockets.keys().count(),
-            pending_orig_dst: self.orig_dst.len(),
+            tracked_sockets: self.orig_dst.len(),
         }
     }
 }
