@@ -126,8 +126,8 @@ pub struct OrigDst {
     pub gid: u32,
     /// cgroup v2 id (the cgroup directory's inode number) of the caller.
     pub cgroup_id: u64,
-    /// `bpf_ktime_get_ns()` when sockops published the entry (0 before); for a denied connect
-    /// ([`DeniedEvent`]) the time of the attempt.
+    /// For a denied connect ([`DeniedEvent`]), `bpf_ktime_get_ns()` at the attempt; 0 in
+    /// published entries (nothing reads their time, and the connect path stays clock-free).
     pub connect_ns: u64,
 }
 

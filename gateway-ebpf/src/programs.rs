@@ -229,8 +229,7 @@ fn decide(ctx: &SockAddrContext, dst: Dst) -> Decision {
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         cgroup_id,
-        // Stamped by sockops when the entry is published: only the sweeper needs a time, and
-        // connect4 is the hot path.
+        // Only a denial (below) needs the time; the connect path reads no clock.
         connect_ns: 0,
     };
     if config.flags & config_flags::DENY_ACTIVE != 0 && is_denied(&dst, cgroup_id) {
@@ -435,13 +434,9 @@ fn publish(ctx: &SockOpsContext) {
     }
     // SAFETY: socket-carrying context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(mut orig) = take_pending(cookie) else {
+    let Some(orig) = take_pending(cookie) else {
         return;
     };
-    // Stamped here rather than in connect4: connect4 is the hot path, and only status and
-    // debugging need the time.
-    // SAFETY: helper without preconditions.
-    orig.connect_ns = unsafe { bpf_ktime_get_ns() };
     if ORIG_DST
         .insert(&local_key(ctx), &orig, u64::from(BPF_ANY))
         .is_ok()
