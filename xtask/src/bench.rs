@@ -74,7 +74,9 @@ impl Daemon {
                 "--policy-dir",
             ])
             .arg(state.join("none"))
-            .env("REACT_GATEWAY_LOG", "warn")
+            // Warnings only, without aya's dump of the BTF the kernel rejects (dropped by the
+            // daemon's default filter too).
+            .env("REACT_GATEWAY_LOG", "warn,aya::bpf=error")
             .stderr(Stdio::inherit())
             .spawn()
             .context("start react-gateway")?;

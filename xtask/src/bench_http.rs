@@ -218,7 +218,9 @@ pub(crate) fn spawn_daemon(
                 "--policy-dir",
             ])
             .arg(policy_dir)
-            .env("REACT_GATEWAY_LOG", "warn")
+            // Warnings only, without aya's dump of the BTF the kernel rejects (dropped by the
+            // daemon's default filter too).
+            .env("REACT_GATEWAY_LOG", "warn,aya::bpf=error")
             .stderr(Stdio::inherit())
             .spawn()
             .context("react-gateway")?,
