@@ -217,7 +217,6 @@ mod pod {
     // implicit padding (every gap is an explicit `_pad` field), so any bit pattern is valid.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::OrigDst {}
-    unsafe impl aya::Pod for super::Pending {}
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::DstKey {}
     unsafe impl aya::Pod for super::DenyKey {}

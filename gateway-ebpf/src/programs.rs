@@ -50,6 +50,12 @@ const PROXY_IP6: [u32; 4] = [
 /// Word 2 of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
 const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
+/// `::ffff:a.b.c.d`: the socket is IPv6 but talks IPv4 (the address is word 3).
+#[inline(always)]
+fn is_v4_mapped(ip6: &[u32; 4]) -> bool {
+    ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_WORD
+}
+
 #[map(name = "RG_CONFIG")]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
 
@@ -153,7 +159,7 @@ fn try_connect6(ctx: &SockAddrContext) -> i32 {
     let port = u16::from_be(sa.user_port as u16);
     // A dual-stack socket connecting to ::ffff:a.b.c.d really talks IPv4: treat the
     // destination as IPv4 and send it to the IPv4 listener (as ::ffff:127.0.0.1).
-    let mapped = ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_WORD;
+    let mapped = is_v4_mapped(&ip6);
     let dst = if mapped {
         Dst {
             family: AF_INET,
@@ -391,9 +397,9 @@ fn proxy_client_key(sk: *mut bpf_sock, listen_port: u16, v6_socket: bool) -> Opt
             [field(s), field(s.add(1)), field(s.add(2)), field(s.add(3))],
         )
     };
-    if src[0] == 0 && src[1] == 0 && src[2] == V4_MAPPED_WORD {
+    if is_v4_mapped(&src) {
         // A dual-stack socket redirected to ::ffff:127.0.0.1 (see connect6).
-        let proxy = dst[0] == 0 && dst[1] == 0 && dst[2] == V4_MAPPED_WORD && dst[3] == PROXY_IP4;
+        let proxy = is_v4_mapped(&dst) && dst[3] == PROXY_IP4;
         return proxy.then_some(PeerKey {
             addr: [src[3], 0, 0, 0],
             port: src_port,
@@ -459,10 +465,8 @@ fn take_pending(cookie: u64) -> Option<OrigDst> {
     let index = pending_slot(cookie);
     if let Some(slot) = PENDING.get_ptr_mut(index) {
         // SAFETY: this CPU's slot of a per-CPU array; nothing else runs on it meanwhile.
-        let slot = unsafe { &mut *slot };
-        if slot.cookie == cookie {
-            slot.cookie = 0;
-            return Some(slot.dst);
+        if let Some(dst) = claim(unsafe { &mut *slot }, cookie) {
+            return Some(dst);
         }
     }
     // `PerCpuArray` is a transparent wrapper of its map definition: its address is the map.
@@ -477,13 +481,21 @@ fn take_pending(cookie: u64) -> Option<OrigDst> {
         // SAFETY: a valid map value. Another CPU may write the slot meanwhile: the cookie
         // check then fails or the connection fails closed; it never takes another's entry
         // whole, since cookies are unique.
-        let slot = unsafe { &mut *found };
-        if slot.cookie == cookie {
-            slot.cookie = 0;
-            return Some(slot.dst);
+        if let Some(dst) = claim(unsafe { &mut *found }, cookie) {
+            return Some(dst);
         }
     }
     None
+}
+
+/// The slot's entry if it is `cookie`'s, marking it taken.
+#[inline(always)]
+fn claim(slot: &mut Pending, cookie: u64) -> Option<OrigDst> {
+    if slot.cookie != cookie {
+        return None;
+    }
+    slot.cookie = 0;
+    Some(slot.dst)
 }
 
 /// The socket's local side as the proxy sees it on accept(): IPv4 (also IPv4-mapped IPv6) in
@@ -498,7 +510,7 @@ fn local_key(ctx: &SockOpsContext) -> PeerKey {
         };
     }
     let ip6 = ctx.local_ip6();
-    if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_WORD {
+    if is_v4_mapped(&ip6) {
         PeerKey {
             addr: [ip6[3], 0, 0, 0],
             port,

@@ -74,9 +74,7 @@ impl Daemon {
                 "--policy-dir",
             ])
             .arg(state.join("none"))
-            // Warnings only, without aya's dump of the BTF the kernel rejects (dropped by the
-            // daemon's default filter too).
-            .env("REACT_GATEWAY_LOG", "warn,aya::bpf=error")
+            .env("REACT_GATEWAY_LOG", crate::util::DAEMON_LOG)
             .stderr(Stdio::inherit())
             .spawn()
             .context("start react-gateway")?;

@@ -218,9 +218,7 @@ pub(crate) fn spawn_daemon(
                 "--policy-dir",
             ])
             .arg(policy_dir)
-            // Warnings only, without aya's dump of the BTF the kernel rejects (dropped by the
-            // daemon's default filter too).
-            .env("REACT_GATEWAY_LOG", "warn,aya::bpf=error")
+            .env("REACT_GATEWAY_LOG", crate::util::DAEMON_LOG)
             .stderr(Stdio::inherit())
             .spawn()
             .context("react-gateway")?,

@@ -47,6 +47,10 @@ pub fn build_release() -> Result<()> {
     )
 }
 
+/// `REACT_GATEWAY_LOG` for daemons the benches start: warnings only, without aya's dump of
+/// the BTF the kernel rejects (the daemon's default filter drops it too).
+pub const DAEMON_LOG: &str = "warn,aya::bpf=error";
+
 pub fn daemon_bin() -> PathBuf {
     workspace_root().join("target/release/react-gateway")
 }
