@@ -148,6 +148,9 @@ pub struct Masker {
     pub json_paths: Vec<JsonPath>,
     /// Bytes a stream must hold back: the longest match plus one byte of look-ahead.
     holdback: usize,
+    /// Each detector's anchors as (searcher, bytes before the anchor), built once: a
+    /// searcher built per call was a tenth of masking clean text in 16 KiB chunks.
+    anchor_finders: Vec<Vec<(memchr::memmem::Finder<'static>, usize)>>,
     /// The rule this masker belongs to, for the session's counts per rule.
     rule: Option<String>,
 }
@@ -338,6 +341,11 @@ fn count(counts: &mut BTreeMap<String, u64>, key: &str) {
     }
 }
 
+thread_local! {
+    /// The lower-cased tail [`Masker::holdback`] looks at, reused.
+    static HOLDBACK_LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Masker {
     pub fn new(
         detectors: Vec<Arc<Detector>>,
@@ -346,7 +354,19 @@ impl Masker {
     ) -> Self {
         let triggers = trigger::Triggers::new(&detectors);
         let holdback = detectors.iter().map(|d| d.max_len).max().unwrap_or(0) + 1;
+        let anchor_finders = detectors
+            .iter()
+            .map(|d| {
+                d.anchors
+                    .iter()
+                    .map(|&(anchor, before)| {
+                        (memchr::memmem::Finder::new(anchor), usize::from(before))
+                    })
+                    .collect()
+            })
+            .collect();
         Self {
+            anchor_finders,
             detectors,
             triggers,
             local: thread_local::ThreadLocal::new(),
@@ -376,27 +396,29 @@ impl Masker {
     pub fn holdback(&self, window: &[u8]) -> usize {
         let end = window.len();
         let tail = &window[end.saturating_sub(self.holdback)..];
-        let lower = tail.to_ascii_lowercase();
-        let mut keep = 0;
-        for detector in &self.detectors {
-            let need = detector.max_len + 1;
-            if detector.anchors.is_empty() {
-                keep = keep.max(need);
-                continue;
-            }
-            let region = &lower[lower.len().saturating_sub(need)..];
-            let mut from_end = 0;
-            for &(anchor, before) in detector.anchors {
-                let before = usize::from(before);
-                // An anchor that has not fully arrived yet.
-                from_end = from_end.max(anchor.len() - 1 + before);
-                if let Some(at) = memchr::memmem::find(region, anchor.as_bytes()) {
-                    from_end = from_end.max(region.len() - at + before);
+        HOLDBACK_LOWER.with_borrow_mut(|lower| {
+            lower.clear();
+            lower.extend(tail.iter().map(u8::to_ascii_lowercase));
+            let mut keep = 0;
+            for (detector, finders) in self.detectors.iter().zip(&self.anchor_finders) {
+                let need = detector.max_len + 1;
+                if finders.is_empty() {
+                    keep = keep.max(need);
+                    continue;
                 }
+                let region = &lower[lower.len().saturating_sub(need)..];
+                let mut from_end = 0;
+                for (finder, before) in finders {
+                    // An anchor that has not fully arrived yet.
+                    from_end = from_end.max(finder.needle().len() - 1 + before);
+                    if let Some(at) = finder.find(region) {
+                        from_end = from_end.max(region.len() - at + before);
+                    }
+                }
+                keep = keep.max(from_end.min(need));
             }
-            keep = keep.max(from_end.min(need));
-        }
-        keep.min(self.holdback)
+            keep.min(self.holdback)
+        })
     }
 
     /// The longest hold-back [`Masker::holdback`] can ask for.
