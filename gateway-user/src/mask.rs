@@ -460,6 +460,14 @@ impl Masker {
                 continue;
             }
             let mut at = span.lo.max(from);
+            // Every match starting in the span ends by `span.end`.
+            if detector.min_digits > 0
+                && hay[at..span.end].iter().filter(|b| b.is_ascii_digit()).count()
+                    < detector.min_digits
+            {
+                *cursor += 1;
+                continue;
+            }
             while at <= span.hi {
                 let Some((whole, value)) = detector.find(hay, at, span, scratch) else {
                     break;

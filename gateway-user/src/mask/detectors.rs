@@ -136,6 +136,9 @@ pub struct Detector {
     pub lead: fn(u8) -> bool,
     /// The longest match the pattern can produce, in bytes.
     pub max_len: usize,
+    /// ASCII digits every match holds: a span with fewer is skipped without running the
+    /// regex (a phone word such as "called" in prose, with no number after it).
+    pub min_digits: usize,
 }
 
 impl Detector {
@@ -157,6 +160,7 @@ impl Detector {
             anchors: &[],
             lead: any_byte,
             max_len,
+            min_digits: 0,
         })
     }
 }
@@ -217,6 +221,8 @@ struct Spec {
     trigger: Trigger,
     anchors: &'static [(&'static str, u16)],
     lead: fn(u8) -> bool,
+    /// ASCII digits every match holds (0: none needed).
+    min_digits: usize,
 }
 
 fn any_byte(_: u8) -> bool {
@@ -253,6 +259,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::Anchors,
         anchors: &[("@", 64)],
         lead: local_part,
+        min_digits: 0,
     },
     Spec {
         // E.164 (+ and 7–15 digits) anywhere; national formats only after a phone-ish word,
@@ -275,6 +282,8 @@ const SPECS: &[Spec] = &[
             ("sms", 0),
         ],
         lead: any_byte,
+        // E.164: + and at least 7 digits; national formats: 10.
+        min_digits: 7,
     },
     Spec {
         name: "credit_card",
@@ -284,6 +293,7 @@ const SPECS: &[Spec] = &[
         trigger: chain(13, 0),
         anchors: &[],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "us_ssn",
@@ -293,6 +303,7 @@ const SPECS: &[Spec] = &[
         trigger: chain(9, 0),
         anchors: &[],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "iban",
@@ -302,6 +313,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::CountryCode,
         anchors: &[],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "ipv4",
@@ -311,6 +323,7 @@ const SPECS: &[Spec] = &[
         trigger: chain(4, 3),
         anchors: &[],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "ipv6",
@@ -320,6 +333,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::HexColons,
         anchors: &[],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "mac",
@@ -329,6 +343,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::HexPairs,
         anchors: &[],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "aws_access_key",
@@ -338,6 +353,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::Anchors,
         anchors: &[("akia", 0), ("asia", 0), ("abia", 0), ("acca", 0)],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "aws_secret_key",
@@ -347,6 +363,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::Anchors,
         anchors: &[("aws", 0)],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "github_token",
@@ -363,6 +380,7 @@ const SPECS: &[Spec] = &[
             ("github_pat_", 0),
         ],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "openai_key",
@@ -372,6 +390,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::Anchors,
         anchors: &[("sk-", 0)],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "anthropic_key",
@@ -381,6 +400,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::Anchors,
         anchors: &[("sk-ant-", 0)],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "slack_token",
@@ -390,6 +410,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::Anchors,
         anchors: &[("xox", 0)],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "stripe_key",
@@ -399,6 +420,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::Anchors,
         anchors: &[("_live_", 2), ("_test_", 2)],
         lead: |b| b.is_ascii_alphabetic(),
+        min_digits: 0,
     },
     Spec {
         name: "jwt",
@@ -408,6 +430,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::Anchors,
         anchors: &[("eyj", 0)],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "private_key",
@@ -417,6 +440,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::Anchors,
         anchors: &[("-----begin ", 0)],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "bearer_token",
@@ -426,6 +450,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::Anchors,
         anchors: &[("bearer", 0)],
         lead: any_byte,
+        min_digits: 0,
     },
     Spec {
         name: "password_in_url",
@@ -435,6 +460,7 @@ const SPECS: &[Spec] = &[
         trigger: Trigger::Anchors,
         anchors: &[("://", 16)],
         lead: scheme,
+        min_digits: 0,
     },
     Spec {
         name: "generic_secret",
@@ -451,6 +477,7 @@ const SPECS: &[Spec] = &[
             ("credential", 40),
         ],
         lead: key_name,
+        min_digits: 0,
     },
 ];
 
@@ -471,6 +498,7 @@ pub static CATALOGUE: LazyLock<Vec<Arc<Detector>>> = LazyLock::new(|| {
                 anchors: spec.anchors,
                 lead: spec.lead,
                 max_len: max_len(spec.pattern).expect("built-in detector patterns are bounded"),
+                min_digits: spec.min_digits,
             })
         })
         .collect()
