@@ -847,7 +847,8 @@ fn mask_json_in_place(
             _ => None,
         })
         .collect::<Option<_>>()?;
-    serde_json::from_slice::<serde::de::IgnoredAny>(body).ok()?;
+    // Validating the document also gives where its string values are (see `locate_values`).
+    let strings = locate_values(body)?;
     // One trigger pass over the whole document instead of one per string: a string value
     // (without escapes, so its bytes are its text) is masked only when a trigger falls in
     // it; any other is one no masker would change.
@@ -859,28 +860,8 @@ fn mask_json_in_place(
     let mut cursors = vec![0; triggers.len()];
     let mut out: Option<Vec<u8>> = None;
     let mut copied = 0;
-    let mut at = 0;
-    // In a valid document every `"` outside a string opens one.
-    while let Some(found) = memchr::memchr(b'"', &body[at..]) {
-        let open = at + found;
-        let mut close = open + 1;
-        let mut escaped = false;
-        loop {
-            close += memchr::memchr2(b'"', b'\\', &body[close..])?;
-            if body[close] == b'"' {
-                break;
-            }
-            escaped = true;
-            close += 2;
-        }
-        at = close + 1;
-        let is_key = body[at..]
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|b| *b == b':');
-        if is_key {
-            continue;
-        }
+    for (open, close, escaped) in strings {
+        let at = close + 1;
         if prefilter && !escaped && !triggered(&triggers, &mut cursors, open + 1..close) {
             continue;
         }
@@ -908,6 +889,125 @@ fn mask_json_in_place(
         out.extend_from_slice(&body[copied..]);
         out
     }))
+}
+
+/// The string values of a JSON document (not its keys) as (opening quote, closing quote,
+/// has escapes), in order; `None` if it is not valid JSON. One pass of `serde_json` validates
+/// the document and gives each value without escapes as a slice of `body` (its place is
+/// where the slice starts); only a document with an escaped value is walked again to find
+/// the places of those.
+fn locate_values(body: &[u8]) -> Option<Vec<(usize, usize, bool)>> {
+    let mut values = Values {
+        base: body.as_ptr() as usize,
+        found: Vec::new(),
+        escaped: false,
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde::de::DeserializeSeed::deserialize(&mut values, &mut de).ok()?;
+    de.end().ok()?;
+    if values.escaped {
+        walk_values(body, values.found.len() + 1)
+    } else {
+        Some(values.found)
+    }
+}
+
+/// [`locate_values`] for a valid document, by its bytes: in a valid document every `"`
+/// outside a string opens one, and a string followed by `:` is a key.
+fn walk_values(body: &[u8], capacity: usize) -> Option<Vec<(usize, usize, bool)>> {
+    let mut strings = Vec::with_capacity(capacity);
+    let mut at = 0;
+    while let Some(found) = memchr::memchr(b'"', &body[at..]) {
+        let open = at + found;
+        let mut close = open + 1;
+        let mut escaped = false;
+        loop {
+            close += memchr::memchr2(b'"', b'\\', &body[close..])?;
+            if body[close] == b'"' {
+                break;
+            }
+            escaped = true;
+            close += 2;
+        }
+        at = close + 1;
+        let is_key = body[at..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b':');
+        if !is_key {
+            strings.push((open, close, escaped));
+        }
+    }
+    Some(strings)
+}
+
+/// What [`locate_values`] collects while `serde_json` reads a document.
+struct Values {
+    /// Address of the document's first byte: a borrowed value's place is its address minus
+    /// this.
+    base: usize,
+    found: Vec<(usize, usize, bool)>,
+    /// A value had escapes: `serde_json` handed it over decoded, without its place.
+    escaped: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut Values {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut Values {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
+        let start = v.as_ptr() as usize - self.base;
+        self.found.push((start - 1, start + v.len(), false));
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.escaped = true;
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(&mut *self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            map.next_value_seed(&mut *self)?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether a trigger of any masker may start inside `piece`. Pieces come in order of
@@ -1035,6 +1135,25 @@ mod tests {
             .into_owned();
         assert_eq!(out, "write to [TOKEN:EMAIL:1] and [TOKEN:EMAIL:1]");
         assert_eq!(c.restore("sent to [TOKEN:EMAIL:1]"), "sent to a@b.io");
+    }
+
+    #[test]
+    fn values_located_while_validating_are_those_the_byte_walk_finds() {
+        let docs: &[&[u8]] = &[
+            br#"{"a":"x","b":[1,"y",{"c":"z"}],"d":null,"e":"","f":true}"#,
+            br#"[ "one" , { "k" : "v" } , "two" , -1.5e3 ]"#,
+            br#""just a string""#,
+            br#"{"nested":{"deeper":{"k":"v w"}},"list":["a","b"],"k2":"k2:v"}"#,
+            "{\"é\":\"ü €\",\"n\":0}".as_bytes(),
+        ];
+        for doc in docs {
+            assert_eq!(locate_values(doc), walk_values(doc, 0), "{}", String::from_utf8_lossy(doc));
+        }
+        // An escaped value: the walk gives every place, with the escape noted.
+        let doc = br#"{"a":"x\"y","b":"plain"}"#;
+        assert_eq!(locate_values(doc), Some(vec![(5, 10, true), (16, 22, false)]));
+        assert_eq!(locate_values(br#"{"a":"x""#), None);
+        assert_eq!(locate_values(br#"{"a":"x"} trailing"#), None);
     }
 
     #[test]
