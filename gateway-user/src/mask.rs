@@ -151,6 +151,9 @@ pub struct Masker {
     /// Each detector's anchors as (searcher, bytes before the anchor), built once: a
     /// searcher built per call was a tenth of masking clean text in 16 KiB chunks.
     anchor_finders: Vec<Vec<(memchr::memmem::Finder<'static>, usize)>>,
+    /// The hold-back that needs no anchor found: detectors without anchors hold back their
+    /// longest match, the others an anchor not fully arrived yet.
+    partial_keep: usize,
     /// The rule this masker belongs to, for the session's counts per rule.
     rule: Option<String>,
 }
@@ -341,6 +344,9 @@ fn count(counts: &mut BTreeMap<String, u64>, key: &str) {
     }
 }
 
+/// Up to this many bytes, [`Masker::holdback`] searches its tail once for every anchor.
+const SMALL_TAIL: usize = 2048;
+
 thread_local! {
     /// The lower-cased tail [`Masker::holdback`] looks at, reused.
     static HOLDBACK_LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -365,8 +371,25 @@ impl Masker {
                     .collect()
             })
             .collect();
+        let partial_keep = detectors
+            .iter()
+            .map(|d| {
+                let need = d.max_len + 1;
+                if d.anchors.is_empty() {
+                    return need;
+                }
+                d.anchors
+                    .iter()
+                    .map(|&(anchor, before)| anchor.len() - 1 + usize::from(before))
+                    .max()
+                    .unwrap_or(0)
+                    .min(need)
+            })
+            .max()
+            .unwrap_or(0);
         Self {
             anchor_finders,
+            partial_keep,
             detectors,
             triggers,
             local: thread_local::ThreadLocal::new(),
@@ -399,26 +422,50 @@ impl Masker {
         HOLDBACK_LOWER.with_borrow_mut(|lower| {
             lower.clear();
             lower.extend(tail.iter().map(u8::to_ascii_lowercase));
-            let mut keep = 0;
-            for (detector, finders) in self.detectors.iter().zip(&self.anchor_finders) {
-                let need = detector.max_len + 1;
-                if finders.is_empty() {
-                    keep = keep.max(need);
-                    continue;
-                }
-                let region = &lower[lower.len().saturating_sub(need)..];
-                let mut from_end = 0;
-                for (finder, before) in finders {
-                    // An anchor that has not fully arrived yet.
-                    from_end = from_end.max(finder.needle().len() - 1 + before);
-                    if let Some(at) = finder.find(region) {
-                        from_end = from_end.max(region.len() - at + before);
-                    }
-                }
-                keep = keep.max(from_end.min(need));
+            if lower.len() <= SMALL_TAIL {
+                self.holdback_by_search(lower)
+            } else {
+                self.holdback_by_finders(lower)
             }
-            keep.min(self.holdback)
         })
+    }
+
+    /// [`Masker::holdback`] of a lower-cased tail, each detector's anchors searched in the
+    /// detector's own reach from the end (most are a few hundred bytes of a 6 KiB tail).
+    pub(crate) fn holdback_by_finders(&self, lower: &[u8]) -> usize {
+        let mut keep = 0;
+        for (detector, finders) in self.detectors.iter().zip(&self.anchor_finders) {
+            let need = detector.max_len + 1;
+            if finders.is_empty() {
+                keep = keep.max(need);
+                continue;
+            }
+            let region = &lower[lower.len().saturating_sub(need)..];
+            let mut from_end = 0;
+            for (finder, before) in finders {
+                // An anchor that has not fully arrived yet.
+                from_end = from_end.max(finder.needle().len() - 1 + before);
+                if let Some(at) = finder.find(region) {
+                    from_end = from_end.max(region.len() - at + before);
+                }
+            }
+            keep = keep.max(from_end.min(need));
+        }
+        keep.min(self.holdback)
+    }
+
+    /// The same as [`Masker::holdback_by_finders`] with one search for every anchor at once,
+    /// cheaper for a short tail (a small push of a stream) than one search per anchor.
+    pub(crate) fn holdback_by_search(&self, lower: &[u8]) -> usize {
+        let n = lower.len();
+        let mut keep = self.partial_keep;
+        self.triggers.each_anchor(lower, |detector, before, at| {
+            let need = self.detectors[detector].max_len + 1;
+            if at + need >= n {
+                keep = keep.max((n - at + before).min(need));
+            }
+        });
+        keep.min(self.holdback)
     }
 
     /// The longest hold-back [`Masker::holdback`] can ask for.
