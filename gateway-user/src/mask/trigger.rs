@@ -274,7 +274,14 @@ impl Triggers {
         };
         let mut at = from;
         while let Some(chunk) = hay.get(at..at + 16) {
-            let (mut digits, mut separators) = digits_and_separators(chunk);
+            let (mut digits, mut separators) = classify(chunk);
+            if separators != 0 {
+                // A separator with neither neighbour a hex digit or `:` starts no MAC or IPv6
+                // address (a JSON key's colon, a dash in prose); the first and last of the
+                // chunk, whose neighbours lie outside it, are always looked at.
+                let joins = joins(chunk);
+                separators &= (joins << 1) | (joins >> 1) | 0x8001;
+            }
             // A run of digits is one step: its first digit starts or extends the chain, the
             // others extend it.
             while digits != 0 {
@@ -515,10 +522,9 @@ impl Spans {
     }
 }
 
-/// Bit `i` set in the first mask for each ASCII digit `chunk[i]`, in the second for each `:` or
-/// `-` (`chunk` holds 16 bytes).
+/// Two masks of a 16-byte `chunk`, bit `i` standing for `chunk[i]`: ASCII digits; `:` and `-`.
 #[cfg(target_arch = "x86_64")]
-fn digits_and_separators(chunk: &[u8]) -> (u32, u32) {
+fn classify(chunk: &[u8]) -> (u32, u32) {
     use std::arch::x86_64::{
         _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8,
         _mm_or_si128, _mm_set1_epi8,
@@ -528,8 +534,7 @@ fn digits_and_separators(chunk: &[u8]) -> (u32, u32) {
     unsafe {
         let v = _mm_loadu_si128(chunk.as_ptr().cast());
         // '0'..='9' moved to the bottom of the signed range: -128..=-119.
-        let shifted = _mm_add_epi8(v, _mm_set1_epi8(0x50));
-        let digits = _mm_cmplt_epi8(shifted, _mm_set1_epi8(-118));
+        let digits = _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8(0x50)), _mm_set1_epi8(-118));
         let colons = _mm_cmpeq_epi8(v, _mm_set1_epi8(i8::from_ne_bytes([b':'])));
         let dashes = _mm_cmpeq_epi8(v, _mm_set1_epi8(i8::from_ne_bytes([b'-'])));
         // The masks fill the low 16 bits only.
@@ -540,15 +545,52 @@ fn digits_and_separators(chunk: &[u8]) -> (u32, u32) {
     }
 }
 
+/// The mask of hex digits and `:` in a 16-byte `chunk` (what a separator of a MAC or IPv6
+/// address has beside it).
+#[cfg(target_arch = "x86_64")]
+fn joins(chunk: &[u8]) -> u32 {
+    use std::arch::x86_64::{
+        _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8,
+        _mm_or_si128, _mm_set1_epi8,
+    };
+    assert!(chunk.len() >= 16);
+    // SAFETY: as in `classify`.
+    unsafe {
+        let v = _mm_loadu_si128(chunk.as_ptr().cast());
+        let digits = _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8(0x50)), _mm_set1_epi8(-118));
+        // 'a'..='f' (and 'A'..='F', lower-cased by the 0x20 bit) moved to -128..=-123.
+        let lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
+        let letters =
+            _mm_cmplt_epi8(_mm_add_epi8(lower, _mm_set1_epi8(0x1F)), _mm_set1_epi8(-122));
+        let colons = _mm_cmpeq_epi8(v, _mm_set1_epi8(i8::from_ne_bytes([b':'])));
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(digits, letters), colons)).cast_unsigned()
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
-fn digits_and_separators(chunk: &[u8]) -> (u32, u32) {
+fn classify(chunk: &[u8]) -> (u32, u32) {
+    let (digits, separators, _) = classify_bytes(chunk);
+    (digits, separators)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn joins(chunk: &[u8]) -> u32 {
+    classify_bytes(chunk).2
+}
+
+/// [`classify`] and [`joins`] byte by byte.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code, reason = "the tests compare with it"))]
+fn classify_bytes(chunk: &[u8]) -> (u32, u32, u32) {
     chunk[..16]
         .iter()
         .enumerate()
-        .fold((0, 0), |(digits, separators), (i, b)| match b {
-            b'0'..=b'9' => (digits | 1 << i, separators),
-            b':' | b'-' => (digits, separators | 1 << i),
-            _ => (digits, separators),
+        .fold((0, 0, 0), |(digits, separators, joins), (i, b)| {
+            let bit = 1 << i;
+            (
+                if b.is_ascii_digit() { digits | bit } else { digits },
+                if matches!(b, b':' | b'-') { separators | bit } else { separators },
+                if b.is_ascii_hexdigit() || *b == b':' { joins | bit } else { joins },
+            )
         })
 }
 
@@ -785,7 +827,7 @@ mod tests {
     ];
 
     #[test]
-    fn digits_and_separators_are_exact() {
+    fn classify_is_exact() {
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut chunk = [0u8; 16];
         for round in 0..100_000 {
@@ -793,17 +835,19 @@ mod tests {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
-                // Half the rounds near the bounds ('-' 0x2D .. ':' 0x3A and their neighbours).
                 let [low, ..] = state.to_le_bytes();
-                *b = if round % 2 == 0 { low } else { 0x2B + low % 17 };
+                // Every other round near the bounds: '-' .. ':' and 'A'..'F' / 'a'..'f', in
+                // either half of the byte range.
+                *b = match round % 4 {
+                    0 => low,
+                    1 => 0x2B + low % 17,
+                    2 => 0x3F + low % 10 + (low & 0x20),
+                    _ => (0x3F + low % 10 + (low & 0x20)) | 0x80,
+                };
             }
-            let want = chunk.iter().enumerate().fold((0, 0), |(d, s), (i, b)| {
-                (
-                    d | u32::from(b.is_ascii_digit()) << i,
-                    s | u32::from(*b == b':' || *b == b'-') << i,
-                )
-            });
-            assert_eq!(digits_and_separators(&chunk), want, "{chunk:x?}");
+            let (digits, separators, joins_) = classify_bytes(&chunk);
+            assert_eq!(classify(&chunk), (digits, separators), "{chunk:x?}");
+            assert_eq!(joins(&chunk), joins_, "{chunk:x?}");
         }
     }
 
