@@ -525,45 +525,65 @@ impl Spans {
 /// Two masks of a 16-byte `chunk`, bit `i` standing for `chunk[i]`: ASCII digits; `:` and `-`.
 #[cfg(target_arch = "x86_64")]
 fn classify(chunk: &[u8]) -> (u32, u32) {
-    use std::arch::x86_64::{
-        _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8,
-        _mm_or_si128, _mm_set1_epi8,
-    };
-    assert!(chunk.len() >= 16);
-    // SAFETY: SSE2 is part of x86_64; the load is unaligned and reads 16 bytes of `chunk`.
-    unsafe {
-        let v = _mm_loadu_si128(chunk.as_ptr().cast());
-        // '0'..='9' moved to the bottom of the signed range: -128..=-119.
-        let digits = _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8(0x50)), _mm_set1_epi8(-118));
-        let colons = _mm_cmpeq_epi8(v, _mm_set1_epi8(i8::from_ne_bytes([b':'])));
-        let dashes = _mm_cmpeq_epi8(v, _mm_set1_epi8(i8::from_ne_bytes([b'-'])));
-        // The masks fill the low 16 bits only.
-        (
-            _mm_movemask_epi8(digits).cast_unsigned(),
-            _mm_movemask_epi8(_mm_or_si128(colons, dashes)).cast_unsigned(),
-        )
-    }
+    use sse2::{bits, digits, equal, load, or};
+    let v = load(chunk);
+    (bits(digits(v)), bits(or(equal(v, b':'), equal(v, b'-'))))
 }
 
 /// The mask of hex digits and `:` in a 16-byte `chunk` (what a separator of a MAC or IPv6
 /// address has beside it).
 #[cfg(target_arch = "x86_64")]
 fn joins(chunk: &[u8]) -> u32 {
+    use sse2::{bits, digits, equal, hex_letters, load, or};
+    let v = load(chunk);
+    bits(or(or(digits(v), hex_letters(v)), equal(v, b':')))
+}
+
+/// Byte classes of 16 bytes at once with SSE2, which every x86-64 CPU has: a lane is all ones
+/// where the byte is in the class.
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
     use std::arch::x86_64::{
-        _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8,
-        _mm_or_si128, _mm_set1_epi8,
+        __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128,
+        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
-    assert!(chunk.len() >= 16);
-    // SAFETY: as in `classify`.
-    unsafe {
-        let v = _mm_loadu_si128(chunk.as_ptr().cast());
-        let digits = _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8(0x50)), _mm_set1_epi8(-118));
-        // 'a'..='f' (and 'A'..='F', lower-cased by the 0x20 bit) moved to -128..=-123.
-        let lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
-        let letters =
-            _mm_cmplt_epi8(_mm_add_epi8(lower, _mm_set1_epi8(0x1F)), _mm_set1_epi8(-122));
-        let colons = _mm_cmpeq_epi8(v, _mm_set1_epi8(i8::from_ne_bytes([b':'])));
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(digits, letters), colons)).cast_unsigned()
+
+    /// The first 16 bytes of `chunk`.
+    pub fn load(chunk: &[u8]) -> __m128i {
+        assert!(chunk.len() >= 16);
+        // SAFETY: an unaligned load of 16 bytes that `chunk` holds.
+        unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) }
+    }
+
+    /// `'0'..='9'`: moved to the bottom of the signed range (-128..=-119) and compared.
+    pub fn digits(v: __m128i) -> __m128i {
+        // SAFETY: SSE2 is part of every x86-64 target (here and below).
+        unsafe { _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8(0x50)), _mm_set1_epi8(-118)) }
+    }
+
+    /// `'a'..='f'` and `'A'..='F'` (lower-cased by the 0x20 bit), moved to -128..=-123.
+    pub fn hex_letters(v: __m128i) -> __m128i {
+        // SAFETY: SSE2.
+        unsafe {
+            let lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
+            _mm_cmplt_epi8(_mm_add_epi8(lower, _mm_set1_epi8(0x1F)), _mm_set1_epi8(-122))
+        }
+    }
+
+    pub fn equal(v: __m128i, byte: u8) -> __m128i {
+        // SAFETY: SSE2.
+        unsafe { _mm_cmpeq_epi8(v, _mm_set1_epi8(i8::from_ne_bytes([byte]))) }
+    }
+
+    pub fn or(a: __m128i, b: __m128i) -> __m128i {
+        // SAFETY: SSE2.
+        unsafe { _mm_or_si128(a, b) }
+    }
+
+    /// One bit per lane, lane `i` at bit `i` (the low 16 bits).
+    pub fn bits(v: __m128i) -> u32 {
+        // SAFETY: SSE2.
+        unsafe { _mm_movemask_epi8(v) }.cast_unsigned()
     }
 }
 
