@@ -509,7 +509,10 @@ impl Masker {
             let mut at = span.lo.max(from);
             // Every match starting in the span ends by `span.end`.
             if detector.min_digits > 0
-                && hay[at..span.end].iter().filter(|b| b.is_ascii_digit()).count()
+                && hay[at..span.end]
+                    .iter()
+                    .filter(|b| b.is_ascii_digit())
+                    .count()
                     < detector.min_digits
             {
                 *cursor += 1;
@@ -1194,11 +1197,19 @@ mod tests {
             "{\"é\":\"ü €\",\"n\":0}".as_bytes(),
         ];
         for doc in docs {
-            assert_eq!(locate_values(doc), walk_values(doc, 0), "{}", String::from_utf8_lossy(doc));
+            assert_eq!(
+                locate_values(doc),
+                walk_values(doc, 0),
+                "{}",
+                String::from_utf8_lossy(doc)
+            );
         }
         // An escaped value: the walk gives every place, with the escape noted.
         let doc = br#"{"a":"x\"y","b":"plain"}"#;
-        assert_eq!(locate_values(doc), Some(vec![(5, 10, true), (16, 22, false)]));
+        assert_eq!(
+            locate_values(doc),
+            Some(vec![(5, 10, true), (16, 22, false)])
+        );
         assert_eq!(locate_values(br#"{"a":"x""#), None);
         assert_eq!(locate_values(br#"{"a":"x"} trailing"#), None);
     }

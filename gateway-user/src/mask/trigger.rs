@@ -544,8 +544,8 @@ fn joins(chunk: &[u8]) -> u32 {
 #[cfg(target_arch = "x86_64")]
 mod sse2 {
     use std::arch::x86_64::{
-        __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128,
-        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8,
+        _mm_or_si128, _mm_set1_epi8,
     };
 
     /// The first 16 bytes of `chunk`.
@@ -566,7 +566,10 @@ mod sse2 {
         // SAFETY: SSE2.
         unsafe {
             let lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
-            _mm_cmplt_epi8(_mm_add_epi8(lower, _mm_set1_epi8(0x1F)), _mm_set1_epi8(-122))
+            _mm_cmplt_epi8(
+                _mm_add_epi8(lower, _mm_set1_epi8(0x1F)),
+                _mm_set1_epi8(-122),
+            )
         }
     }
 
@@ -599,7 +602,10 @@ fn joins(chunk: &[u8]) -> u32 {
 }
 
 /// [`classify`] and [`joins`] byte by byte.
-#[cfg_attr(target_arch = "x86_64", allow(dead_code, reason = "the tests compare with it"))]
+#[cfg_attr(
+    target_arch = "x86_64",
+    allow(dead_code, reason = "the tests compare with it")
+)]
 fn classify_bytes(chunk: &[u8]) -> (u32, u32, u32) {
     chunk[..16]
         .iter()
@@ -607,9 +613,21 @@ fn classify_bytes(chunk: &[u8]) -> (u32, u32, u32) {
         .fold((0, 0, 0), |(digits, separators, joins), (i, b)| {
             let bit = 1 << i;
             (
-                if b.is_ascii_digit() { digits | bit } else { digits },
-                if matches!(b, b':' | b'-') { separators | bit } else { separators },
-                if b.is_ascii_hexdigit() || *b == b':' { joins | bit } else { joins },
+                if b.is_ascii_digit() {
+                    digits | bit
+                } else {
+                    digits
+                },
+                if matches!(b, b':' | b'-') {
+                    separators | bit
+                } else {
+                    separators
+                },
+                if b.is_ascii_hexdigit() || *b == b':' {
+                    joins | bit
+                } else {
+                    joins
+                },
             )
         })
 }
