@@ -948,7 +948,7 @@ fn mask_json_in_place(
 /// the places of those.
 fn locate_values(body: &[u8]) -> Option<Vec<(usize, usize, bool)>> {
     let mut values = Values {
-        base: body.as_ptr() as usize,
+        body,
         found: Vec::new(),
         escaped: false,
     };
@@ -992,16 +992,16 @@ fn walk_values(body: &[u8], capacity: usize) -> Option<Vec<(usize, usize, bool)>
 }
 
 /// What [`locate_values`] collects while `serde_json` reads a document.
-struct Values {
-    /// Address of the document's first byte: a borrowed value's place is its address minus
-    /// this.
-    base: usize,
+struct Values<'a> {
+    /// The document: a borrowed value's place is its address minus the document's.
+    body: &'a [u8],
     found: Vec<(usize, usize, bool)>,
-    /// A value had escapes: `serde_json` handed it over decoded, without its place.
+    /// A value's place is not known: it had escapes (`serde_json` handed it over decoded),
+    /// so the byte walk finds the places.
     escaped: bool,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for &mut Values {
+impl<'de> serde::de::DeserializeSeed<'de> for &mut Values<'_> {
     type Value = ();
 
     fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
@@ -1009,7 +1009,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for &mut Values {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for &mut Values {
+impl<'de> serde::de::Visitor<'de> for &mut Values<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1017,8 +1017,18 @@ impl<'de> serde::de::Visitor<'de> for &mut Values {
     }
 
     fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
-        let start = v.as_ptr() as usize - self.base;
-        self.found.push((start - 1, start + v.len(), false));
+        let start = (v.as_ptr() as usize).wrapping_sub(self.body.as_ptr() as usize);
+        let end = start.wrapping_add(v.len());
+        // A string token of the document, between its quotes; anything else (a number handed
+        // over as text by a serde_json feature) leaves the places to the byte walk.
+        if start >= 1
+            && self.body.get(start - 1) == Some(&b'"')
+            && self.body.get(end) == Some(&b'"')
+        {
+            self.found.push((start - 1, end, false));
+        } else {
+            self.escaped = true;
+        }
         Ok(())
     }
 
