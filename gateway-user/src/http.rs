@@ -11,6 +11,7 @@
 //! whole; responses are masked as they stream ([`masking`]).
 //! Upgrades (WebSocket) are relayed byte for byte after the `101`.
 
+pub mod ahead;
 pub mod masking;
 pub mod pool;
 pub mod tap;
@@ -1107,6 +1108,7 @@ impl HttpSession {
         }
         let (mut parts, incoming) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
+        let incoming = ahead::Ahead::take(incoming, ahead::CAP).await;
         let body = match self.response_masking(target, &method, &mut parts) {
             Ok(Some((decoder, steps))) => masking::MaskedBody::new(
                 incoming,

@@ -14,7 +14,7 @@ use http::HeaderMap;
 use http_body::Frame;
 use hyper::body::Incoming;
 
-use super::BoxError;
+use super::{BoxError, ahead::Ahead};
 use crate::mask::{
     MaskContext, is_json_type, mask_body,
     sse::SseMasker,
@@ -156,7 +156,7 @@ enum Transform {
 
 /// A response body masked on its way to the agent.
 pub struct MaskedBody {
-    inner: Incoming,
+    inner: Ahead<Incoming>,
     decoder: Option<Decoder>,
     transform: Transform,
     steps: Vec<Step>,
@@ -169,7 +169,7 @@ pub struct MaskedBody {
 
 impl MaskedBody {
     pub fn new(
-        inner: Incoming,
+        inner: Ahead<Incoming>,
         decoder: Option<Decoder>,
         steps: Vec<Step>,
         content_type: Option<String>,
