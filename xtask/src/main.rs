@@ -1,4 +1,4 @@
-//! Build driver: `cargo xtask setup | build | demo | test | bench redirect | prebuilt`.
+//! Build driver: `cargo xtask setup | build | install | demo | test | bench … | prebuilt`.
 //!
 //! Every command that needs the toolchain or test peers runs `setup` first, which installs
 //! only what is missing (idempotent; a few hundred milliseconds when all is present).
@@ -8,6 +8,7 @@ mod bench_http;
 mod bench_mask;
 mod bench_record;
 mod demo;
+mod install;
 mod setup;
 mod util;
 
@@ -19,6 +20,9 @@ usage: cargo xtask <command>
   setup             check and install prerequisites (nightly rust-src, bpf-linker 0.10.0,
                     Debian packages, Python packages)
   build             build the daemon (release) with its eBPF programs
+  install [--root DIR] [--prefix PREFIX]
+                    build and install the daemon, its systemd unit, /etc/react-gateway/policies
+                    and the docs (default PREFIX /usr/local; --root stages for packaging)
   demo              run the demo: daemon + unmodified curl/Python agents + mock upstream
   test              run every test (unit, integration with the real kernel)
   bench redirect    connects/s (direct, eBPF, iptables), connect4 ns/run, bulk throughput,
@@ -46,6 +50,7 @@ fn run() -> Result<()> {
             setup::run()?;
             util::build_release()
         }
+        Some("install") => install::run(rest),
         Some("demo") => {
             setup::run()?;
             util::build_release()?;

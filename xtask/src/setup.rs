@@ -21,6 +21,8 @@ const DEBIAN: &[&str] = &[
     "nghttp2-client",
     // The PostgreSQL store's tests start their own server (initdb/postgres as `postgres`).
     "postgresql",
+    // `cargo xtask install`'s test checks the unit with `systemd-analyze verify`.
+    "systemd",
 ];
 /// Python packages the tests' and demo's unmodified clients use.
 const PYTHON: &[(&str, &str)] = &[
