@@ -9,8 +9,12 @@ use std::{
 
 /// Where the kernel mounts bpffs by convention; used when no bpffs is mounted yet.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
-/// Oldest kernel with everything we use (`bpf_link` for cgroups 5.7, sockops state callbacks,
-/// getpeername hooks 5.8).
+/// Oldest kernel with the hooks we attach (`bpf_link` for cgroups 5.7, sockops state
+/// callbacks, getpeername hooks 5.8), the floor DESIGN.md names. One helper is newer: sockops
+/// reads connect4's per-CPU slot with `bpf_map_lookup_percpu_elem` (mainline 5.19). The
+/// version alone cannot tell whether a distribution kernel has it backported (RHEL 9 reports
+/// 5.14), so a kernel without it passes this check and is refused when the programs load,
+/// naming the helper ([`crate::redirect::RedirectError::KernelLacks`], exit 2).
 pub const MIN_KERNEL: (u32, u32) = (5, 8);
 
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ use gateway_user::{
     control::{self, Request},
     exec,
     policy::{self, Policy, Severity, cases, explain},
+    redirect::RedirectError,
     session::{Event, Outcome, Session},
     state::StateDir,
     store::{ListFilter, Store},
@@ -100,7 +101,8 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
                     | AppError::Locked(_)
                     | AppError::Config(_)
                     | AppError::Policy(_)
-                    | AppError::Listen(_)),
+                    | AppError::Listen(_)
+                    | AppError::Redirect(RedirectError::KernelLacks { .. })),
                 ) => {
                     eprintln!("react-gateway: {error}");
                     Ok(ExitCode::from(2))

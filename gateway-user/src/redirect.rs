@@ -52,6 +52,16 @@ pub enum RedirectError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// The verifier refused a helper call: the kernel is too old for it (or a distribution
+    /// kernel without its backport). An environment error, like a kernel below
+    /// [`crate::host::MIN_KERNEL`].
+    #[error(
+        "this kernel cannot run eBPF program {program}: it lacks the helper {helper}; react-gateway needs mainline Linux 5.19 or newer, or a distribution kernel with that helper backported"
+    )]
+    KernelLacks {
+        program: &'static str,
+        helper: String,
+    },
     #[error("the eBPF object has no {0}; the build is broken")]
     Missing(&'static str),
     #[error("cannot open cgroup {0}: {1} (does it exist on the cgroup2 mount?)")]
@@ -73,7 +83,51 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> RedirectEr
 }
 
 fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> RedirectError {
-    move |source| RedirectError::Program { name, source }
+    move |source| {
+        let helper = match &source {
+            aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+                missing_helper(&format!("{verifier_log:?}"))
+            }
+            _ => None,
+        };
+        match helper {
+            Some(helper) => RedirectError::KernelLacks {
+                program: name,
+                helper,
+            },
+            None => RedirectError::Program { name, source },
+        }
+    }
+}
+
+/// Helpers the programs call that are newer than the hooks themselves (Linux 5.8), by number:
+/// a kernel that predates one names it `unknown` in its verifier log.
+const LATE_HELPERS: &[(u32, &str)] = &[(195, "bpf_map_lookup_percpu_elem (Linux 5.19)")];
+
+/// The helper a verifier log says the kernel does not offer, if that is why it refused the
+/// program. Kernels say `invalid func unknown#195` for a number past their last helper,
+/// `unknown func bpf_x#N` (before 5.13) or `program of this type cannot use helper bpf_x#N`
+/// for one they know but do not offer to this program type.
+fn missing_helper(log: &str) -> Option<String> {
+    const MARKERS: [&str; 3] = ["invalid func ", "unknown func ", "cannot use helper "];
+    let (line, marker) = log.lines().find_map(|line| {
+        MARKERS
+            .iter()
+            .find(|m| line.contains(**m))
+            .map(|m| (line, *m))
+    })?;
+    let call = line.split_once(marker)?.1.split_whitespace().next()?;
+    let (name, number) = call.rsplit_once('#')?;
+    let number: u32 = number.parse().ok()?;
+    let known = LATE_HELPERS
+        .iter()
+        .find(|(n, _)| *n == number)
+        .map(|(_, name)| *name);
+    Some(match known {
+        Some(described) => format!("#{number}, {described}"),
+        None if name == "unknown" || name.is_empty() => format!("#{number}"),
+        None => format!("#{number}, {name}"),
+    })
 }
 
 /// A destination prefix with an optional port: `10.0.0.0/8`, `127.0.0.53/32:53`,
@@ -577,6 +631,80 @@ fn unescape(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_helper_is_named_from_the_verifier_log() {
+        // Linux 5.10 meeting the per-CPU lookup (a number past its last helper).
+        let old =
+            "func#0 @0\n0: (85) call unknown#195\ninvalid func unknown#195\nprocessed 12 insns";
+        assert_eq!(
+            missing_helper(old).as_deref(),
+            Some("#195, bpf_map_lookup_percpu_elem (Linux 5.19)")
+        );
+        // A helper the kernel knows but does not offer to this program type.
+        let typed = "7: (85) call bpf_get_current_comm#16\nunknown func bpf_get_current_comm#16\n";
+        assert_eq!(
+            missing_helper(typed).as_deref(),
+            Some("#16, bpf_get_current_comm")
+        );
+        let newer = "program of this type cannot use helper bpf_sk_storage_get#107";
+        assert_eq!(
+            missing_helper(newer).as_deref(),
+            Some("#107, bpf_sk_storage_get")
+        );
+        // Other refusals stay what they are.
+        assert_eq!(missing_helper("R1 invalid mem access 'scalar'"), None);
+        assert_eq!(missing_helper(""), None);
+    }
+
+    /// The wording the parser expects is the running kernel's: a program calling a helper
+    /// number no kernel has is refused with a log [`missing_helper`] reads. (Root: loading a
+    /// program needs `CAP_BPF`; `cargo xtask test` runs as root.)
+    #[test]
+    fn the_running_kernel_words_a_missing_helper_as_expected() {
+        // call #9999; r0 = 0; exit
+        let insns: [u64; 3] = [
+            u64::from_le_bytes([0x85, 0, 0, 0, 0x0f, 0x27, 0, 0]),
+            u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]),
+            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+        ];
+        let license = c"GPL";
+        let mut log = vec![0u8; 64 * 1024];
+        // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level,
+        // log_size, log_buf; the rest zero.
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&13u32.to_ne_bytes()); // BPF_PROG_TYPE_SOCK_OPS
+        attr[4..8].copy_from_slice(&3u32.to_ne_bytes());
+        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
+        attr[28..32].copy_from_slice(&u32::try_from(log.len()).unwrap().to_ne_bytes());
+        attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
+        // SAFETY: BPF_PROG_LOAD reads `attr` (its size given) and the buffers it points to,
+        // all alive for the call, and writes at most `log.len()` bytes of log.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                5, // BPF_PROG_LOAD
+                attr.as_mut_ptr(),
+                u32::try_from(attr.len()).unwrap(),
+            )
+        };
+        let error = std::io::Error::last_os_error();
+        assert_eq!(fd, -1, "a program calling helper #9999 was accepted");
+        assert_eq!(
+            error.raw_os_error(),
+            Some(libc::EINVAL),
+            "{error} (root is needed)"
+        );
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..end]);
+        assert_eq!(
+            missing_helper(&text).as_deref(),
+            Some("#9999"),
+            "verifier log: {text}"
+        );
+    }
 
     #[test]
     fn parses_destination_prefixes() {
