@@ -105,7 +105,11 @@ fn toolchain() -> Result<()> {
 }
 
 fn debian() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN.iter().copied().filter(|p| !installed(p)).collect();
+    apt_install(DEBIAN)
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -131,6 +135,10 @@ fn python() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing Python packages: {}", missing.join(" "));
+    // Debian's own Python (a stock VM, not this project's CI image) comes without pip.
+    if !quiet("python3", &["-m", "pip", "--version"]) {
+        apt_install(&["python3-pip"])?;
+    }
     let mut args = vec![
         "-m",
         "pip",
@@ -138,6 +146,54 @@ fn python() -> Result<()> {
         "--quiet",
         "--disable-pip-version-check",
     ];
+    // ...and marks itself externally managed (PEP 668): pip then refuses to install into it
+    // unless told. These are the test clients' packages, for the machine the suite runs on.
+    if externally_managed("python3") {
+        args.push("--break-system-packages");
+    }
     args.extend(&missing);
     run_cmd("python3", &args)
+}
+
+/// Whether `interpreter` is marked externally managed (PEP 668: an `EXTERNALLY-MANAGED`
+/// file in its standard library directory).
+fn externally_managed(interpreter: &str) -> bool {
+    output(
+        interpreter,
+        &[
+            "-c",
+            "import os, sysconfig; print(os.path.isfile(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))",
+        ],
+    )
+    .is_ok_and(|out| out.trim() == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The PEP 668 check agrees with the marker file for each Python here: the one on
+    /// `PATH` and, when present, Debian's own (`/usr/bin/python3`, marked on Debian 12).
+    #[test]
+    fn externally_managed_follows_the_marker_file() {
+        let mut checked = 0;
+        for interpreter in ["python3", "/usr/bin/python3"] {
+            let Ok(stdlib) = output(
+                interpreter,
+                &[
+                    "-c",
+                    "import sysconfig; print(sysconfig.get_path('stdlib'))",
+                ],
+            ) else {
+                continue;
+            };
+            let marked = std::path::Path::new(stdlib.trim())
+                .join("EXTERNALLY-MANAGED")
+                .is_file();
+            assert_eq!(externally_managed(interpreter), marked, "{interpreter}");
+            checked += 1;
+        }
+        assert!(checked > 0, "no python3 to check");
+        assert!(!externally_managed("/nonexistent/python3"));
+    }
 }
