@@ -70,21 +70,17 @@ fn parse(args: &[String]) -> Result<(PathBuf, PathBuf)> {
     let (mut root, mut prefix) = (PathBuf::from("/"), PathBuf::from(UNIT_PREFIX));
     let mut args = args.iter();
     while let Some(flag) = args.next() {
-        let value = || -> Result<PathBuf> {
-            Ok(PathBuf::from(
-                args.clone()
-                    .next()
-                    .with_context(|| format!("{flag} needs a value"))?,
-            ))
-        };
-        match flag.as_str() {
-            "--root" => root = value()?,
-            "--prefix" => prefix = value()?,
+        let slot = match flag.as_str() {
+            "--root" => &mut root,
+            "--prefix" => &mut prefix,
             other => bail!(
                 "install: unknown argument {other} (usage: install [--root DIR] [--prefix PREFIX])"
             ),
-        }
-        args.next();
+        };
+        *slot = PathBuf::from(
+            args.next()
+                .with_context(|| format!("{flag} needs a value"))?,
+        );
     }
     if !prefix.is_absolute() || !root.is_absolute() {
         bail!("install: --root and --prefix must be absolute paths");
