@@ -105,8 +105,8 @@ fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> R
 const LATE_HELPERS: &[(u32, &str)] = &[(195, "bpf_map_lookup_percpu_elem (Linux 5.19)")];
 
 /// The helper a verifier log says the kernel does not offer, if that is why it refused the
-/// program. Kernels say `invalid func unknown#195` for a number past their last helper,
-/// `unknown func bpf_x#N` (before 5.13) or `program of this type cannot use helper bpf_x#N`
+/// program. Kernels say `invalid func unknown#195` for a number past their last helper, and
+/// `unknown func bpf_x#N` (older wording) or `program of this type cannot use helper bpf_x#N`
 /// for one they know but do not offer to this program type.
 fn missing_helper(log: &str) -> Option<String> {
     const MARKERS: [&str; 3] = ["invalid func ", "unknown func ", "cannot use helper "];
