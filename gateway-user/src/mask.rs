@@ -897,8 +897,11 @@ fn mask_json_in_place(
             _ => None,
         })
         .collect::<Option<_>>()?;
+    // A JSON document is UTF-8. Checked once here (mostly ASCII: the fast path), the text is
+    // read by serde_json without checking each string again, and a value's text is a slice.
+    let text = std::str::from_utf8(body).ok()?;
     // Validating the document also gives where its string values are (see `locate_values`).
-    let strings = locate_values(body)?;
+    let strings = locate_values(text)?;
     // One trigger pass over the whole document instead of one per string: a string value
     // (without escapes, so its bytes are its text) is masked only when a trigger falls in
     // it; any other is one no masker would change.
@@ -916,9 +919,10 @@ fn mask_json_in_place(
             continue;
         }
         let original: Cow<'_, str> = if escaped {
-            Cow::Owned(serde_json::from_slice(&body[open..at]).ok()?)
+            Cow::Owned(serde_json::from_str(text.get(open..at)?).ok()?)
         } else {
-            Cow::Borrowed(std::str::from_utf8(&body[open + 1..close]).ok()?)
+            // The quotes are ASCII, so they are character boundaries.
+            Cow::Borrowed(text.get(open + 1..close)?)
         };
         let mut text = original;
         let mut changed = false;
@@ -946,17 +950,17 @@ fn mask_json_in_place(
 /// the document and gives each value without escapes as a slice of `body` (its place is
 /// where the slice starts); only a document with an escaped value is walked again to find
 /// the places of those.
-fn locate_values(body: &[u8]) -> Option<Vec<(usize, usize, bool)>> {
+fn locate_values(body: &str) -> Option<Vec<(usize, usize, bool)>> {
     let mut values = Values {
-        body,
+        body: body.as_bytes(),
         found: Vec::new(),
         escaped: false,
     };
-    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut de = serde_json::Deserializer::from_str(body);
     serde::de::DeserializeSeed::deserialize(&mut values, &mut de).ok()?;
     de.end().ok()?;
     if values.escaped {
-        walk_values(body, values.found.len() + 1)
+        walk_values(body.as_bytes(), values.found.len() + 1)
     } else {
         Some(values.found)
     }
@@ -1208,20 +1212,20 @@ mod tests {
         ];
         for doc in docs {
             assert_eq!(
-                locate_values(doc),
+                locate_values(std::str::from_utf8(doc).unwrap()),
                 walk_values(doc, 0),
                 "{}",
                 String::from_utf8_lossy(doc)
             );
         }
         // An escaped value: the walk gives every place, with the escape noted.
-        let doc = br#"{"a":"x\"y","b":"plain"}"#;
+        let doc = r#"{"a":"x\"y","b":"plain"}"#;
         assert_eq!(
             locate_values(doc),
             Some(vec![(5, 10, true), (16, 22, false)])
         );
-        assert_eq!(locate_values(br#"{"a":"x""#), None);
-        assert_eq!(locate_values(br#"{"a":"x"} trailing"#), None);
+        assert_eq!(locate_values(r#"{"a":"x""#), None);
+        assert_eq!(locate_values(r#"{"a":"x"} trailing"#), None);
     }
 
     #[test]
