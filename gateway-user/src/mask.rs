@@ -899,9 +899,9 @@ fn mask_json_in_place(
         .collect::<Option<_>>()?;
     // A JSON document is UTF-8. Checked once here (mostly ASCII: the fast path), the text is
     // read by serde_json without checking each string again, and a value's text is a slice.
-    let text = std::str::from_utf8(body).ok()?;
+    let doc = std::str::from_utf8(body).ok()?;
     // Validating the document also gives where its string values are (see `locate_values`).
-    let strings = locate_values(text)?;
+    let strings = locate_values(doc)?;
     // One trigger pass over the whole document instead of one per string: a string value
     // (without escapes, so its bytes are its text) is masked only when a trigger falls in
     // it; any other is one no masker would change.
@@ -919,10 +919,10 @@ fn mask_json_in_place(
             continue;
         }
         let original: Cow<'_, str> = if escaped {
-            Cow::Owned(serde_json::from_str(text.get(open..at)?).ok()?)
+            Cow::Owned(serde_json::from_str(doc.get(open..at)?).ok()?)
         } else {
             // The quotes are ASCII, so they are character boundaries.
-            Cow::Borrowed(text.get(open + 1..close)?)
+            Cow::Borrowed(doc.get(open + 1..close)?)
         };
         let mut text = original;
         let mut changed = false;
