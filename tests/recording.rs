@@ -392,7 +392,37 @@ fn postgres_round_trip_no_leaks_and_tamper_evidence() {
 
 /// kill -9 during a load of 1,000 sessions: every session whose client saw its answer more
 /// than the documented window (1 s) before the kill is in the store, ended and `ok`.
-fn kill_under_load(name: &str, backend: &Backend) {
+/// Processes that keep every CPU busy at normal priority until dropped (killed by PID).
+struct BusyCpus(Vec<std::process::Child>);
+
+impl BusyCpus {
+    fn start() -> Self {
+        let cpus = thread::available_parallelism().map_or(2, usize::from);
+        Self(
+            (0..cpus)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("sh")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for BusyCpus {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `busy`: other processes keep every CPU busy, so the recorder's batches, which start at
+/// `SCHED_IDLE` when the recorder keeps up, get no idle CPU and must be raised by its guard.
+fn kill_under_load(name: &str, backend: &Backend, busy: bool) {
     let port = free_port();
     let mock = MockUpstream::start(MOCK, name, &[format!("http@127.0.0.2:{port}")]);
     let mut gateway = Gateway::start_with_store(
@@ -449,7 +479,15 @@ for i in range(1000):
         );
         thread::sleep(Duration::from_millis(5));
     }
+    let hogs = busy.then(BusyCpus::start);
     thread::sleep(Duration::from_millis(2500));
+    if hogs.is_some() {
+        let raised = &gateway.status()["recorder"]["raised_batches"];
+        assert!(
+            raised.as_u64().is_some_and(|n| n > 0),
+            "with every CPU busy, idle batches are raised by the guard: {raised}"
+        );
+    }
     let killed_at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -457,6 +495,7 @@ for i in range(1000):
     gateway.stop(libc::SIGKILL);
     let _ = child.wait();
     reader.join().unwrap();
+    drop(hogs);
     let done = done.lock().unwrap().clone();
     assert!(done.len() < 1000, "the kill came after the load");
 
@@ -513,7 +552,15 @@ fn sqlite_kill_9_under_load_loses_no_ended_session() {
     if !privileged() {
         return;
     }
-    kill_under_load("kill-sqlite", &Backend::Sqlite);
+    kill_under_load("kill-sqlite", &Backend::Sqlite, false);
+}
+
+#[test]
+fn sqlite_kill_9_with_every_cpu_busy_loses_no_ended_session() {
+    if !privileged() {
+        return;
+    }
+    kill_under_load("kill-busy", &Backend::Sqlite, true);
 }
 
 #[test]
@@ -522,7 +569,7 @@ fn postgres_kill_9_under_load_loses_no_ended_session() {
         return;
     }
     let backend = Backend::postgres("kill-pg");
-    kill_under_load("kill-pg", &backend);
+    kill_under_load("kill-pg", &backend, false);
 }
 
 /// PostgreSQL stopped during a run: the daemon refuses new sessions while it cannot record

@@ -250,6 +250,7 @@ impl Daemon {
                 "failing": r.failing.load(Ordering::Relaxed),
                 "last_error": crate::lock(&r.last_error).clone(),
                 "late_events": r.late_events.load(Ordering::Relaxed),
+                "raised_batches": r.raised.load(Ordering::Relaxed),
                 "refused_sessions": r.refused.load(Ordering::Relaxed),
                 "on_record_failure": match self.policy.current().defaults.on_record_failure {
                     crate::policy::OnRecordFailure::Block => "block",

@@ -12,7 +12,9 @@
 //! the store one transaction after that, milliseconds when the store keeps up. Every event of a
 //! session that ended more than [`DURABILITY_WINDOW`] before a crash of the daemon is in the
 //! store (the test `kill -9` under load checks it); a committed transaction survives the
-//! daemon's crash (`SQLite` WAL, PostgreSQL commit).
+//! daemon's crash (`SQLite` WAL, PostgreSQL commit). A batch closed by its linger time runs at
+//! `SCHED_IDLE` for at most [`idle::GUARD`] (100 ms), then at normal priority (`idle.rs`), so
+//! a host whose CPUs are all busy delays it by that much, not indefinitely.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -23,6 +25,8 @@ use std::{
     },
     time::Duration,
 };
+
+mod idle;
 
 use tokio::{
     sync::{mpsc, watch},
@@ -83,6 +87,9 @@ pub struct RecorderStats {
     pub late_events: AtomicU64,
     /// New sessions refused because they could not have been recorded.
     pub refused: AtomicU64,
+    /// Batches that started at idle priority and were raised to normal after
+    /// [`idle::GUARD`] (the host had no idle CPU for them).
+    pub raised: AtomicU64,
     /// Last store error, for `status`.
     pub last_error: std::sync::Mutex<Option<String>>,
 }
@@ -368,21 +375,34 @@ async fn write_loop(
             }
         }
         let received = writes.len();
+        // A batch closed by its linger time (not filled by load) yields its CPU to the data
+        // path (see `idle.rs`).
+        let yielding = idle::Yield::new(received < FLUSH_AT && !*closed.borrow());
         // Chaining a batch (a SHA-256 per event) runs beside the data path, not on a worker
         // thread: a tokio worker busy with it for a millisecond stalls the connections
         // scheduled on it. On SQLite the first attempt at writing the batch is made on that
         // thread too, so the batch crosses no more threads.
         let taken = std::mem::take(&mut writes);
         let sqlite = store.writer().cloned();
-        let prepared = tokio::task::spawn_blocking(move || {
+        let on_thread = yielding.clone();
+        let mut preparing = tokio::task::spawn_blocking(move || {
+            let _idle = on_thread.enter();
             let mut late = 0;
             let batch = chain.prepare(taken, &mut late);
             let written = sqlite
                 .filter(|_| !batch.is_empty())
                 .map(|w| w.apply_blocking(&batch));
             (chain, batch, late, written)
-        })
-        .await;
+        });
+        let prepared = match tokio::time::timeout(idle::GUARD, &mut preparing).await {
+            Ok(prepared) => prepared,
+            Err(_) => {
+                if yielding.raise() {
+                    stats.raised.fetch_add(1, Ordering::Relaxed);
+                }
+                preparing.await
+            }
+        };
         let (batch, late, mut written) = match prepared {
             Ok((back, batch, late, written)) => {
                 chain = back;
