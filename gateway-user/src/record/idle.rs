@@ -137,7 +137,10 @@ mod tests {
 
     #[test]
     fn a_batch_runs_idle_and_its_thread_comes_back_normal() {
-        assert!(can_leave_idle(), "needs CAP_SYS_NICE: `cargo xtask test` runs as root");
+        assert!(
+            can_leave_idle(),
+            "needs CAP_SYS_NICE: `cargo xtask test` runs as root"
+        );
         std::thread::spawn(|| {
             let y = Yield::new(true);
             {
@@ -154,7 +157,10 @@ mod tests {
 
     #[test]
     fn a_raise_from_another_thread_restores_normal_priority() {
-        assert!(can_leave_idle(), "needs CAP_SYS_NICE: `cargo xtask test` runs as root");
+        assert!(
+            can_leave_idle(),
+            "needs CAP_SYS_NICE: `cargo xtask test` runs as root"
+        );
         let y = Yield::new(true);
         let (entered_tx, entered_rx) = std::sync::mpsc::channel();
         let (raised_tx, raised_rx) = std::sync::mpsc::channel();
