@@ -350,6 +350,19 @@ action = "record"
             );
         }
     }
+    let added_p99 = tail(&governed, &state, full_port, off_port)?;
+    drop(daemon);
+    Ok(Throughput {
+        full: median(&mut full),
+        off: median(&mut off),
+        paired: median(&mut ratios),
+        added_p99,
+    })
+}
+
+/// Part 1's tail: the p99 of `full` and `off` at a fixed 1,000 req/s in [`TAIL_ROUNDS`]
+/// paired rounds; returns the median of the rounds' differences (full minus off), in µs.
+fn tail(governed: &[&str], state: &Path, full_port: u16, off_port: u16) -> Result<f64> {
     // The tail at a moderate, fixed rate: the recorder's batches run beside the data path
     // (at SCHED_IDLE while they keep up), and what they add to the p99 shows here, not at
     // saturation.
@@ -365,10 +378,10 @@ action = "record"
             ("record = \"off\"", off_port, false),
             ("record = \"full\"", full_port, true),
         ] {
-            wait_drained(&state)?;
+            wait_drained(state)?;
             let url = format!("http://127.0.0.3:{port}/bytes/1024");
             let run = loadgen(
-                Some(&governed),
+                Some(governed),
                 &[&url, "--seconds", "10", "--rate", "1000"],
                 None,
             )?;
@@ -390,12 +403,5 @@ action = "record"
             );
         }
     }
-    let result = Throughput {
-        full: median(&mut full),
-        off: median(&mut off),
-        paired: median(&mut ratios),
-        added_p99: median(&mut added),
-    };
-    drop(daemon);
-    Ok(result)
+    Ok(median(&mut added))
 }
