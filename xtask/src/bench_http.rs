@@ -12,8 +12,9 @@
 //! the cost of masking 64 KiB JSON responses with the whole catalogue (the relay to the same
 //! upstream with and without a mask rule), p50/p99 at a fixed 1,000 requests/s, and new TLS
 //! connections/s (a full client handshake per request), with the daemon's CPU use to give a
-//! per-core rate. Saturation, masking and fixed-rate figures are the median of three
-//! alternating rounds. Loopback only; every run is bounded by time.
+//! per-core rate. Saturation and masking figures are the median of three alternating
+//! rounds, the fixed-rate p99 the median of five (10 s each). Loopback only; every run is
+//! bounded by time.
 
 use std::{
     path::{Path, PathBuf},
