@@ -82,14 +82,18 @@ fn privileged() -> bool {
         return true;
     }
     // CAP_NET_ADMIN (12), CAP_SYS_ADMIN (21), CAP_BPF (39).
-    let Ok(status) = fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
+    effective_capabilities()
+        .is_some_and(|caps| [12, 21, 39].iter().all(|bit| caps & (1 << bit) != 0))
+}
+
+/// This process's effective capability set (`CapEff` of `/proc/self/status`), one bit per
+/// capability number.
+pub fn effective_capabilities() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| [12, 21, 39].iter().all(|bit| caps & (1 << bit) != 0))
 }
 
 fn kernel_version() -> Result<(u32, u32), HostError> {

@@ -111,14 +111,7 @@ fn can_leave_idle() -> bool {
     static CAN: OnceLock<bool> = OnceLock::new();
     *CAN.get_or_init(|| {
         const CAP_SYS_NICE: u32 = 23;
-        let capable = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("CapEff:"))
-                    .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-            })
+        let capable = crate::host::effective_capabilities()
             .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0);
         let rlimit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NICE)
             .is_ok_and(|(soft, _)| soft >= 40);
