@@ -24,7 +24,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     demo::remove_instance,
-    util::{daemon_bin, free_port, output},
+    util::{daemon_bin, free_port, output, wait_drained},
 };
 
 const CONNECTS: usize = 20_000;
@@ -133,6 +133,21 @@ impl Daemon {
             .unwrap_or(0)
     }
 
+    /// Waits until no session is open and the recorder has written everything queued, so a
+    /// run does not share the CPUs with the previous run's session records (20,000 of them
+    /// after a connect round).
+    fn quiesce(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while self.active() > 0 {
+            if Instant::now() > deadline {
+                bail!("sessions still open 60 s after the run");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        wait_drained(&self.state)?;
+        Ok(())
+    }
+
     fn active(&self) -> u64 {
         let status = self.cli(&["--json", "status"]).unwrap_or_default();
         status
@@ -239,7 +254,9 @@ fn redirect() -> Result<()> {
     let mut ns_per_run = Vec::new();
     let mut runs = 0;
     for _ in 0..ROUNDS {
+        daemon.quiesce()?;
         direct.push(rate(&ungoverned(&["connect", &target, &n])?)?);
+        daemon.quiesce()?;
         let stats = Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
         let before = prog_stats("rg_connect4")?;
         ebpf.push(rate(&daemon.governed(&["connect", &target, &n])?)?);
@@ -248,6 +265,7 @@ fn redirect() -> Result<()> {
         let round_runs = after.1.saturating_sub(before.1);
         runs += round_runs;
         ns_per_run.push(after.0.saturating_sub(before.0) as f64 / round_runs.max(1) as f64);
+        daemon.quiesce()?;
         let _rule = NatRule::add("127.0.0.3", port, daemon.port)?;
         iptables.push(rate(&ungoverned(&[
             "connect",
@@ -300,7 +318,9 @@ fn redirect() -> Result<()> {
     let mut relayed_bulk = Vec::new();
     let mut ratios = Vec::new();
     for _ in 0..ROUNDS {
+        daemon.quiesce()?;
         direct_bulk.push(rate(&ungoverned(&["bulk", &sink_addr, &bulk])?)?);
+        daemon.quiesce()?;
         relayed_bulk.push(rate(&daemon.governed(&["bulk", &sink_addr, &bulk])?)?);
         ratios.push(relayed_bulk[relayed_bulk.len() - 1] / direct_bulk[direct_bulk.len() - 1]);
     }

@@ -26,34 +26,11 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     bench_http::{Cleanup, bin, loadgen, spawn_daemon, wait_port},
-    util::{daemon_bin, free_port, mock_upstream},
+    util::{daemon_bin, free_port, mock_upstream, wait_drained},
 };
 
 const SESSIONS: &str = "1000000";
 const EVENTS_PER_SESSION: &str = "2";
-
-/// Waits until the daemon's recorder has written everything queued; returns the seconds it took.
-fn wait_drained(state: &std::path::Path) -> Result<f64> {
-    let started = Instant::now();
-    loop {
-        let out = Command::new(daemon_bin())
-            .arg("--state-dir")
-            .arg(state)
-            .args(["--json", "status"])
-            .output()?;
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if status["recorder"]["backlog"] == 0 {
-            return Ok(started.elapsed().as_secs_f64());
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "the recorder did not drain in 120 s: {}",
-                status["recorder"]
-            );
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Removes a directory when dropped.
 struct RemoveDir(PathBuf);

@@ -3,6 +3,8 @@
 use std::{
     path::PathBuf,
     process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -155,4 +157,27 @@ pub fn mock_upstream(
         bail!("mock-upstream did not start");
     }
     Ok(child)
+}
+
+/// Waits until the daemon's recorder has written everything queued; returns the seconds it took.
+pub fn wait_drained(state: &std::path::Path) -> Result<f64> {
+    let started = Instant::now();
+    loop {
+        let out = Command::new(daemon_bin())
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--json", "status"])
+            .output()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if status["recorder"]["backlog"] == 0 {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed() > Duration::from_mins(2) {
+            bail!(
+                "the recorder did not drain in 120 s: {}",
+                status["recorder"]
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
