@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::{
     demo::remove_instance,
-    util::{Spawned, daemon_bin, free_port, mock_upstream, workspace_root},
+    util::{Spawned, daemon_bin, free_port, mock_upstream, wait_drained, workspace_root},
 };
 
 const SECONDS: &str = "5";
@@ -412,6 +412,9 @@ strategy = "redact"
         },
     ];
     let measure = |peer: &Peer<'_>, path: &str, extra: &[&str]| -> Result<Run> {
+        // Every run starts with the recorder's queue written: a saturation run leaves
+        // thousands of events queued, which would otherwise share the CPUs with the next run.
+        wait_drained(&state)?;
         let url = format!("{}{path}", peer.base);
         let mut args = vec![url.as_str(), "--seconds", SECONDS];
         if let Some(ca) = peer.ca {
