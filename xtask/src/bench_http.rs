@@ -104,12 +104,16 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
+    # nginx closes a keep-alive connection after 1,000 requests by default (client side and
+    # upstream pool): under load the peer then pays new handshakes and the load generator
+    # counts the requests that race a close as errors. react-gateway has no such limit.
+    keepalive_requests 1000000;
     client_body_temp_path {dir}/tmp;
     proxy_temp_path {dir}/tmp;
     fastcgi_temp_path {dir}/tmp;
     uwsgi_temp_path {dir}/tmp;
     scgi_temp_path {dir}/tmp;
-    upstream up {{ server {upstream}; keepalive 64; }}
+    upstream up {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}
     server {{
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {cert};
