@@ -4,7 +4,8 @@
 //! 127.0.0.3) and driven by the same load generator (`loadgen`, HTTP/1.1):
 //! * direct to the upstream (HTTPS, and HTTP for the plain relay's reference);
 //! * nginx (Debian package, 1 worker) terminating TLS and re-encrypting to the upstream, with
-//!   upstream keep-alive, certificate verification and session reuse;
+//!   upstream keep-alive (no per-connection request limit), certificate verification and
+//!   session reuse;
 //! * react-gateway intercepting TLS (the load generator in the governed cgroup);
 //! * react-gateway relaying plain HTTP.
 //!
