@@ -139,6 +139,9 @@ pub struct Detector {
     /// ASCII digits every match holds: a span with fewer is skipped without running the
     /// regex (a phone word such as "called" in prose, with no number after it).
     pub min_digits: usize,
+    /// Every match starts where an ASCII `\b` holds (the pattern begins with one): after a
+    /// rejected match, the next is looked for only at those places (see `Masker::candidate`).
+    pub word_start: bool,
 }
 
 impl Detector {
@@ -161,6 +164,7 @@ impl Detector {
             lead: any_byte,
             max_len,
             min_digits: 0,
+            word_start: starts_at_word_boundary(pattern),
         })
     }
 }
@@ -188,6 +192,22 @@ fn searcher(pattern: &str, size_limit: usize) -> Result<regex_automata::meta::Re
         .syntax(regex_automata::util::syntax::Config::new().utf8(false))
         .build(pattern)
         .map_err(|e| e.to_string())
+}
+
+/// Whether every match of `pattern` starts where an ASCII word boundary holds (`\b`, or
+/// `\b{start}` / `\b{end}`, which hold only where `\b` does, before any byte is matched).
+pub fn starts_at_word_boundary(pattern: &str) -> bool {
+    use regex_syntax::hir::Look;
+    regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .is_ok_and(|hir| {
+            let prefix = hir.properties().look_set_prefix();
+            [Look::WordAscii, Look::WordStartAscii, Look::WordEndAscii]
+                .into_iter()
+                .any(|look| prefix.contains(look))
+        })
 }
 
 fn label_of(name: &str) -> String {
@@ -499,6 +519,7 @@ pub static CATALOGUE: LazyLock<Vec<Arc<Detector>>> = LazyLock::new(|| {
                 lead: spec.lead,
                 max_len: max_len(spec.pattern).expect("built-in detector patterns are bounded"),
                 min_digits: spec.min_digits,
+                word_start: starts_at_word_boundary(spec.pattern),
             })
         })
         .collect()
@@ -692,5 +713,24 @@ mod tests {
         }
         assert_eq!(max_len(r"(?-u)\bEMP-\d{6}\b"), Some(10));
         assert_eq!(max_len(r"\d+"), None);
+    }
+
+    #[test]
+    fn word_start_is_known_only_where_every_match_begins_at_a_boundary() {
+        let starts = |name: &str| {
+            CATALOGUE
+                .iter()
+                .find(|d| d.name == name)
+                .unwrap()
+                .word_start
+        };
+        assert!(starts("email") && starts("credit_card") && starts("generic_secret"));
+        // E.164 needs no boundary before `+`; an IPv6 address may begin with `:`.
+        assert!(!starts("phone") && !starts("ipv6") && !starts("private_key"));
+        assert!(starts_at_word_boundary(r"(?-u)\b{start}x"));
+        assert!(!starts_at_word_boundary(r"(?-u)\b?x"));
+        assert!(!starts_at_word_boundary(r"(?-u)x\b"));
+        // A Unicode `\b` is not an ASCII one (`é` is a word character to it).
+        assert!(!starts_at_word_boundary(r"\bx"));
     }
 }
