@@ -604,6 +604,18 @@ impl Masker {
         report: &mut impl FnMut(Finding),
     ) -> usize {
         let spans = self.triggers.spans(self.detectors.len(), hay, from);
+        self.scan_in(hay, from, settle, &spans, report)
+    }
+
+    /// [`Self::scan`] with the spans already found.
+    fn scan_in(
+        &self,
+        hay: &[u8],
+        from: usize,
+        settle: usize,
+        spans: &trigger::Spans,
+        report: &mut impl FnMut(Finding),
+    ) -> usize {
         if spans.is_empty() {
             return from.max(settle);
         }
@@ -671,11 +683,38 @@ impl Masker {
     /// in any piece of `hay` (a JSON string value, scanned on its own) starts inside one of
     /// them. Every match holds its trigger (an anchor, a shape of digits, …), and a trigger
     /// inside a piece is found where that piece stands in the whole.
-    fn trigger_starts(&self, hay: &[u8]) -> Vec<(usize, usize)> {
+    fn trigger_starts(&self, hay: &[u8]) -> (trigger::Spans, Vec<(usize, usize)>) {
         let spans = self.triggers.spans(self.detectors.len(), hay, 0);
         let mut starts: Vec<(usize, usize)> = spans.starts().collect();
         starts.sort_unstable();
-        starts
+        (spans, starts)
+    }
+
+    /// Masks `hay[piece]` as [`Self::mask_bytes`] masks it on its own, with `spans`, those of
+    /// a trigger pass over all of `hay` (`cursors`: where the previous piece left each
+    /// detector's; pieces come in order). Each span clipped to the piece holds every start
+    /// the piece's own pass would give (a trigger inside the piece is found where it stands,
+    /// and no trigger reaches across the quotes around a JSON string), so the findings are
+    /// the same without a second pass over the piece's bytes.
+    fn mask_piece<'a>(
+        &self,
+        hay: &'a [u8],
+        piece: std::ops::Range<usize>,
+        spans: &trigger::Spans,
+        cursors: &mut [usize],
+        ctx: &mut MaskContext,
+    ) -> Cow<'a, [u8]> {
+        let text = &hay[piece.clone()];
+        let spans = spans.clipped(piece, cursors);
+        let mut findings = Vec::new();
+        self.scan_in(text, 0, text.len(), &spans, &mut |f| findings.push(f));
+        if findings.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        let mut out = Vec::with_capacity(text.len());
+        let at = self.apply(text, 0, &findings, ctx, &mut out);
+        out.extend_from_slice(&text[at..]);
+        Cow::Owned(out)
     }
 
     /// Findings in the whole of `text`.
@@ -952,12 +991,15 @@ fn mask_json_in_place(
     // One trigger pass over the whole document instead of one per string: a string value
     // (without escapes, so its bytes are its text) is masked only when a trigger falls in
     // it; any other is one no masker would change.
-    let triggers: Vec<Vec<(usize, usize)>> = if prefilter {
-        maskers.iter().map(|m| m.trigger_starts(body)).collect()
+    let (spans, triggers): (Vec<trigger::Spans>, Vec<Vec<(usize, usize)>>) = if prefilter {
+        maskers.iter().map(|m| m.trigger_starts(body)).unzip()
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let mut cursors = vec![0; triggers.len()];
+    // Each masker's place in its spans, per detector (see `Masker::mask_piece`).
+    let mut span_cursors: Vec<Vec<usize>> =
+        maskers.iter().map(|m| vec![0; m.detectors.len()]).collect();
     let mut out: Option<Vec<u8>> = None;
     let mut copied = 0;
     for (open, close, escaped) in strings {
@@ -973,8 +1015,24 @@ fn mask_json_in_place(
         };
         let mut text = original;
         let mut changed = false;
-        for masker in &maskers {
-            if let Cow::Owned(masked) = masker.mask_text(&text, ctx) {
+        for (i, masker) in maskers.iter().enumerate() {
+            let masked = if prefilter && !escaped && !changed {
+                // The value's bytes are the document's: the document's spans serve.
+                match masker.mask_piece(body, open + 1..close, &spans[i], &mut span_cursors[i], ctx)
+                {
+                    Cow::Borrowed(_) => None,
+                    Cow::Owned(bytes) => Some(
+                        String::from_utf8(bytes)
+                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                    ),
+                }
+            } else {
+                match masker.mask_text(&text, ctx) {
+                    Cow::Borrowed(_) => None,
+                    Cow::Owned(masked) => Some(masked),
+                }
+            };
+            if let Some(masked) = masked {
                 text = Cow::Owned(masked);
                 changed = true;
             }
@@ -1229,6 +1287,43 @@ mod tests {
         );
         assert_eq!(out.unwrap(), b"{\"a\": \"[REDACTED:EMAIL]");
         assert!(c.notes.contains("json body did not parse: masked as text"));
+    }
+
+    /// The spans of one trigger pass over the document serve each triggered value: custom
+    /// (whole-window) and built-in detectors, empty values, and a second rule masking what
+    /// the first one left.
+    #[test]
+    fn document_spans_serve_each_value_as_its_own_pass_would() {
+        let custom = detectors::Detector::custom(
+            "emp_id",
+            r"(?-u)\bEMP-\d{6}\b",
+            detectors::Validator::None,
+        )
+        .unwrap();
+        let first = Arc::new(masker(&["pii", "secrets"], Strategy::Redact, &[]));
+        let second = Arc::new(Masker::new(
+            vec![Arc::new(custom)],
+            Strategy::Redact,
+            Vec::new(),
+        ));
+        let steps = [
+            stream::Step::Mask(Arc::clone(&first)),
+            stream::Step::Mask(Arc::clone(&second)),
+        ];
+        let body = br#"{"": "", "id": "EMP-123456", "e": "", "k": "x@example.com EMP-654321",
+            "n": ["4111 1111 1111 1111", "", "EMP-1", "key=EMP-000001"], "m": "00:1a:2b:3c:4d:5e"}"#;
+        let out = mask_body(&steps, Some("application/json"), body, &mut ctx()).unwrap();
+        let mut tree: Value = serde_json::from_slice(body).unwrap();
+        first.mask_json(&mut tree, &mut ctx());
+        second.mask_json(&mut tree, &mut ctx());
+        assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), tree);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(r#""[REDACTED:EMAIL] [REDACTED:EMP_ID]""#),
+            "{text}"
+        );
+        assert!(text.contains(r#""id": "[REDACTED:EMP_ID]""#), "{text}");
+        assert!(text.contains(r#""m": "[REDACTED:MAC]""#), "{text}");
     }
 
     #[test]

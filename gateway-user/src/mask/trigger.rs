@@ -550,6 +550,31 @@ impl Spans {
         self.spans.iter().map(|s| (s.lo, s.hi))
     }
 
+    /// The spans reaching into `piece`, clipped to it and in its coordinates. `cursors` holds,
+    /// per detector, the first span not wholly before an earlier piece: pieces come in order,
+    /// and a detector's spans, merged, are in order of both `lo` and `hi`.
+    pub fn clipped(&self, piece: Range<usize>, cursors: &mut [usize]) -> Self {
+        if piece.is_empty() {
+            return Self::default();
+        }
+        let mut clipped = Vec::new();
+        for (detector, cursor) in cursors.iter_mut().enumerate() {
+            let mine = self.of(detector);
+            while mine.get(*cursor).is_some_and(|s| s.hi < piece.start) {
+                *cursor += 1;
+            }
+            for span in mine[*cursor..].iter().take_while(|s| s.lo < piece.end) {
+                clipped.push(Span {
+                    detector,
+                    lo: span.lo.max(piece.start) - piece.start,
+                    hi: span.hi.min(piece.end - 1) - piece.start,
+                    end: span.end.min(piece.end) - piece.start,
+                });
+            }
+        }
+        Self::new(clipped, self.by_detector.len())
+    }
+
     /// Detector `detector`'s spans, in order of position.
     pub fn of(&self, detector: usize) -> &[Span] {
         self.by_detector
