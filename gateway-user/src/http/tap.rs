@@ -132,6 +132,9 @@ pub struct Capture {
     /// The message this body belongs to, until the body joins it.
     held: Option<Held>,
     limit: usize,
+    /// The body's content type says binary: nothing of it is kept (the recording holds its
+    /// size and hash only), so a large download costs no copy.
+    binary: bool,
     kept: Vec<u8>,
     size: u64,
     sha: Sha256,
@@ -155,6 +158,7 @@ impl Capture {
             kind,
             held,
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            binary: crate::http::masking::is_binary_type(content_type.as_deref()),
             kept: Vec::new(),
             size: 0,
             sha: Sha256::new(),
@@ -168,6 +172,9 @@ impl Capture {
     pub fn update(&mut self, data: &[u8]) {
         self.size += data.len() as u64;
         self.sha.update(data);
+        if self.binary {
+            return;
+        }
         let room = (self.limit + SLACK).saturating_sub(self.kept.len());
         self.kept.extend_from_slice(&data[..data.len().min(room)]);
     }
@@ -190,11 +197,15 @@ impl Capture {
                 restored = true;
             }
         }
-        let truncated = kept.len() > self.limit || self.size > kept.len() as u64;
+        let truncated = if self.binary {
+            self.size > self.limit as u64
+        } else {
+            kept.len() > self.limit || self.size > kept.len() as u64
+        };
         kept.truncate(self.limit);
         let held = self.held.take();
         let sha256 = (!restored).then(|| crate::hex(&std::mem::take(&mut self.sha).finalize()));
-        let body = if crate::http::masking::is_binary_type(self.content_type.as_deref()) {
+        let body = if self.binary {
             None
         } else {
             match std::str::from_utf8(&kept) {
@@ -335,6 +346,37 @@ mod tests {
         assert_eq!(e["truncated"], true);
         assert_eq!(e["body"], "aaaaaaaaaa");
         assert_eq!(e["sha256"].as_str().unwrap().len(), 64);
+    }
+
+    #[test]
+    fn a_binary_body_is_summarised_without_a_copy() {
+        use sha2::{Digest as _, Sha256};
+        let pending = Pending::default();
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        for (limit, truncated) in [(4096, false), (3000, false), (2999, true)] {
+            let mut c = Capture::new(
+                "response_body",
+                None,
+                limit,
+                Some("application/octet-stream".into()),
+                Arc::clone(&pending),
+                None,
+            );
+            for chunk in bytes.chunks(1000) {
+                c.update(chunk);
+            }
+            assert!(c.kept.is_empty(), "nothing of a binary body is kept");
+            c.finish(true);
+            let events = pending.lock().unwrap().drain();
+            let e = &data(&events[0]);
+            assert_eq!(
+                (&e["size"], &e["truncated"], &e["binary"]),
+                (&3000.into(), &truncated.into(), &true.into()),
+                "limit {limit}"
+            );
+            assert!(e.get("body").is_none());
+            assert_eq!(e["sha256"], crate::hex(&Sha256::digest(&bytes)));
+        }
     }
 
     #[test]
