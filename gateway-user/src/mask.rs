@@ -708,11 +708,21 @@ impl Masker {
         let spans = spans.clipped(piece, cursors);
         let mut findings = Vec::new();
         self.scan_in(text, 0, text.len(), &spans, &mut |f| findings.push(f));
+        self.replaced(text, &findings, ctx)
+    }
+
+    /// `text` with every one of `findings` replaced.
+    fn replaced<'a>(
+        &self,
+        text: &'a [u8],
+        findings: &[Finding],
+        ctx: &mut MaskContext,
+    ) -> Cow<'a, [u8]> {
         if findings.is_empty() {
             return Cow::Borrowed(text);
         }
         let mut out = Vec::with_capacity(text.len());
-        let at = self.apply(text, 0, &findings, ctx, &mut out);
+        let at = self.apply(text, 0, findings, ctx, &mut out);
         out.extend_from_slice(&text[at..]);
         Cow::Owned(out)
     }
@@ -727,13 +737,7 @@ impl Masker {
     /// Masks every finding in `text` (any bytes; invalid UTF-8 passes through).
     pub fn mask_bytes<'a>(&self, text: &'a [u8], ctx: &mut MaskContext) -> Cow<'a, [u8]> {
         let findings = self.find(text);
-        if findings.is_empty() {
-            return Cow::Borrowed(text);
-        }
-        let mut out = Vec::with_capacity(text.len());
-        let at = self.apply(text, 0, &findings, ctx, &mut out);
-        out.extend_from_slice(&text[at..]);
-        Cow::Owned(out)
+        self.replaced(text, &findings, ctx)
     }
 
     /// Writes `text[from..]` up to the last finding with each finding replaced; returns where
