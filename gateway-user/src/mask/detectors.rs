@@ -139,8 +139,9 @@ pub struct Detector {
     /// ASCII digits every match holds: a span with fewer is skipped without running the
     /// regex (a phone word such as "called" in prose, with no number after it).
     pub min_digits: usize,
-    /// Every match starts where an ASCII `\b` holds (the pattern begins with one): after a
-    /// rejected match, the next is looked for only at those places (see `Masker::candidate`).
+    /// Every match starts where an ASCII `\b` holds (the pattern begins with one): a span is
+    /// searched anchored at its first such place, and after a rejected match at the next
+    /// few (see `Masker::candidate`).
     pub word_start: bool,
 }
 
