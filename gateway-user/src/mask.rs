@@ -148,9 +148,6 @@ pub struct Masker {
     pub json_paths: Vec<JsonPath>,
     /// Bytes a stream must hold back: the longest match plus one byte of look-ahead.
     holdback: usize,
-    /// Each detector's anchors as (searcher, bytes before the anchor), built once: a
-    /// searcher built per call was a tenth of masking clean text in 16 KiB chunks.
-    anchor_finders: Vec<Vec<(memchr::memmem::Finder<'static>, usize)>>,
     /// The hold-back that needs no anchor found: detectors without anchors hold back their
     /// longest match, the others an anchor not fully arrived yet.
     partial_keep: usize,
@@ -345,9 +342,6 @@ fn count(counts: &mut BTreeMap<String, u64>, key: &str) {
     }
 }
 
-/// Up to this many bytes, [`Masker::holdback`] searches its tail once for every anchor.
-const SMALL_TAIL: usize = 2048;
-
 /// For a detector whose matches start at word boundaries: how many boundaries of a span are
 /// tried by anchored searches first, and again after a rejected match, before one unanchored
 /// search takes over (see `Masker::candidate`). Measured on the dense corpus: a match nearly
@@ -366,11 +360,6 @@ fn word_boundary(hay: &[u8], at: usize) -> bool {
     at.checked_sub(1).is_some_and(word) != word(at)
 }
 
-thread_local! {
-    /// The lower-cased tail [`Masker::holdback`] looks at, reused.
-    static HOLDBACK_LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 impl Masker {
     pub fn new(
         detectors: Vec<Arc<Detector>>,
@@ -379,17 +368,6 @@ impl Masker {
     ) -> Self {
         let triggers = trigger::Triggers::new(&detectors);
         let holdback = detectors.iter().map(|d| d.max_len).max().unwrap_or(0) + 1;
-        let anchor_finders = detectors
-            .iter()
-            .map(|d| {
-                d.anchors
-                    .iter()
-                    .map(|&(anchor, before)| {
-                        (memchr::memmem::Finder::new(anchor), usize::from(before))
-                    })
-                    .collect()
-            })
-            .collect();
         let partial_keep = detectors
             .iter()
             .map(|d| {
@@ -407,7 +385,6 @@ impl Masker {
             .max()
             .unwrap_or(0);
         Self {
-            anchor_finders,
             partial_keep,
             detectors,
             triggers,
@@ -430,64 +407,50 @@ impl Masker {
         &self.detectors
     }
 
-    /// How many trailing bytes of `window` a stream must keep until more input arrives: for
-    /// each detector, from the earliest position where a match could still be in progress.
-    /// That is the detector's longest match (plus a byte of look-ahead), or, for detectors
-    /// with anchors, only as far back as an anchor in the tail (or a part of one at the
-    /// end) allows: no match can start before that without being complete already.
-    pub fn holdback(&self, window: &[u8]) -> usize {
-        let end = window.len();
-        let tail = &window[end.saturating_sub(self.holdback)..];
-        HOLDBACK_LOWER.with_borrow_mut(|lower| {
-            lower.clear();
-            lower.extend(tail.iter().map(u8::to_ascii_lowercase));
-            if lower.len() <= SMALL_TAIL {
-                self.holdback_by_search(lower)
-            } else {
-                self.holdback_by_finders(lower)
-            }
-        })
+    /// How many trailing bytes of a stream's window must wait for more input, given the
+    /// window's `spans`: for each detector, from the earliest position where a match could
+    /// still be in progress. That is the detector's longest match (plus a byte of
+    /// look-ahead), or, for detectors with anchors, only as far back as an anchor in the tail
+    /// (or a part of one at the end) allows: no match can start before that without being
+    /// complete already. The trigger pass finds those anchors, so this costs no search of
+    /// its own (a search of the tail per push was 5% of masking clean text in 16 KiB chunks).
+    fn holdback(&self, spans: &trigger::Spans) -> usize {
+        spans
+            .anchors_keep()
+            .max(self.partial_keep)
+            .min(self.holdback)
     }
 
-    /// [`Masker::holdback`] of a lower-cased tail, each detector's anchors searched in the
-    /// detector's own reach from the end (most are a few hundred bytes of a 6 KiB tail).
-    pub(crate) fn holdback_by_finders(&self, lower: &[u8]) -> usize {
-        let mut keep = 0;
-        for (detector, finders) in self.detectors.iter().zip(&self.anchor_finders) {
-            let need = detector.max_len + 1;
-            if finders.is_empty() {
-                keep = keep.max(need);
-                continue;
-            }
-            let region = &lower[lower.len().saturating_sub(need)..];
-            let mut from_end = 0;
-            for (finder, before) in finders {
-                // An anchor that has not fully arrived yet.
-                from_end = from_end.max(finder.needle().len() - 1 + before);
-                if let Some(at) = finder.find(region) {
-                    from_end = from_end.max(region.len() - at + before);
-                }
-            }
-            keep = keep.max(from_end.min(need));
+    /// Scans a stream's window `hay[from..]` (text before `from` is context): all of it when
+    /// `last`, else all but its [`Self::holdback`]. Returns the offset up to which the text is
+    /// settled, or `None` when all of the window must wait for more input.
+    pub(crate) fn scan_window(
+        &self,
+        hay: &[u8],
+        from: usize,
+        last: bool,
+        report: &mut impl FnMut(Finding),
+    ) -> Option<usize> {
+        let window = hay.len() - from;
+        // No window shorter than the least hold-back settles anything: no pass for it (a
+        // stream of LLM tokens pushes a few bytes at a time).
+        if !last && window <= self.partial_keep.min(self.holdback) {
+            return None;
         }
-        keep.min(self.holdback)
-    }
-
-    /// The same as [`Masker::holdback_by_finders`] with one search for every anchor at once,
-    /// cheaper for a short tail (a small push of a stream) than one search per anchor.
-    pub(crate) fn holdback_by_search(&self, lower: &[u8]) -> usize {
-        let n = lower.len();
-        let mut keep = self.partial_keep;
-        self.triggers.each_anchor(lower, |detector, before, at| {
-            let need = self.detectors[detector].max_len + 1;
-            if at + need >= n {
-                keep = keep.max((n - at + before).min(need));
+        let spans = self.triggers.stream_spans(self.detectors.len(), hay, from);
+        let settle = if last {
+            hay.len()
+        } else {
+            let keep = self.holdback(&spans);
+            if window <= keep {
+                return None;
             }
-        });
-        keep.min(self.holdback)
+            hay.len() - keep
+        };
+        Some(self.scan_in(hay, from, settle, &spans, report))
     }
 
-    /// The longest hold-back [`Masker::holdback`] can ask for.
+    /// The longest hold-back a stream may ask for.
     pub fn max_holdback(&self) -> usize {
         self.holdback
     }

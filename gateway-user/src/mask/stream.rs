@@ -31,35 +31,29 @@ struct Stage {
 }
 
 impl Stage {
-    fn keep(&self) -> usize {
+    /// The bytes a `Restore` step keeps back: a placeholder that may not have fully arrived.
+    fn restore_keep(&self) -> usize {
         let window = &self.buf[self.start..];
-        match &self.step {
-            Step::Mask(masker) => masker.holdback(window),
-            Step::Restore => {
-                let tail = &window[window.len().saturating_sub(PLACEHOLDER_HOLDBACK)..];
-                memchr::memchr(b'[', tail).map_or(0, |at| tail.len() - at)
-            }
-        }
+        let tail = &window[window.len().saturating_sub(PLACEHOLDER_HOLDBACK)..];
+        memchr::memchr(b'[', tail).map_or(0, |at| tail.len() - at)
     }
 
     fn push(&mut self, input: &[u8], last: bool, ctx: &mut MaskContext, out: &mut Vec<u8>) {
         self.buf.extend_from_slice(input);
         let end = self.buf.len();
-        let settle = if last {
-            end
-        } else {
-            let keep = self.keep();
-            if end - self.start <= keep {
-                return;
-            }
-            end - keep
-        };
         let mut findings = Vec::new();
-        let mut settled = match &self.step {
+        let settled = match &self.step {
             Step::Mask(masker) => {
-                masker.scan(&self.buf, self.start, settle, &mut |f| findings.push(f))
+                masker.scan_window(&self.buf, self.start, last, &mut |f| findings.push(f))
             }
-            Step::Restore => restore_scan(&self.buf, self.start, settle, ctx, &mut findings),
+            Step::Restore => {
+                let keep = if last { 0 } else { self.restore_keep() };
+                (end - self.start > keep)
+                    .then(|| restore_scan(&self.buf, self.start, end - keep, ctx, &mut findings))
+            }
+        };
+        let Some(mut settled) = settled else {
+            return;
         };
         // Cut at a character boundary (the text after the last finding is plain).
         let floor = findings.last().map_or(self.start, |f| f.end);
@@ -154,13 +148,15 @@ impl StreamMasker {
     }
 
     fn run(&mut self, chunk: &[u8], last: bool, ctx: &mut MaskContext) -> Vec<u8> {
-        let mut input = chunk.to_vec();
+        // The chunk itself feeds the first stage: no copy of it is made.
+        let mut input: Option<Vec<u8>> = None;
         for stage in &mut self.stages {
-            let mut out = Vec::with_capacity(input.len());
-            stage.push(&input, last, ctx, &mut out);
-            input = out;
+            let from = input.as_deref().unwrap_or(chunk);
+            let mut out = Vec::with_capacity(from.len() + 64);
+            stage.push(from, last, ctx, &mut out);
+            input = Some(out);
         }
-        input
+        input.unwrap_or_else(|| chunk.to_vec())
     }
 }
 

@@ -168,29 +168,6 @@ impl Triggers {
         triggers
     }
 
-    /// Calls `found(detector, bytes before the anchor, position)` for every anchor of every
-    /// detector in `lower` (a lower-cased window).
-    pub fn each_anchor(&self, lower: &[u8], mut found: impl FnMut(usize, usize, usize)) {
-        if let Some(keywords) = &self.keywords {
-            let mut at = 0;
-            // The longest anchor at a position is reported; its owners include every
-            // detector whose anchor is a prefix of it.
-            while let Some((pos, pattern)) = keywords.find(lower, at) {
-                for &(detector, before) in &self.keyword_owners[pattern] {
-                    found(detector, before, pos);
-                }
-                at = pos + 1;
-            }
-        }
-        for &(byte, detector, before) in &self.single {
-            if !byte.is_ascii_uppercase() {
-                for pos in memchr::memchr_iter(byte, lower) {
-                    found(detector, before, pos);
-                }
-            }
-        }
-    }
-
     fn shapes(&self) -> bool {
         !(self.chains.is_empty()
             && self.country.is_empty()
@@ -201,13 +178,31 @@ impl Triggers {
     /// Every span of `hay[from..]` where a match may start, grouped by detector in order of
     /// position and merged; `by_detector[d]` is detector `d`'s part of the spans.
     pub fn spans(&self, detectors: usize, hay: &[u8], from: usize) -> Spans {
+        self.spans_keeping::<false>(detectors, hay, from)
+    }
+
+    /// [`Self::spans`] with [`Spans::anchors_keep`] known, for a stream's window.
+    pub fn stream_spans(&self, detectors: usize, hay: &[u8], from: usize) -> Spans {
+        self.spans_keeping::<true>(detectors, hay, from)
+    }
+
+    /// The hold-back costs a look at each anchor found (2% of masking a JSON chat body),
+    /// spent only where a stream needs it.
+    fn spans_keeping<const KEEP: bool>(&self, detectors: usize, hay: &[u8], from: usize) -> Spans {
         let mut spans = Vec::new();
         let window = &hay[from..];
         if window.is_empty() {
             return Spans::default();
         }
         let last = hay.len() - 1;
+        let mut keep = 0;
         let mut anchored = |detector: usize, at: usize, before: usize| {
+            // A match holding this anchor may run past the window's end: a stream keeps
+            // back everything from where such a match could start.
+            let need = self.max_len[detector] + 1;
+            if KEEP && at + need >= hay.len() {
+                keep = keep.max((hay.len() - at + before).min(need));
+            }
             let limit = at.saturating_sub(before).max(from);
             let lead = self.lead[detector];
             let lo = at
@@ -257,7 +252,10 @@ impl Triggers {
         if self.shapes() {
             self.scan_shapes(hay, from, &mut spans);
         }
-        Spans::new(spans, detectors)
+        Spans {
+            keep,
+            ..Spans::new(spans, detectors)
+        }
     }
 
     /// The shape triggers in one pass: digit chains, country codes, hex pairs, hex-colon runs.
@@ -497,8 +495,11 @@ fn group_by_detector(spans: Vec<Span>, detectors: usize) -> Vec<Span> {
 /// The spans of one window, grouped by detector.
 #[derive(Debug, Default)]
 pub struct Spans {
-    spans: Vec<Span>,
+    merged: Vec<Span>,
     by_detector: Vec<Range<usize>>,
+    /// The trailing bytes of the window that a match holding one of its anchors may still
+    /// be running in (known only from [`Triggers::stream_spans`]).
+    keep: usize,
 }
 
 impl Spans {
@@ -536,18 +537,26 @@ impl Spans {
             start = end;
         }
         Self {
-            spans: merged,
+            merged,
             by_detector,
+            keep: 0,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.merged.is_empty()
+    }
+
+    /// How many trailing bytes of the window a stream must keep for the anchors found in
+    /// it: for each anchor whose detector's longest match (and a byte of look-ahead) would
+    /// reach the end, from the earliest start such a match may have.
+    pub fn anchors_keep(&self) -> usize {
+        self.keep
     }
 
     /// Every span's possible starts `lo..=hi`, whatever its detector (unordered).
     pub fn starts(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.spans.iter().map(|s| (s.lo, s.hi))
+        self.merged.iter().map(|s| (s.lo, s.hi))
     }
 
     /// The spans reaching into `piece`, clipped to it and in its coordinates. `cursors` holds,
@@ -579,7 +588,7 @@ impl Spans {
     pub fn of(&self, detector: usize) -> &[Span] {
         self.by_detector
             .get(detector)
-            .map_or(&[], |range| &self.spans[range.clone()])
+            .map_or(&[], |range| &self.merged[range.clone()])
     }
 }
 
@@ -821,6 +830,31 @@ mod tests {
     ];
 
     /// The catalogue with every trigger replaced by the whole window.
+    /// The hold-back of a lower-cased window by its definition: for each detector, its
+    /// longest match plus a byte, or, for a detector with anchors, only back to its leftmost
+    /// anchor within that reach (or to an anchor not fully arrived at the end).
+    fn holdback_per_detector(masker: &Masker, lower: &[u8]) -> usize {
+        let mut keep = 0;
+        for detector in masker.detectors() {
+            let need = detector.max_len + 1;
+            if detector.anchors.is_empty() {
+                keep = keep.max(need);
+                continue;
+            }
+            let region = &lower[lower.len().saturating_sub(need)..];
+            let mut from_end = 0;
+            for &(anchor, before) in detector.anchors {
+                let before = usize::from(before);
+                from_end = from_end.max(anchor.len() - 1 + before);
+                if let Some(at) = memchr::memmem::find(region, anchor.as_bytes()) {
+                    from_end = from_end.max(region.len() - at + before);
+                }
+            }
+            keep = keep.max(from_end.min(need));
+        }
+        keep.min(masker.max_holdback())
+    }
+
     fn untriggered() -> Masker {
         let all = detectors::CATALOGUE
             .iter()
@@ -911,19 +945,23 @@ mod tests {
             prop_assert_eq!(a, b);
         }
 
-        /// The hold-back found by one search for all anchors equals the one found per
-        /// detector, at every tail length.
+        /// The hold-back a stream takes from a window's trigger pass equals the one found by
+        /// searching the window's tail for each detector's anchors, wherever the window
+        /// starts.
         #[test]
-        fn holdback_by_one_search_equals_holdback_per_detector(
+        fn holdback_from_the_trigger_pass_equals_holdback_per_detector(
             pieces in proptest::collection::vec(proptest::sample::select(PIECES), 0..60)
         ) {
             static ALL: std::sync::LazyLock<Masker> = std::sync::LazyLock::new(|| {
                 Masker::new(detectors::CATALOGUE.clone(), Strategy::Redact, Vec::new())
             });
-            let lower = pieces.concat().to_ascii_lowercase().into_bytes();
-            for cut in 0..=lower.len() {
-                let tail = &lower[cut..];
-                prop_assert_eq!(ALL.holdback_by_search(tail), ALL.holdback_by_finders(tail));
+            let hay = pieces.concat().into_bytes();
+            for from in 0..=hay.len() {
+                let spans = ALL.triggers.stream_spans(ALL.detectors.len(), &hay, from);
+                prop_assert_eq!(
+                    ALL.holdback(&spans),
+                    holdback_per_detector(&ALL, &hay[from..].to_ascii_lowercase())
+                );
             }
         }
 
