@@ -274,11 +274,20 @@ impl Triggers {
         while let Some(chunk) = hay.get(at..at + 16) {
             let (mut digits, mut separators) = classify(chunk);
             if separators != 0 {
-                // A separator with neither neighbour a hex digit or `:` starts no MAC or IPv6
-                // address (a JSON key's colon, a dash in prose); the first and last of the
-                // chunk, whose neighbours lie outside it, are always looked at.
-                let joins = joins(chunk);
-                separators &= (joins << 1) | (joins >> 1) | 0x8001;
+                // Separators that can start no address are dropped; bits whose neighbours
+                // lie outside the chunk are always looked at. A colon with neither neighbour
+                // a hex digit or `:` starts no MAC or IPv6 address (a JSON key's colon). A
+                // dash belongs only to a MAC address (`00-1a-2b-…`), so it needs a hex digit
+                // on each side and another separator three bytes on (a dash in a date, a
+                // UUID or prose has not).
+                let (hex, colons) = hex_and_colons(chunk);
+                let joins = hex | colons;
+                let dashes = separators & !colons;
+                separators = (colons & ((joins << 1) | (joins >> 1) | 0x8001))
+                    | (dashes
+                        & ((hex << 1) | 0x0001)
+                        & ((hex >> 1) | 0x8000)
+                        & ((separators >> 3) | 0xE000));
             }
             // A run of digits is one step: its first digit starts or extends the chain, the
             // others extend it.
@@ -600,13 +609,13 @@ fn classify(chunk: &[u8]) -> (u32, u32) {
     (bits(digits(v)), bits(or(equal(v, b':'), equal(v, b'-'))))
 }
 
-/// The mask of hex digits and `:` in a 16-byte `chunk` (what a separator of a MAC or IPv6
+/// Two masks of a 16-byte `chunk`: hex digits; `:` (what a separator of a MAC or IPv6
 /// address has beside it).
 #[cfg(target_arch = "x86_64")]
-fn joins(chunk: &[u8]) -> u32 {
+fn hex_and_colons(chunk: &[u8]) -> (u32, u32) {
     use sse2::{bits, digits, equal, hex_letters, load, or};
     let v = load(chunk);
-    bits(or(or(digits(v), hex_letters(v)), equal(v, b':')))
+    (bits(or(digits(v), hex_letters(v))), bits(equal(v, b':')))
 }
 
 /// Byte classes of 16 bytes at once with SSE2, which every x86-64 CPU has: a lane is all ones
@@ -662,44 +671,35 @@ mod sse2 {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn classify(chunk: &[u8]) -> (u32, u32) {
-    let (digits, separators, _) = classify_bytes(chunk);
+    let (digits, separators, ..) = classify_bytes(chunk);
     (digits, separators)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn joins(chunk: &[u8]) -> u32 {
-    classify_bytes(chunk).2
+fn hex_and_colons(chunk: &[u8]) -> (u32, u32) {
+    let (.., hex, colons) = classify_bytes(chunk);
+    (hex, colons)
 }
 
-/// [`classify`] and [`joins`] byte by byte.
+/// [`classify`] and [`hex_and_colons`] byte by byte.
 #[cfg_attr(
     target_arch = "x86_64",
     allow(dead_code, reason = "the tests compare with it")
 )]
-fn classify_bytes(chunk: &[u8]) -> (u32, u32, u32) {
-    chunk[..16]
-        .iter()
-        .enumerate()
-        .fold((0, 0, 0), |(digits, separators, joins), (i, b)| {
-            let bit = 1 << i;
-            (
-                if b.is_ascii_digit() {
-                    digits | bit
-                } else {
-                    digits
-                },
-                if matches!(b, b':' | b'-') {
-                    separators | bit
-                } else {
-                    separators
-                },
-                if b.is_ascii_hexdigit() || *b == b':' {
-                    joins | bit
-                } else {
-                    joins
-                },
-            )
-        })
+fn classify_bytes(chunk: &[u8]) -> (u32, u32, u32, u32) {
+    let mask = |class: fn(&u8) -> bool| {
+        chunk[..16]
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| class(b))
+            .fold(0, |mask, (i, _)| mask | 1 << i)
+    };
+    (
+        mask(u8::is_ascii_digit),
+        mask(|b| matches!(b, b':' | b'-')),
+        mask(u8::is_ascii_hexdigit),
+        mask(|b| *b == b':'),
+    )
 }
 
 fn is_word(byte: u8) -> bool {
@@ -1044,9 +1044,9 @@ mod tests {
                     _ => (0x3F + low % 10 + (low & 0x20)) | 0x80,
                 };
             }
-            let (digits, separators, joins_) = classify_bytes(&chunk);
+            let (digits, separators, hex, colons) = classify_bytes(&chunk);
             assert_eq!(classify(&chunk), (digits, separators), "{chunk:x?}");
-            assert_eq!(joins(&chunk), joins_, "{chunk:x?}");
+            assert_eq!(hex_and_colons(&chunk), (hex, colons), "{chunk:x?}");
         }
     }
 
