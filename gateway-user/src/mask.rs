@@ -422,32 +422,37 @@ impl Masker {
     }
 
     /// Scans a stream's window `hay[from..]` (text before `from` is context): all of it when
-    /// `last`, else all but its [`Self::holdback`]. Returns the offset up to which the text is
-    /// settled, or `None` when all of the window must wait for more input.
+    /// `last`, else all but its [`Self::holdback`], with `known` spans of the window if a
+    /// pass already found them. Returns the offset up to which the text is settled (`None`:
+    /// all of the window must wait for more input) and the spans of the window, if any pass
+    /// was needed.
     pub(crate) fn scan_window(
         &self,
         hay: &[u8],
         from: usize,
         last: bool,
+        known: Option<trigger::Spans>,
         report: &mut impl FnMut(Finding),
-    ) -> Option<usize> {
+    ) -> (Option<usize>, Option<trigger::Spans>) {
         let window = hay.len() - from;
         // No window shorter than the least hold-back settles anything: no pass for it (a
         // stream of LLM tokens pushes a few bytes at a time).
         if !last && window <= self.partial_keep.min(self.holdback) {
-            return None;
+            return (None, None);
         }
-        let spans = self.triggers.stream_spans(self.detectors.len(), hay, from);
+        let spans =
+            known.unwrap_or_else(|| self.triggers.stream_spans(self.detectors.len(), hay, from));
         let settle = if last {
             hay.len()
         } else {
             let keep = self.holdback(&spans);
             if window <= keep {
-                return None;
+                return (None, Some(spans));
             }
             hay.len() - keep
         };
-        Some(self.scan_in(hay, from, settle, &spans, report))
+        let settled = self.scan_in(hay, from, settle, &spans, report);
+        (Some(settled), Some(spans))
     }
 
     /// The longest hold-back a stream may ask for.
