@@ -190,8 +190,9 @@ impl Detector {
         let input = Input::new(hay)
             .span(at..span.end.max(at))
             .anchored(anchored);
-        // Capture groups cost a slower engine: only detectors with context ask for them.
-        if self.search.captures_len() > 1 {
+        // Capture groups cost a slower engine: only detectors with context whose value is
+        // not found by hand ask for them.
+        if self.value == detectors::Value::Group && self.search.captures_len() > 1 {
             let captures = &mut scratch.captures;
             self.search
                 .search_captures_with(&mut scratch.cache, &input, captures);
@@ -203,7 +204,13 @@ impl Detector {
             Some(((whole.start(), whole.end()), (value.start, value.end)))
         } else {
             let whole = self.search.search_with(&mut scratch.cache, &input)?;
-            Some(((whole.start(), whole.end()), (whole.start(), whole.end())))
+            let value = self
+                .value
+                .locate(&hay[whole.range()])
+                .map_or((whole.start(), whole.end()), |(start, end)| {
+                    (whole.start() + start, whole.start() + end)
+                });
+            Some(((whole.start(), whole.end()), value))
         }
     }
 }
