@@ -187,9 +187,17 @@ impl Detector {
         } else {
             Anchored::No
         };
-        let input = Input::new(hay)
-            .span(at..span.end.max(at))
-            .anchored(anchored);
+        let end = span.end.max(at);
+        if let Some(matcher) = self.matcher {
+            // The leftmost start with a match, as the regex would find it.
+            let found = if anchored == Anchored::Yes {
+                matcher(hay, at, end).map(|found| (at, found))
+            } else {
+                (at..end).find_map(|start| matcher(hay, start, end).map(|found| (start, found)))
+            };
+            return found.map(|whole| (whole, whole));
+        }
+        let input = Input::new(hay).span(at..end).anchored(anchored);
         // Capture groups cost a slower engine: only detectors with context whose value is
         // not found by hand ask for them.
         if self.value == detectors::Value::Group && self.search.captures_len() > 1 {
