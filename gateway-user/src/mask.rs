@@ -602,13 +602,15 @@ impl Masker {
         if spans.is_empty() {
             return from.max(settle);
         }
-        let mut cache: Vec<Option<Option<Candidate>>> = vec![None; self.detectors.len()];
-        let mut cursors = vec![0; self.detectors.len()];
+        // Per detector: its candidate (none yet; none left; one) and the first of its spans
+        // not passed for good.
+        let mut cache: Vec<(Option<Option<Candidate>>, usize)> =
+            vec![(None, 0); self.detectors.len()];
         let mut scratch = self.local().searches.borrow_mut();
         let mut pos = from;
         loop {
             let mut best: Option<(usize, Candidate)> = None;
-            for (index, slot) in cache.iter_mut().enumerate() {
+            for (index, (slot, cursor)) in cache.iter_mut().enumerate() {
                 let mine = spans.of(index);
                 if mine.is_empty() {
                     continue;
@@ -619,14 +621,8 @@ impl Masker {
                     Some(None) => false,
                 };
                 if stale {
-                    *slot = Some(self.candidate(
-                        index,
-                        hay,
-                        pos,
-                        mine,
-                        &mut cursors[index],
-                        &mut scratch[index],
-                    ));
+                    *slot =
+                        Some(self.candidate(index, hay, pos, mine, cursor, &mut scratch[index]));
                 }
                 if let Some(Some(c)) = slot {
                     let better = best.is_none_or(|(_, b)| {
@@ -651,8 +647,7 @@ impl Masker {
                     // Keep every live candidate for the next scan: none starts before this.
                     let live = cache
                         .iter()
-                        .flatten()
-                        .flatten()
+                        .filter_map(|(slot, _)| slot.flatten())
                         .map(|c| c.match_start)
                         .min()
                         .unwrap_or(settle);

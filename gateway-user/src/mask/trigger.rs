@@ -189,7 +189,8 @@ impl Triggers {
     /// The hold-back costs a look at each anchor found (2% of masking a JSON chat body),
     /// spent only where a stream needs it.
     fn spans_keeping<const KEEP: bool>(&self, detectors: usize, hay: &[u8], from: usize) -> Spans {
-        let mut spans = Vec::new();
+        // Room for a typical window's spans without growing.
+        let mut spans = Vec::with_capacity(32);
         let window = &hay[from..];
         if window.is_empty() {
             return Spans::default();
@@ -523,16 +524,21 @@ impl Spans {
         } else {
             group_by_detector(spans, detectors)
         };
-        let mut merged: Vec<Span> = Vec::with_capacity(grouped.len());
-        for span in grouped {
-            match merged.last_mut() {
-                Some(last) if last.detector == span.detector && span.lo <= last.hi + 1 => {
-                    last.hi = last.hi.max(span.hi);
-                    last.end = last.end.max(span.end);
-                }
-                _ => merged.push(span),
+        // Merged in place: each span joins the last one kept or is kept after it.
+        let mut merged = grouped;
+        let mut kept = 0;
+        for i in 1..merged.len() {
+            let span = merged[i];
+            let last = &mut merged[kept];
+            if last.detector == span.detector && span.lo <= last.hi + 1 {
+                last.hi = last.hi.max(span.hi);
+                last.end = last.end.max(span.end);
+            } else {
+                kept += 1;
+                merged[kept] = span;
             }
         }
+        merged.truncate(kept + 1);
         let mut by_detector = vec![0..0; detectors];
         let mut start = 0;
         while start < merged.len() {
