@@ -189,12 +189,12 @@ impl Triggers {
     /// The hold-back costs a look at each anchor found (2% of masking a JSON chat body),
     /// spent only where a stream needs it.
     fn spans_keeping<const KEEP: bool>(&self, detectors: usize, hay: &[u8], from: usize) -> Spans {
-        // Room for a typical window's spans without growing.
-        let mut spans = Vec::with_capacity(32);
         let window = &hay[from..];
         if window.is_empty() {
             return Spans::default();
         }
+        // Room for a typical window's spans without growing.
+        let mut spans = Vec::with_capacity(32);
         let last = hay.len() - 1;
         let mut keep = 0;
         let mut anchored = |detector: usize, at: usize, before: usize| {
