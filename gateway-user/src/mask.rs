@@ -368,10 +368,7 @@ const RETRY_AT_BOUNDARIES: usize = 4;
 
 /// Whether an ASCII word boundary (`(?-u:\b)`) holds at `at` in `hay`.
 fn word_boundary(hay: &[u8], at: usize) -> bool {
-    let word = |i: usize| {
-        hay.get(i)
-            .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_')
-    };
+    let word = |i: usize| hay.get(i).is_some_and(|&b| detectors::is_word(b));
     at.checked_sub(1).is_some_and(word) != word(at)
 }
 

@@ -157,7 +157,8 @@ pub struct Detector {
 /// its pattern, at every start and bound (`matchers_find_what_their_patterns_find`).
 pub type Matcher = fn(hay: &[u8], at: usize, end: usize) -> Option<usize>;
 
-fn is_word(b: u8) -> bool {
+/// A byte of an ASCII word (`\w` without Unicode), what `(?-u:\b)` looks at.
+pub(crate) fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 

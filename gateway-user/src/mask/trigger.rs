@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use aho_corasick::{AhoCorasick, packed};
 
-use super::detectors::{Detector, Trigger};
+use super::detectors::{Detector, Trigger, is_word};
 
 thread_local! {
     /// The lower-cased copy of a window the anchors are searched in, reused.
@@ -706,10 +706,6 @@ fn classify_bytes(chunk: &[u8]) -> (u32, u32, u32, u32) {
         mask(u8::is_ascii_hexdigit),
         mask(|b| *b == b':'),
     )
-}
-
-fn is_word(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || byte == b'_'
 }
 
 /// Whether a word starts two bytes before `at`: a word boundary, then two capitals, then the
