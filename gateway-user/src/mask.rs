@@ -189,11 +189,13 @@ impl Detector {
         };
         let end = span.end.max(at);
         if let Some(matcher) = self.matcher {
-            // The leftmost start with a match, as the regex would find it.
+            // The leftmost start with a match, as the regex would find it; only starts in the
+            // span are tried (the regex's later ones are dropped by the caller anyway).
             let found = if anchored == Anchored::Yes {
                 matcher(hay, at, end).map(|found| (at, found))
             } else {
-                (at..end).find_map(|start| matcher(hay, start, end).map(|found| (start, found)))
+                (at..=span.hi.min(end.saturating_sub(1)))
+                    .find_map(|start| matcher(hay, start, end).map(|found| (start, found)))
             };
             return found.map(|whole| (whole, whole));
         }
