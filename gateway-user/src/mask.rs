@@ -191,13 +191,13 @@ impl Detector {
         if let Some(matcher) = self.matcher {
             // The leftmost start with a match, as the regex would find it; only starts in the
             // span are tried (the regex's later ones are dropped by the caller anyway).
-            let found = if anchored == Anchored::Yes {
+            let whole = if anchored == Anchored::Yes {
                 matcher(hay, at, end).map(|found| (at, found))
             } else {
                 (at..=span.hi.min(end.saturating_sub(1)))
                     .find_map(|start| matcher(hay, start, end).map(|found| (start, found)))
-            };
-            return found.map(|whole| (whole, whole));
+            }?;
+            return Some((whole, self.value_in(hay, whole)));
         }
         let input = Input::new(hay).span(at..end).anchored(anchored);
         // Capture groups cost a slower engine: only detectors with context whose value is
@@ -214,14 +214,16 @@ impl Detector {
             Some(((whole.start(), whole.end()), (value.start, value.end)))
         } else {
             let whole = self.search.search_with(&mut scratch.cache, &input)?;
-            let value = self
-                .value
-                .locate(&hay[whole.range()])
-                .map_or((whole.start(), whole.end()), |(start, end)| {
-                    (whole.start() + start, whole.start() + end)
-                });
-            Some(((whole.start(), whole.end()), value))
+            let whole = (whole.start(), whole.end());
+            Some((whole, self.value_in(hay, whole)))
         }
+    }
+
+    /// The value's range in the match `whole` of `hay`, found by hand (see `Value`).
+    fn value_in(&self, hay: &[u8], whole: (usize, usize)) -> (usize, usize) {
+        self.value
+            .locate(&hay[whole.0..whole.1])
+            .map_or(whole, |(start, end)| (whole.0 + start, whole.0 + end))
     }
 }
 
@@ -349,12 +351,12 @@ pub fn restore_bytes<'a>(text: &'a [u8], ctx: &MaskContext) -> Cow<'a, [u8]> {
     Cow::Owned(out)
 }
 
-/// Adds one to `key`'s count, allocating the key only the first time.
-fn count(counts: &mut BTreeMap<String, u64>, key: &str) {
+/// Adds `n` to `key`'s count, allocating the key only the first time.
+fn count(counts: &mut BTreeMap<String, u64>, key: &str, n: u64) {
     match counts.get_mut(key) {
-        Some(n) => *n += 1,
+        Some(total) => *total += n,
         None => {
-            counts.insert(key.to_string(), 1);
+            counts.insert(key.to_string(), n);
         }
     }
 }
@@ -603,23 +605,23 @@ impl Masker {
         }
         // Per detector: its candidate (none yet; none left; one) and the first of its spans
         // not passed for good.
-        let mut cache: Vec<(Option<Option<Candidate>>, usize)> =
-            vec![(None, 0); self.detectors.len()];
+        // A detector without spans has none left from the start. The loop below runs once
+        // per finding over every detector, so it reads the spans only to search.
+        let mut cache: Vec<(Option<Option<Candidate>>, usize)> = (0..self.detectors.len())
+            .map(|index| (spans.of(index).is_empty().then_some(None), 0))
+            .collect();
         let mut scratch = self.local().searches.borrow_mut();
         let mut pos = from;
         loop {
             let mut best: Option<(usize, Candidate)> = None;
             for (index, (slot, cursor)) in cache.iter_mut().enumerate() {
-                let mine = spans.of(index);
-                if mine.is_empty() {
-                    continue;
-                }
                 let stale = match slot {
                     None => true,
                     Some(Some(c)) => c.match_start < pos,
                     Some(None) => false,
                 };
                 if stale {
+                    let mine = spans.of(index);
                     *slot =
                         Some(self.candidate(index, hay, pos, mine, cursor, &mut scratch[index]));
                 }
@@ -728,6 +730,16 @@ impl Masker {
         out: &mut Vec<u8>,
     ) -> usize {
         let mut at = from;
+        // Counted per detector here and added to the session's map once: a map lookup per
+        // finding compared detector names, 4% of masking dense text.
+        let mut tally = vec![
+            0;
+            if findings.is_empty() {
+                0
+            } else {
+                self.detectors.len()
+            }
+        ];
         for finding in findings {
             out.extend_from_slice(&text[at..finding.start]);
             let detector = &self.detectors[finding.detector];
@@ -739,11 +751,16 @@ impl Masker {
             } else {
                 out.extend_from_slice(self.replacement(detector, value, ctx).as_bytes());
             }
-            count(&mut ctx.counts, &detector.name);
-            if let Some(rule) = &self.rule {
-                count(&mut ctx.by_rule, rule);
-            }
+            tally[finding.detector] += 1;
             at = finding.end;
+        }
+        for (detector, n) in self.detectors.iter().zip(tally) {
+            if n > 0 {
+                count(&mut ctx.counts, &detector.name, n);
+            }
+        }
+        if let Some(rule) = self.rule.as_ref().filter(|_| !findings.is_empty()) {
+            count(&mut ctx.by_rule, rule, findings.len() as u64);
         }
         at
     }

@@ -290,6 +290,327 @@ fn iban_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
         .find(|&found| ends_word(hay, found))
 }
 
+/// The length of the run of `class` bytes at `hay[at..end]`, counting at most `cap`.
+fn run(hay: &[u8], at: usize, end: usize, cap: usize, class: fn(u8) -> bool) -> usize {
+    hay.get(at..end.min(hay.len()))
+        .unwrap_or_default()
+        .iter()
+        .take(cap)
+        .take_while(|b| class(**b))
+        .count()
+}
+
+/// Whether `hay[at..]` starts with `literal`, ending by `end` (byte by byte: a slice
+/// comparison calls `memcmp`, which costs more than these few bytes).
+fn literal_at(hay: &[u8], at: usize, end: usize, literal: &[u8]) -> bool {
+    fixed(hay, at, literal.len(), end)
+        .is_some_and(|found| found.iter().zip(literal).all(|(a, b)| a == b))
+}
+
+/// `[A-Za-z0-9]`
+fn alnum(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+}
+
+/// `[A-Za-z0-9_-]`: base64url, the alphabet of JWT parts and of several vendors' keys.
+fn base64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// `[0-9A-Z]`
+fn upper_or_digit(b: u8) -> bool {
+    b.is_ascii_uppercase() || b.is_ascii_digit()
+}
+
+/// After a prefix ending at `from`, a greedy `class{min,max}`: where it ends. With `word_end`
+/// a `\b` follows, and as every byte of the classes used with it is a word byte, only the
+/// whole run (no longer than `max`) can end a word.
+fn tail(
+    hay: &[u8],
+    from: usize,
+    end: usize,
+    (min, max): (usize, usize),
+    class: fn(u8) -> bool,
+    word_end: bool,
+) -> Option<usize> {
+    let n = run(hay, from, end, max + usize::from(word_end), class);
+    if word_end {
+        ((min..=max).contains(&n) && ends_word(hay, from + n)).then_some(from + n)
+    } else {
+        (n >= min).then_some(from + n)
+    }
+}
+
+/// `\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b`
+fn aws_access_key_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+    let head = fixed(hay, at, 4, end)?;
+    if !(matches!(head, b"AKIA" | b"ASIA" | b"ABIA" | b"ACCA") && starts_word(hay, at)) {
+        return None;
+    }
+    tail(hay, at + 4, end, (16, 16), upper_or_digit, true)
+}
+
+/// `\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b`
+fn github_token_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+    let head = fixed(hay, at, 4, end)?;
+    if !starts_word(hay, at) {
+        return None;
+    }
+    match head {
+        [b'g', b'h', b'p' | b'o' | b'u' | b's' | b'r', b'_'] => {
+            tail(hay, at + 4, end, (36, 255), alnum, true)
+        }
+        _ if literal_at(hay, at, end, b"github_pat_") => {
+            tail(hay, at + 11, end, (22, 255), is_word, true)
+        }
+        _ => None,
+    }
+}
+
+/// `\bsk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,200}|[A-Za-z0-9]{20,200})`
+fn openai_key_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+    if !(literal_at(hay, at, end, b"sk-") && starts_word(hay, at)) {
+        return None;
+    }
+    let kinds: [&[u8]; 3] = [b"proj-", b"svcacct-", b"admin-"];
+    kinds
+        .iter()
+        .find(|kind| literal_at(hay, at + 3, end, kind))
+        .and_then(|kind| tail(hay, at + 3 + kind.len(), end, (20, 200), base64url, false))
+        .or_else(|| tail(hay, at + 3, end, (20, 200), alnum, false))
+}
+
+/// `\bsk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{20,200}`
+fn anthropic_key_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+    if !(literal_at(hay, at, end, b"sk-ant-") && starts_word(hay, at)) {
+        return None;
+    }
+    let kind = [&b"api"[..], b"admin"]
+        .into_iter()
+        .find(|kind| literal_at(hay, at + 7, end, kind))?;
+    let digits = at + 7 + kind.len();
+    let version = fixed(hay, digits, 3, end)?;
+    if !(version[0].is_ascii_digit() && version[1].is_ascii_digit() && version[2] == b'-') {
+        return None;
+    }
+    tail(hay, digits + 3, end, (20, 200), base64url, false)
+}
+
+/// `\bxox[abposr]-[A-Za-z0-9-]{10,200}`
+fn slack_token_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+    let head = fixed(hay, at, 5, end)?;
+    if !(head.starts_with(b"xox")
+        && b"abposr".contains(&head[3])
+        && head[4] == b'-'
+        && starts_word(hay, at))
+    {
+        return None;
+    }
+    tail(
+        hay,
+        at + 5,
+        end,
+        (10, 200),
+        |b| alnum(b) || b == b'-',
+        false,
+    )
+}
+
+/// `\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,200}\b`
+fn stripe_key_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+    let head = fixed(hay, at, 8, end)?;
+    if !(matches!(&head[..3], b"sk_" | b"rk_" | b"pk_")
+        && matches!(&head[3..], b"live_" | b"test_")
+        && starts_word(hay, at))
+    {
+        return None;
+    }
+    tail(hay, at + 8, end, (16, 200), alnum, true)
+}
+
+/// `\beyJ[A-Za-z0-9_-]{5,1024}\.eyJ[A-Za-z0-9_-]{5,4096}\.[A-Za-z0-9_-]{10,1024}`: each
+/// part is the whole run (its class holds no `.`), but the last, which nothing follows.
+fn jwt_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+    if !(literal_at(hay, at, end, b"eyJ") && starts_word(hay, at)) {
+        return None;
+    }
+    let header = at + 3 + run(hay, at + 3, end, 1025, base64url);
+    if !((at + 8..=at + 3 + 1024).contains(&header) && literal_at(hay, header, end, b".eyJ")) {
+        return None;
+    }
+    let payload = header + 4 + run(hay, header + 4, end, 4097, base64url);
+    if !((header + 9..=header + 4 + 4096).contains(&payload) && literal_at(hay, payload, end, b"."))
+    {
+        return None;
+    }
+    tail(hay, payload + 1, end, (10, 1024), base64url, false)
+}
+
+/// `(?i)\b[a-z0-9._%+-]{1,64}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63}){0,4}\.[a-z]{2,24}\b`.
+/// The local part and every domain label but the last are whole runs (a `@` or a `.`
+/// follows each). The repetition is greedy: with the most labels that can be taken first,
+/// the top-level domain is tried after each count down to none, and it is the letters at
+/// the start of the label there, when a byte that ends a word follows them.
+fn email_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+    let boundary =
+        |i: usize| (i > 0 && is_word(hay[i - 1])) != hay.get(i).is_some_and(|b| is_word(*b));
+    let local = run(hay, at, end, 65, |b| {
+        b.is_ascii_alphanumeric() || b"._%+-".contains(&b)
+    });
+    if !((1..=64).contains(&local) && literal_at(hay, at + local, end, b"@") && boundary(at)) {
+        return None;
+    }
+    let label = |b: u8| b.is_ascii_alphanumeric() || b == b'-';
+    // Where each label after the `@` starts (the first, then one after each `.`), as long
+    // as the label before it is 1 to 63 bytes and a `.` follows it.
+    let mut starts = [0; 6];
+    starts[0] = at + local + 1;
+    let mut count = 1;
+    while count < 6 {
+        let from = starts[count - 1];
+        let len = run(hay, from, end, 64, label);
+        if !((1..=63).contains(&len) && literal_at(hay, from + len, end, b".")) {
+            break;
+        }
+        starts[count] = from + len + 1;
+        count += 1;
+    }
+    // The top-level domain starts at `starts[k + 1]` after `k` middle labels.
+    (1..count).rev().find_map(|tld| {
+        let from = starts[tld];
+        let letters = run(hay, from, end, 25, |b| b.is_ascii_alphabetic());
+        ((2..=24).contains(&letters) && ends_word(hay, from + letters)).then_some(from + letters)
+    })
+}
+
+/// `(?i)\bbearer\s{1,4}([A-Za-z0-9._~+/-]{16,1024}={0,2})`: the token is the whole run of
+/// its class (no `=`) but at most 1,024 bytes, and the padding follows only a whole run.
+fn bearer_token_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+    let word = fixed(hay, at, 6, end)?;
+    if !(word.eq_ignore_ascii_case(b"bearer") && starts_word(hay, at)) {
+        return None;
+    }
+    let spaces = run(hay, at + 6, end, 5, regex_space);
+    if !(1..=4).contains(&spaces) {
+        return None;
+    }
+    let from = at + 6 + spaces;
+    let token = run(hay, from, end, 1025, |b| {
+        b.is_ascii_alphanumeric() || b"._~+/-".contains(&b)
+    });
+    if token < 16 {
+        return None;
+    }
+    if token > 1024 {
+        return Some(from + 1024);
+    }
+    Some(from + token + run(hay, from + token, end, 2, |b| b == b'='))
+}
+
+/// `(?i)\b[a-z][a-z0-9+.-]{0,15}://[^\s:/@]{1,128}:([^\s/@]{1,128})@`: the scheme, the
+/// user and the password are each the whole run of their class, as the byte after each is
+/// one the class leaves out.
+fn password_in_url_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+    if !(at < end && hay[at].is_ascii_alphabetic() && starts_word(hay, at)) {
+        return None;
+    }
+    let scheme = at + 1 + run(hay, at + 1, end, 16, scheme);
+    if !(scheme <= at + 16 && literal_at(hay, scheme, end, b"://")) {
+        return None;
+    }
+    let user_from = scheme + 3;
+    let user = run(hay, user_from, end, 129, |b| {
+        !(regex_space(b) || matches!(b, b':' | b'/' | b'@'))
+    });
+    if !((1..=128).contains(&user) && literal_at(hay, user_from + user, end, b":")) {
+        return None;
+    }
+    let password_from = user_from + user + 1;
+    let password = run(hay, password_from, end, 129, |b| {
+        !(regex_space(b) || matches!(b, b'/' | b'@'))
+    });
+    ((1..=128).contains(&password) && literal_at(hay, password_from + password, end, b"@"))
+        .then_some(password_from + password + 1)
+}
+
+/// The words that open a national phone number in `phone`'s pattern.
+const PHONE_WORDS: &[&[u8]] = &[
+    b"phone",
+    b"tel",
+    b"mobile",
+    b"cell",
+    b"call",
+    b"fax",
+    b"contact",
+    b"whatsapp",
+    b"sms",
+];
+
+/// `phone`: `(\+[1-9](?:[ .-]?\d){6,14})\b`, or
+/// `\b(?:phone|…|sms)[a-z]{0,3}\b[^0-9\n]{0,16}(\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4})\b`
+/// (case-insensitive). In the first, as for a card, the digits are one forced chain and the
+/// match is the longest of 7 to 15 digits that ends a word. In the second, the word is a
+/// whole run of letters; the number starts at the first digit after it when at most 16 bytes
+/// come between (the greedy prefix tries that first), or else at a `(` right before it.
+fn phone_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+    let digit = |i: usize| i < end && hay[i].is_ascii_digit();
+    if hay.get(at) == Some(&b'+') {
+        if !(at + 1 < end && matches!(hay[at + 1], b'1'..=b'9')) {
+            return None;
+        }
+        let mut digits = [at + 1; 15];
+        let mut n = 1;
+        while n < 15 {
+            let last = digits[n - 1];
+            digits[n] = if digit(last + 1) {
+                last + 1
+            } else if digit(last + 2) && matches!(hay[last + 1], b' ' | b'.' | b'-') {
+                last + 2
+            } else {
+                break;
+            };
+            n += 1;
+        }
+        return (7..=n)
+            .rev()
+            .map(|count| digits[count - 1] + 1)
+            .find(|&found| ends_word(hay, found));
+    }
+    let letters = run(hay, at, end, 12, |b| b.is_ascii_alphabetic());
+    let opens = PHONE_WORDS.iter().any(|word| {
+        hay[at..at + letters]
+            .get(..word.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(word))
+            && letters - word.len() <= 3
+    });
+    if !(opens && starts_word(hay, at) && ends_word(hay, at + letters)) {
+        return None;
+    }
+    let words_end = at + letters;
+    // The number: `\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}\b`, each optional byte taken when there.
+    let number = |from: usize| -> Option<usize> {
+        let digits = |i: usize, n: usize| {
+            (i + n <= end && hay[i..i + n].iter().all(u8::is_ascii_digit)).then_some(i + n)
+        };
+        let optional = |i: usize, bytes: &[u8]| i + usize::from(i < end && bytes.contains(&hay[i]));
+        let area = digits(optional(from, b"("), 3)?;
+        let exchange = digits(optional(optional(area, b")"), b" .-"), 3)?;
+        let line = digits(optional(exchange, b" .-"), 4)?;
+        ends_word(hay, line).then_some(line)
+    };
+    // The bytes up to the first digit, of which the pattern's prefix takes at most 16.
+    let gap = run(hay, words_end, end, 18, |b| {
+        !b.is_ascii_digit() && b != b'\n'
+    });
+    let first = words_end + gap;
+    let at_digit = (gap <= 16).then(|| number(first)).flatten();
+    at_digit.or_else(|| {
+        ((1..=17).contains(&gap) && hay[first - 1] == b'(')
+            .then(|| number(first - 1))
+            .flatten()
+    })
+}
+
 /// Where the value (what is masked) lies in a match. A capture group costs a slower engine
 /// than the match alone: after the DFA has found the match, the bounded backtracker runs
 /// over it again (for `generic_secret`, whose key-name repetitions it backtracks through,
@@ -310,6 +631,10 @@ pub enum Value {
     UrlPassword,
     /// The last `n` bytes.
     Last(usize),
+    /// `phone`'s: an E.164 number is the whole match; a national one starts at the first
+    /// digit after the opening word when at most 16 bytes come between, or else at the `(`
+    /// before it (see [`phone_at`]).
+    Phone,
 }
 
 impl Value {
@@ -344,6 +669,18 @@ impl Value {
                 Some((colon + 1, len.saturating_sub(1).max(colon + 1)))
             }
             Self::Last(n) => Some((len.saturating_sub(n), len)),
+            Self::Phone => {
+                if found.first() == Some(&b'+') {
+                    return Some((0, len));
+                }
+                let words_end = found.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+                let gap = found[words_end..]
+                    .iter()
+                    .take_while(|b| !b.is_ascii_digit())
+                    .count();
+                let first = words_end + gap;
+                Some((if gap <= 16 { first } else { first - 1 }, len))
+            }
         }
     }
 }
@@ -495,7 +832,7 @@ const SPECS: &[Spec] = &[
         lead: local_part,
         min_digits: 0,
         value: Value::Group,
-        matcher: None,
+        matcher: Some(email_at),
     },
     Spec {
         // E.164 (+ and 7–15 digits) anywhere; national formats only after a phone-ish word,
@@ -520,8 +857,8 @@ const SPECS: &[Spec] = &[
         lead: any_byte,
         // E.164: + and at least 7 digits; national formats: 10.
         min_digits: 7,
-        value: Value::Group,
-        matcher: None,
+        value: Value::Phone,
+        matcher: Some(phone_at),
     },
     Spec {
         name: "credit_card",
@@ -605,7 +942,7 @@ const SPECS: &[Spec] = &[
         lead: any_byte,
         min_digits: 0,
         value: Value::Group,
-        matcher: None,
+        matcher: Some(aws_access_key_at),
     },
     Spec {
         name: "aws_secret_key",
@@ -636,7 +973,7 @@ const SPECS: &[Spec] = &[
         lead: any_byte,
         min_digits: 0,
         value: Value::Group,
-        matcher: None,
+        matcher: Some(github_token_at),
     },
     Spec {
         name: "openai_key",
@@ -648,7 +985,7 @@ const SPECS: &[Spec] = &[
         lead: any_byte,
         min_digits: 0,
         value: Value::Group,
-        matcher: None,
+        matcher: Some(openai_key_at),
     },
     Spec {
         name: "anthropic_key",
@@ -660,7 +997,7 @@ const SPECS: &[Spec] = &[
         lead: any_byte,
         min_digits: 0,
         value: Value::Group,
-        matcher: None,
+        matcher: Some(anthropic_key_at),
     },
     Spec {
         name: "slack_token",
@@ -672,7 +1009,7 @@ const SPECS: &[Spec] = &[
         lead: any_byte,
         min_digits: 0,
         value: Value::Group,
-        matcher: None,
+        matcher: Some(slack_token_at),
     },
     Spec {
         name: "stripe_key",
@@ -684,7 +1021,7 @@ const SPECS: &[Spec] = &[
         lead: |b| b.is_ascii_alphabetic(),
         min_digits: 0,
         value: Value::Group,
-        matcher: None,
+        matcher: Some(stripe_key_at),
     },
     Spec {
         name: "jwt",
@@ -696,7 +1033,7 @@ const SPECS: &[Spec] = &[
         lead: any_byte,
         min_digits: 0,
         value: Value::Group,
-        matcher: None,
+        matcher: Some(jwt_at),
     },
     Spec {
         name: "private_key",
@@ -720,7 +1057,7 @@ const SPECS: &[Spec] = &[
         lead: any_byte,
         min_digits: 0,
         value: Value::AfterWord,
-        matcher: None,
+        matcher: Some(bearer_token_at),
     },
     Spec {
         name: "password_in_url",
@@ -732,7 +1069,7 @@ const SPECS: &[Spec] = &[
         lead: scheme,
         min_digits: 0,
         value: Value::UrlPassword,
-        matcher: None,
+        matcher: Some(password_in_url_at),
     },
     Spec {
         name: "generic_secret",
@@ -1033,6 +1370,18 @@ mod tests {
         "@",
         "host",
         "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "phone",
+        "Tel",
+        "callers",
+        " (",
+        "(",
+        ")",
+        "415",
+        "555",
+        "0134",
+        "+1 415 555 0134",
+        "+44",
+        "at our office on the first floor",
         "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY=",
         "eyJhbGciOiJIUzI1NiJ9.abcdefghijk",
     ];
@@ -1108,6 +1457,55 @@ mod tests {
         " 4111111111111111 ",
         "1.2.3",
         "1234-5678-9012-3456-7890",
+        "@",
+        "%",
+        "+",
+        "alice.smith",
+        "@example.com",
+        "example",
+        "com",
+        "io",
+        "-x",
+        "AKIA",
+        "IOSFODNN7EXAMPLE",
+        "ghp_",
+        "github_pat_",
+        "aBcDeFgHiJkLmNoPqRsTuVwXyZ",
+        "0123456789",
+        "sk-",
+        "proj-",
+        "ant-api03-",
+        "xoxb-",
+        "sk_live_",
+        "rk_test_",
+        "eyJ",
+        "eyJhbGciOiJIUzI1NiJ9",
+        ".eyJzdWIiOiIx",
+        "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "+",
+        "+1 415 555 0134",
+        "+44 20.7946-0958",
+        "phone",
+        "Tel",
+        "callers",
+        "contact: ",
+        "(",
+        ")",
+        "415",
+        "555",
+        "(415) 555-0134",
+        "a long way before the",
+        "Bearer",
+        "bearer \t",
+        "\u{b}",
+        "=",
+        "~/",
+        "postgres://",
+        "https://",
+        "app:S3cr3t-Pa55@",
+        "user",
+        "p:w",
+        "/",
     ];
 
     proptest::proptest! {
@@ -1144,6 +1542,66 @@ mod tests {
         }
     }
 
+    /// The length bounds of the matchers' runs, which random pieces rarely reach: runs of
+    /// every length around each bound, followed by what ends them or goes on after them.
+    #[test]
+    fn matchers_keep_their_patterns_length_bounds() {
+        use regex_automata::{Anchored, Input};
+        let heads: &[(&str, &str, &str, &[usize])] = &[
+            ("aws_access_key", "AKIA", "A", &[16]),
+            ("github_token", "ghp_", "A", &[36, 255]),
+            ("github_token", "github_pat_", "A", &[22, 255]),
+            ("openai_key", "sk-proj-", "A", &[20, 200]),
+            ("openai_key", "sk-", "A", &[20, 200]),
+            ("anthropic_key", "sk-ant-admin01-", "A", &[20, 200]),
+            ("slack_token", "xoxp-", "A", &[10, 200]),
+            ("stripe_key", "pk_live_", "A", &[16, 200]),
+            ("jwt", "eyJabcde.eyJabcde.", "A", &[10, 1024]),
+            ("jwt", "eyJ", "A", &[5, 1024]),
+            ("jwt", "eyJabcde.eyJ", "A", &[5, 4096]),
+            ("email", "a@b.", "A", &[2, 24]),
+            ("email", "", "A", &[1, 64]),
+            ("bearer_token", "Bearer ", "A", &[16, 1024]),
+            ("password_in_url", "s://", "A", &[128]),
+            ("password_in_url", "s://u:", "A", &[128]),
+            ("password_in_url", "s", "A", &[15]),
+            ("phone", "phone", " ", &[16]),
+            ("bearer_token", "Bearer", " ", &[4]),
+        ];
+        for &(name, head, filler, bounds) in heads {
+            let detector = CATALOGUE.iter().find(|d| d.name == name).unwrap();
+            let matcher = detector.matcher.unwrap();
+            for &bound in bounds {
+                for len in [bound - 1, bound, bound + 1] {
+                    for after in [
+                        "",
+                        " ",
+                        "_",
+                        "9",
+                        "===x",
+                        ".eyJabcde.0123456789",
+                        ".0123456789",
+                        "@x.io",
+                        ":p@",
+                        "://u:p@",
+                        "(415) 555-0134",
+                        "415.555.0134",
+                        "0123456789abcdef0",
+                    ] {
+                        let hay = format!("{head}{}{after}", filler.repeat(len)).into_bytes();
+                        let input = Input::new(&hay).anchored(Anchored::Yes);
+                        let expected = detector.search.search(&input).map(|m| m.end());
+                        assert_eq!(
+                            matcher(&hay, 0, hay.len()),
+                            expected,
+                            "{name} {head:?} + {len} + {after:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn values_are_found_by_hand_where_the_pattern_fixes_them() {
         let value = |name: &str, text: &str| {
@@ -1163,6 +1621,11 @@ mod tests {
             value("generic_secret", "token:\u{b}==q8Zr3kP0vX7mW2tL"),
             "==q8Zr3kP0vX7mW2tL"
         );
+        // A national number's prefix takes at most 16 bytes: a `(` after more starts it.
+        let gap = |n: usize| format!("phone{}(415) 555-0134", " ".repeat(n));
+        assert_eq!(value("phone", &gap(15)), "415) 555-0134");
+        assert_eq!(value("phone", &gap(16)), "(415) 555-0134");
+        assert_eq!(value("phone", "Phone +44 20 7946 0958"), "+44 20 7946 0958");
         assert_eq!(
             value("bearer_token", "Bearer \t abcdefghijklmnop0123"),
             "abcdefghijklmnop0123"
