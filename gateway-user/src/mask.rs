@@ -370,12 +370,6 @@ fn count(counts: &mut BTreeMap<String, u64>, key: &str, n: u64) {
 const FIRST_AT_BOUNDARIES: usize = 1;
 const RETRY_AT_BOUNDARIES: usize = 4;
 
-/// Whether an ASCII word boundary (`(?-u:\b)`) holds at `at` in `hay`.
-fn word_boundary(hay: &[u8], at: usize) -> bool {
-    let word = |i: usize| hay.get(i).is_some_and(|&b| detectors::is_word(b));
-    at.checked_sub(1).is_some_and(word) != word(at)
-}
-
 impl Masker {
     pub fn new(
         detectors: Vec<Arc<Detector>>,
@@ -536,7 +530,7 @@ impl Masker {
             while at <= span.hi {
                 let anchored = boundaries > 0;
                 if anchored {
-                    let Some(next) = (at..=span.hi).find(|&i| word_boundary(hay, i)) else {
+                    let Some(next) = (at..=span.hi).find(|&i| detectors::boundary(hay, i)) else {
                         break;
                     };
                     at = next;

@@ -167,6 +167,12 @@ fn starts_word(hay: &[u8], at: usize) -> bool {
     at == 0 || !is_word(hay[at - 1])
 }
 
+/// Whether `\b` holds at `at`: a word byte on one side of it and not on the other.
+pub(crate) fn boundary(hay: &[u8], at: usize) -> bool {
+    let word = |i: usize| hay.get(i).is_some_and(|&b| is_word(b));
+    at.checked_sub(1).is_some_and(word) != word(at)
+}
+
 /// Whether `\b` holds after `hay[at - 1]`, a word byte.
 fn ends_word(hay: &[u8], at: usize) -> bool {
     hay.get(at).is_none_or(|b| !is_word(*b))
@@ -452,12 +458,10 @@ fn jwt_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
 /// the top-level domain is tried after each count down to none, and it is the letters at
 /// the start of the label there, when a byte that ends a word follows them.
 fn email_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
-    let boundary =
-        |i: usize| (i > 0 && is_word(hay[i - 1])) != hay.get(i).is_some_and(|b| is_word(*b));
     let local = run(hay, at, end, 65, |b| {
         b.is_ascii_alphanumeric() || b"._%+-".contains(&b)
     });
-    if !((1..=64).contains(&local) && literal_at(hay, at + local, end, b"@") && boundary(at)) {
+    if !((1..=64).contains(&local) && literal_at(hay, at + local, end, b"@") && boundary(hay, at)) {
         return None;
     }
     let label = |b: u8| b.is_ascii_alphanumeric() || b == b'-';
