@@ -51,14 +51,20 @@ impl Validator {
             // A dotted quad after `v`, `version`, `build`, … is a version, not an address.
             Self::Ipv4 => {
                 let before = &hay[start.saturating_sub(LOOK_BEHIND)..start];
-                let before = String::from_utf8_lossy(before).to_ascii_lowercase();
-                let word = before.trim_end_matches([' ', '=', ':']);
+                let signs = before
+                    .iter()
+                    .rev()
+                    .take_while(|b| matches!(b, b' ' | b'=' | b':'))
+                    .count();
+                let word = &before[..before.len() - signs];
                 !(["v", "ver", "version", "build", "release", "rev", "firmware"]
                     .iter()
                     .any(|w| {
-                        word.ends_with(w)
+                        word.len() >= w.len()
+                            && word[word.len() - w.len()..].eq_ignore_ascii_case(w.as_bytes())
                             && !word[..word.len() - w.len()]
-                                .ends_with(|c: char| c.is_ascii_alphanumeric())
+                                .last()
+                                .is_some_and(u8::is_ascii_alphanumeric)
                     }))
                     && self.accepts(value)
             }
@@ -1181,8 +1187,17 @@ fn luhn(digits: &[u32]) -> bool {
 }
 
 fn iban(value: &[u8]) -> bool {
-    let compact: Vec<u8> = value.iter().copied().filter(|b| *b != b' ').collect();
-    if !(15..=34).contains(&compact.len()) {
+    let mut buf = [0u8; 34];
+    let mut len = 0;
+    for &b in value.iter().filter(|b| **b != b' ') {
+        if len == buf.len() {
+            return false;
+        }
+        buf[len] = b;
+        len += 1;
+    }
+    let compact = &buf[..len];
+    if len < 15 {
         return false;
     }
     let rearranged = compact[4..].iter().chain(&compact[..4]);
@@ -1208,8 +1223,10 @@ fn us_ssn(value: &[u8]) -> bool {
     let Ok(value) = std::str::from_utf8(value) else {
         return false;
     };
-    let parts: Vec<&str> = value.split('-').collect();
-    let [area, group, serial] = parts[..] else {
+    let mut parts = value.split('-');
+    let (Some(area), Some(group), Some(serial), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
     let (Ok(a), Ok(g), Ok(s)) = (
@@ -1291,8 +1308,31 @@ mod tests {
         for bad in ["000-12-3456", "666-12-3456", "900-12-3456", "078-05-1120"] {
             assert!(!us_ssn(bad.as_bytes()), "{bad}");
         }
+        assert!(!us_ssn(b"219-09-9998-1"));
+        assert!(!us_ssn(b"219-099998"));
+        assert!(!iban(b"GB82 WEST 1234 5698 7654 32 1111 1111 1"));
         assert!(high_entropy(b"q8Zr3kP0vX7mW2tL"));
         assert!(!high_entropy(b"changeme-changeme"));
+        // A dotted quad after a version word is a version (the word may be cut, the bytes
+        // before it need not be UTF-8).
+        let ipv4 = |text: &[u8]| {
+            let at = text.len() - "10.20.30.40".len();
+            Validator::Ipv4.accepts_in(text, at, text.len())
+        };
+        assert!(ipv4(b"at 10.20.30.40"));
+        assert!(ipv4(b"10.20.30.40"));
+        assert!(ipv4(b"prev 10.20.30.40"));
+        assert!(ipv4(b"\xffv2 10.20.30.40"));
+        for version in [
+            &b"version 10.20.30.40"[..],
+            b"Version: 10.20.30.40",
+            b"rev=10.20.30.40",
+            b"\xffv 10.20.30.40",
+            b"our FIRMWARE 10.20.30.40",
+            b"v10.20.30.40",
+        ] {
+            assert!(!ipv4(version), "{}", String::from_utf8_lossy(version));
+        }
     }
 
     #[test]
