@@ -597,10 +597,9 @@ impl Masker {
         if spans.is_empty() {
             return from.max(settle);
         }
-        // Per detector: its candidate (none yet; none left; one) and the first of its spans
-        // not passed for good.
-        // A detector without spans has none left from the start. The loop below runs once
-        // per finding over every detector, so it reads the spans only to search.
+        // Per detector: its candidate (none yet; none left, from the start for a detector
+        // without spans; one) and the first of its spans not passed for good. The loop below
+        // runs once per finding over every detector, so it reads the spans only to search.
         let mut cache: Vec<(Option<Option<Candidate>>, usize)> = (0..self.detectors.len())
             .map(|index| (spans.of(index).is_empty().then_some(None), 0))
             .collect();
@@ -726,14 +725,12 @@ impl Masker {
         let mut at = from;
         // Counted per detector here and added to the session's map once: a map lookup per
         // finding compared detector names, 4% of masking dense text.
-        let mut tally = vec![
-            0;
-            if findings.is_empty() {
-                0
-            } else {
-                self.detectors.len()
-            }
-        ];
+        let detectors = if findings.is_empty() {
+            0
+        } else {
+            self.detectors.len()
+        };
+        let mut tally = vec![0; detectors];
         for finding in findings {
             out.extend_from_slice(&text[at..finding.start]);
             let detector = &self.detectors[finding.detector];
