@@ -151,16 +151,18 @@ pub struct Detector {
     pub word_start: bool,
     /// Where the value lies in a match.
     pub value: Value,
-    /// Finds the pattern's matches by hand (built-in patterns of a fixed shape).
+    /// Finds the pattern's matches by hand (16 of the 20 built-in patterns).
     pub matcher: Option<Matcher>,
 }
 
-/// A hand-written matcher for a pattern of fixed shape: the end of the match the pattern has
-/// that starts at `at` and ends by `end`, if there is one (its `\b` sees the bytes beyond
-/// both, as the regex's does). A regex call costs a tenth of a microsecond or more however
-/// short the text, and the shape detectors make one for every chain of digits their
-/// trigger finds; these formats are checked in nanoseconds. A property test holds each to
-/// its pattern, at every start and bound (`matchers_find_what_their_patterns_find`).
+/// A hand-written matcher for a built-in pattern: the end of the match the pattern has that
+/// starts at `at` and ends by `end`, if there is one (its `\b` sees the bytes beyond both, as
+/// the regex's does). A regex call costs a tenth of a microsecond or more however short the
+/// text: the shape detectors make one for every chain of digits their trigger finds, the
+/// others one per value on dense text. Each matcher walks its pattern's syntax with the
+/// regex's leftmost-first, greedy semantics; property tests hold each to its pattern at every
+/// start and bound (`matchers_find_what_their_patterns_find`) and at its length bounds
+/// (`matchers_keep_their_patterns_length_bounds`).
 pub type Matcher = fn(hay: &[u8], at: usize, end: usize) -> Option<usize>;
 
 /// A byte of an ASCII word (`\w` without Unicode), what `(?-u:\b)` looks at.
@@ -627,9 +629,10 @@ fn phone_at(hay: &[u8], at: usize, end: usize) -> Option<usize> {
 /// Where the value (what is masked) lies in a match. A capture group costs a slower engine
 /// than the match alone: after the DFA has found the match, the bounded backtracker runs
 /// over it again (for `generic_secret`, whose key-name repetitions it backtracks through,
-/// about 0.5 µs a match, the most of any detector on dense text). Built-in patterns whose
-/// group sits at a place their syntax fixes have it found by hand in the match instead; a
-/// property test holds each to the group (`values_found_by_hand_are_the_groups`).
+/// about 0.5 µs a match, the most of any detector on dense text). Every built-in pattern
+/// with a group has it at a place its syntax fixes, found by hand in the match instead (only
+/// a custom detector's group is still searched for); a property test holds each to the group
+/// (`values_found_by_hand_are_the_groups`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value {
     /// The last capture group that took part, or the whole match when the pattern has none.
