@@ -5,6 +5,7 @@
 //! code that runs on the data path.
 
 pub mod detectors;
+pub mod json;
 pub mod sse;
 pub mod stream;
 mod trigger;
@@ -972,11 +973,11 @@ fn mask_json_in_place(
             _ => None,
         })
         .collect::<Option<_>>()?;
-    // A JSON document is UTF-8. Checked once here (mostly ASCII: the fast path), the text is
-    // read by serde_json without checking each string again, and a value's text is a slice.
+    // A JSON document is UTF-8. Checked once here (mostly ASCII: the fast path), a value's
+    // text is a slice of it.
     let doc = std::str::from_utf8(body).ok()?;
-    // Validating the document also gives where its string values are (see `locate_values`).
-    let strings = locate_values(doc)?;
+    // Checking the document's grammar also gives where its string values are.
+    let strings = json::string_values(body)?;
     // One trigger pass over the whole document instead of one per string: a string value
     // (without escapes, so its bytes are its text) is masked only when a trigger falls in
     // it; any other is one no masker would change.
@@ -1037,135 +1038,6 @@ fn mask_json_in_place(
         out.extend_from_slice(&body[copied..]);
         out
     }))
-}
-
-/// The string values of a JSON document (not its keys) as (opening quote, closing quote,
-/// has escapes), in order; `None` if it is not valid JSON. One pass of `serde_json` validates
-/// the document and gives each value without escapes as a slice of `body` (its place is
-/// where the slice starts); only a document with an escaped value is walked again to find
-/// the places of those.
-fn locate_values(body: &str) -> Option<Vec<(usize, usize, bool)>> {
-    let mut values = Values {
-        body: body.as_bytes(),
-        found: Vec::new(),
-        escaped: false,
-    };
-    let mut de = serde_json::Deserializer::from_str(body);
-    serde::de::DeserializeSeed::deserialize(&mut values, &mut de).ok()?;
-    de.end().ok()?;
-    if values.escaped {
-        walk_values(body.as_bytes(), values.found.len() + 1)
-    } else {
-        Some(values.found)
-    }
-}
-
-/// [`locate_values`] for a valid document, by its bytes: in a valid document every `"`
-/// outside a string opens one, and a string followed by `:` is a key.
-fn walk_values(body: &[u8], capacity: usize) -> Option<Vec<(usize, usize, bool)>> {
-    let mut strings = Vec::with_capacity(capacity);
-    let mut at = 0;
-    while let Some(found) = memchr::memchr(b'"', &body[at..]) {
-        let open = at + found;
-        let mut close = open + 1;
-        let mut escaped = false;
-        loop {
-            close += memchr::memchr2(b'"', b'\\', &body[close..])?;
-            if body[close] == b'"' {
-                break;
-            }
-            escaped = true;
-            close += 2;
-        }
-        at = close + 1;
-        let is_key = body[at..]
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|b| *b == b':');
-        if !is_key {
-            strings.push((open, close, escaped));
-        }
-    }
-    Some(strings)
-}
-
-/// What [`locate_values`] collects while `serde_json` reads a document.
-struct Values<'a> {
-    /// The document: a borrowed value's place is its address minus the document's.
-    body: &'a [u8],
-    found: Vec<(usize, usize, bool)>,
-    /// A value's place is not known: it had escapes (`serde_json` handed it over decoded),
-    /// so the byte walk finds the places.
-    escaped: bool,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for &mut Values<'_> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
-        de.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for &mut Values<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
-        let start = (v.as_ptr() as usize).wrapping_sub(self.body.as_ptr() as usize);
-        let end = start.wrapping_add(v.len());
-        // A string token of the document, between its quotes; anything else (a number handed
-        // over as text by a serde_json feature) leaves the places to the byte walk.
-        if start >= 1
-            && self.body.get(start - 1) == Some(&b'"')
-            && self.body.get(end) == Some(&b'"')
-        {
-            self.found.push((start - 1, end, false));
-        } else {
-            self.escaped = true;
-        }
-        Ok(())
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        self.escaped = true;
-        Ok(())
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(&mut *self)?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
-            map.next_value_seed(&mut *self)?;
-        }
-        Ok(())
-    }
 }
 
 /// Whether a trigger of any masker may start inside `piece`. Pieces come in order of
@@ -1330,33 +1202,6 @@ mod tests {
             .into_owned();
         assert_eq!(out, "write to [TOKEN:EMAIL:1] and [TOKEN:EMAIL:1]");
         assert_eq!(c.restore("sent to [TOKEN:EMAIL:1]"), "sent to a@b.io");
-    }
-
-    #[test]
-    fn values_located_while_validating_are_those_the_byte_walk_finds() {
-        let docs: &[&[u8]] = &[
-            br#"{"a":"x","b":[1,"y",{"c":"z"}],"d":null,"e":"","f":true}"#,
-            br#"[ "one" , { "k" : "v" } , "two" , -1.5e3 ]"#,
-            br#""just a string""#,
-            br#"{"nested":{"deeper":{"k":"v w"}},"list":["a","b"],"k2":"k2:v"}"#,
-            "{\"é\":\"ü €\",\"n\":0}".as_bytes(),
-        ];
-        for doc in docs {
-            assert_eq!(
-                locate_values(std::str::from_utf8(doc).unwrap()),
-                walk_values(doc, 0),
-                "{}",
-                String::from_utf8_lossy(doc)
-            );
-        }
-        // An escaped value: the walk gives every place, with the escape noted.
-        let doc = r#"{"a":"x\"y","b":"plain"}"#;
-        assert_eq!(
-            locate_values(doc),
-            Some(vec![(5, 10, true), (16, 22, false)])
-        );
-        assert_eq!(locate_values(r#"{"a":"x""#), None);
-        assert_eq!(locate_values(r#"{"a":"x"} trailing"#), None);
     }
 
     #[test]
