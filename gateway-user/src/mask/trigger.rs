@@ -740,9 +740,12 @@ fn hex_colon_run(hay: &[u8], from: usize, at: usize) -> Range<usize> {
 }
 
 /// Whether a run of hex digits and colons can hold an IPv6 address that parses: without a
-/// dotted tail, one has `::` or eight groups (seven colons).
+/// dotted tail, one has `::` or eight groups (seven colons). Seven colons without two
+/// together take 13 bytes, so a shorter run (a JSON key's colon before a number) is not
+/// counted.
 fn ipv6_shaped(run: &[u8]) -> bool {
-    run.windows(2).any(|pair| pair == b"::") || memchr::memchr_iter(b':', run).count() >= 7
+    run.windows(2).any(|pair| pair == b"::")
+        || (run.len() >= 13 && run.iter().filter(|&&b| b == b':').count() >= 7)
 }
 
 #[cfg(test)]
@@ -1057,6 +1060,8 @@ mod tests {
         assert!(ipv6_shaped(b"fe80::1"));
         assert!(ipv6_shaped(b"2001:db8:85a3:0:0:8a2e:370:7334"));
         assert!(!ipv6_shaped(b"10:42:17"));
+        assert!(ipv6_shaped(b"1:2:3:4:5:6:7:8"));
+        assert!(!ipv6_shaped(b"1:2:3:4:5:6:78"));
         assert!(hex_pairs(b" 00:1a:2b:3c:4d:5e", 0, 3));
         assert!(!hex_pairs(b"x00:1a:2b:3c:4d:5e", 0, 3));
         assert!(country_code(b"to GB82 WEST", 0, 5));
