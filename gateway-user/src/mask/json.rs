@@ -4,10 +4,9 @@
 //! masked as text, so that nothing outside a string can hold an unmasked value), and where
 //! its string values are. `serde_json` gives both, but reads every number, key and string as
 //! a value, a third of the time of masking an API's list of records. This scanner only
-//! checks the grammar of RFC 8259: strings are skipped sixteen bytes at a time up to a `"`, `\`
-//! or control character,
-//! numbers and literals by their bytes, containers with a stack instead of recursion (so any
-//! depth is read).
+//! checks the grammar of RFC 8259: strings are skipped sixteen bytes at a time up to a `"`,
+//! `\` or control character, numbers and literals are read by their bytes, and containers
+//! are kept on a stack instead of recursion (so any depth is read).
 //!
 //! It may accept a document `serde_json` rejects only where the grammar is met and a value is
 //! out of `serde_json`'s range (a number like `1e999`, a nesting deeper than 128): such a
