@@ -129,21 +129,9 @@ fn string(body: &[u8], open: usize) -> Option<(usize, bool)> {
 fn special(body: &[u8], mut at: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     while let Some(chunk) = body.get(at..at + 16) {
-        use std::arch::x86_64::{
-            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
-            _mm_set1_epi8,
-        };
-        // SAFETY: an unaligned load of the 16 bytes `chunk` holds; SSE2 is part of every
-        // x86-64 target.
-        let found = unsafe {
-            let v = _mm_loadu_si128(chunk.as_ptr().cast());
-            let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"'.cast_signed()));
-            let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\'.cast_signed()));
-            // max(v, 0x1F) == 0x1F exactly when v <= 0x1F (unsigned).
-            let low = _mm_set1_epi8(0x1F);
-            let control = _mm_cmpeq_epi8(_mm_max_epu8(v, low), low);
-            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control))
-        };
+        use super::trigger::sse2::{at_most, bits, equal, load, or};
+        let v = load(chunk);
+        let found = bits(or(or(equal(v, b'"'), equal(v, b'\\')), at_most(v, 0x1F)));
         if found != 0 {
             return Some(at + found.trailing_zeros() as usize);
         }

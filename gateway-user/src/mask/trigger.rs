@@ -625,12 +625,12 @@ fn hex_and_colons(chunk: &[u8]) -> (u32, u32) {
 }
 
 /// Byte classes of 16 bytes at once with SSE2, which every x86-64 CPU has: a lane is all ones
-/// where the byte is in the class.
+/// where the byte is in the class. Also the JSON scanner's (`mask::json`).
 #[cfg(target_arch = "x86_64")]
-mod sse2 {
+pub(super) mod sse2 {
     use std::arch::x86_64::{
-        __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8,
-        _mm_or_si128, _mm_set1_epi8,
+        __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_max_epu8,
+        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
 
     /// The first 16 bytes of `chunk`.
@@ -661,6 +661,15 @@ mod sse2 {
     pub fn equal(v: __m128i, byte: u8) -> __m128i {
         // SAFETY: SSE2.
         unsafe { _mm_cmpeq_epi8(v, _mm_set1_epi8(i8::from_ne_bytes([byte]))) }
+    }
+
+    /// Bytes up to `byte` (unsigned): `max(v, byte) == byte` exactly there.
+    pub fn at_most(v: __m128i, byte: u8) -> __m128i {
+        // SAFETY: SSE2.
+        unsafe {
+            let bound = _mm_set1_epi8(i8::from_ne_bytes([byte]));
+            _mm_cmpeq_epi8(_mm_max_epu8(v, bound), bound)
+        }
     }
 
     pub fn or(a: __m128i, b: __m128i) -> __m128i {
@@ -745,7 +754,7 @@ fn hex_colon_run(hay: &[u8], from: usize, at: usize) -> Range<usize> {
 /// counted.
 fn ipv6_shaped(run: &[u8]) -> bool {
     run.windows(2).any(|pair| pair == b"::")
-        || (run.len() >= 13 && run.iter().filter(|&&b| b == b':').count() >= 7)
+        || (run.len() >= 13 && memchr::memchr_iter(b':', run).count() >= 7)
 }
 
 #[cfg(test)]
