@@ -96,24 +96,49 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Whether a header's value is a secret and is recorded as `[REDACTED]`.
+/// Whether a header's value is a secret and is recorded as `[REDACTED]`: the credential
+/// headers, names that contain `api-key`, `apikey`, `token`, `secret` or `password` or end
+/// in `-key` (any case), and the target's credential header `extra`.
+///
+/// Called for every header of every recorded message, so it reads the name's bytes once
+/// instead of searching it for each word (five substring searches were 1% of the daemon's
+/// CPU at `record = "full"`).
 pub fn is_secret_header(name: &str, extra: Option<&str>) -> bool {
-    // Header names from hyper are already lowercase: no copy on the hot path.
-    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(name.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(name)
+    const WHOLE: [&[u8]; 4] = [
+        b"authorization",
+        b"proxy-authorization",
+        b"cookie",
+        b"set-cookie",
+    ];
+    let name = name.as_bytes();
+    let word_at = |i: usize| {
+        let rest = &name[i..];
+        let is =
+            |word: &[u8]| rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
+        match rest[0].to_ascii_lowercase() {
+            b'a' => is(b"api-key") || is(b"apikey"),
+            b't' => is(b"token"),
+            b's' => is(b"secret"),
+            b'p' => is(b"password"),
+            _ => false,
+        }
     };
-    matches!(
-        &*name,
-        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
-    ) || name.contains("api-key")
-        || name.contains("apikey")
-        || name.contains("token")
-        || name.contains("secret")
-        || name.contains("password")
-        || name.ends_with("-key")
-        || extra.is_some_and(|e| e.eq_ignore_ascii_case(&name))
+    WHOLE.iter().any(|w| name.eq_ignore_ascii_case(w))
+        || (0..name.len()).any(word_at)
+        || (name.len() >= 4 && name[name.len() - 4..].eq_ignore_ascii_case(b"-key"))
+        || extra.is_some_and(|e| e.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// An HTTP version as recorded: its `Debug` form (`HTTP/1.1`), without formatting it.
+fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "unknown",
+    }
 }
 
 /// Writes `"headers":{…}` as recorded: secrets (and the credential header `extra`) as
@@ -953,7 +978,7 @@ impl HttpSession {
                 data.field("method", method.as_str())
                     .field("path", &recorded_path)
                     .field("host", &host)
-                    .field("version", &format!("{:?}", request.version()));
+                    .field("version", version_name(request.version()));
                 recorded_headers(data, request.headers(), credential_header, request_masks);
             })
             .await;
@@ -1286,6 +1311,84 @@ mod tests {
         assert_eq!(json["cookie"], "[REDACTED]");
         assert_eq!(json["x-vault"], "[REDACTED]");
         assert_eq!(json["x-custom"], "v");
+    }
+
+    /// The definition `is_secret_header` reads bytes for: lower-case the name, then search it.
+    fn secret_by_search(name: &str, extra: Option<&str>) -> bool {
+        let name = name.to_ascii_lowercase();
+        matches!(
+            name.as_str(),
+            "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+        ) || ["api-key", "apikey", "token", "secret", "password"]
+            .iter()
+            .any(|w| name.contains(w))
+            || name.ends_with("-key")
+            || extra.is_some_and(|e| e.eq_ignore_ascii_case(&name))
+    }
+
+    #[test]
+    fn secret_header_names_match_their_definition() {
+        let names = [
+            "authorization",
+            "Proxy-Authorization",
+            "cookie",
+            "Set-Cookie",
+            "cookies",
+            "x-api-key",
+            "X-Goog-Api-Key",
+            "apikey",
+            "x-apikeys",
+            "api-ke",
+            "x-auth-token",
+            "TOKEN",
+            "tok",
+            "x-secret-id",
+            "secre",
+            "password",
+            "x-passwor",
+            "-key",
+            "key",
+            "x-key",
+            "monkey",
+            "x-vault",
+            "accept",
+            "",
+            "a",
+            "p",
+            "ts",
+            "authorizatio",
+        ];
+        for name in names {
+            for extra in [None, Some("X-Vault"), Some("")] {
+                assert_eq!(
+                    is_secret_header(name, extra),
+                    secret_by_search(name, extra),
+                    "{name:?} {extra:?}"
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn secret_header_names_match_their_definition_on_generated_names(
+            name in "[-a-zA-Z]{0,6}(api-key|apikey|token|secret|password|-key|cookie|authorization|key|pass|apike)?[-a-zA-Z]{0,4}",
+        ) {
+            proptest::prop_assert_eq!(is_secret_header(&name, None), secret_by_search(&name, None));
+        }
+    }
+
+    #[test]
+    fn versions_are_recorded_as_their_debug_form() {
+        for v in [
+            http::Version::HTTP_09,
+            http::Version::HTTP_10,
+            http::Version::HTTP_11,
+            http::Version::HTTP_2,
+            http::Version::HTTP_3,
+        ] {
+            assert_eq!(version_name(v), format!("{v:?}"));
+        }
     }
 
     #[test]
