@@ -448,6 +448,10 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         // attached, so removing them is enough.
         std::fs::remove_dir_all(&pin_dir)
             .map_err(|e| AppError::Redirect(RedirectError::Unpin(pin_dir.clone(), e)))?;
+        // The root shared by every instance on the host goes with the last one's pins.
+        if let Some(root) = pin_dir.parent() {
+            let _ = std::fs::remove_dir(root);
+        }
         tracing::info!("programs detached and pins removed (--detach-on-exit)");
     } else {
         tracing::info!("programs stay attached: governed connects fail until the daemon is back");

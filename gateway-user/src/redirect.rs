@@ -325,8 +325,20 @@ impl Redirector {
         cgroup2: &Path,
         listen_port: u16,
     ) -> Result<(Self, Option<aya_log::EbpfLogger<&'static dyn log::Log>>), RedirectError> {
-        fs::create_dir_all(pin_dir.join("links"))
-            .map_err(|e| RedirectError::PinDir(pin_dir.to_path_buf(), e))?;
+        // An instance leaving with `--detach-on-exit` removes the shared `react-gateway/` root
+        // once it is empty, maybe between our making it and our subdirectory: make it again.
+        let links = pin_dir.join("links");
+        let mut made = fs::create_dir_all(&links);
+        for _ in 0..3 {
+            if !made
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            {
+                break;
+            }
+            made = fs::create_dir_all(&links);
+        }
+        made.map_err(|e| RedirectError::PinDir(pin_dir.to_path_buf(), e))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(EBPF_OBJECT)?;

@@ -366,7 +366,11 @@ impl Drop for Gateway {
         let pin_dir = self.pin_dir();
         self.stop(libc::SIGTERM);
         if let Some(pin_dir) = pin_dir {
-            let _ = std::fs::remove_dir_all(pin_dir);
+            let _ = std::fs::remove_dir_all(&pin_dir);
+            // `react-gateway/` itself, unless another instance still has pins in it.
+            if let Some(root) = pin_dir.parent() {
+                let _ = std::fs::remove_dir(root);
+            }
         }
         remove_cgroup_tree(&self.cgroup_dir());
         let _ = std::fs::remove_dir_all(&self.state);

@@ -513,6 +513,10 @@ pub fn remove_instance(state: &Path, cgroup: &str) {
             .map(|p| p.trim_end_matches(['"', ',']))
     {
         let _ = std::fs::remove_dir_all(pin_dir);
+        // `react-gateway/` itself, unless another instance still has pins in it.
+        if let Some(root) = Path::new(pin_dir).parent() {
+            let _ = std::fs::remove_dir(root);
+        }
     }
     if let Some(mount) = cgroup2_mount() {
         remove_cgroup_tree(&mount.join(cgroup));
