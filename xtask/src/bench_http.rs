@@ -155,6 +155,30 @@ pub(crate) fn wait_port(addr: &str) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the daemon of `state` answers `status` (its programs attached, its proxy
+/// listening). Connecting to its port instead would be logged as a connection without an
+/// original destination.
+pub(crate) fn wait_daemon(state: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answered = Command::new(daemon_bin())
+            .arg("--state-dir")
+            .arg(state)
+            .arg("status")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if answered {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the daemon of {} did not come up", state.display());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Starts the release daemon for a benchmark (logs at `warn`), stopped by PID on drop.
 /// Prints runs as a table: requests/s, latency, errors and the ratio to `reference` req/s.
 fn print_table<'a>(
@@ -348,7 +372,7 @@ strategy = "redact"
         cgroup: cgroup.clone(),
         dir: dir.clone(),
     };
-    wait_port(&format!("127.0.0.1:{gw_port}"))?;
+    wait_daemon(&state)?;
     thread::sleep(Duration::from_millis(500));
     let daemon_pid = daemon.id();
     let node_ca = state.join("ca.pem");

@@ -25,7 +25,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    bench_http::{Cleanup, bin, loadgen, spawn_daemon, wait_port},
+    bench_http::{Cleanup, bin, loadgen, spawn_daemon, wait_daemon},
     util::{daemon_bin, free_port, mock_upstream, wait_drained},
 };
 
@@ -275,7 +275,7 @@ action = "record"
         cgroup,
         dir: state.clone(),
     };
-    wait_port(&format!("127.0.0.1:{gw_port}"))?;
+    wait_daemon(&state)?;
     thread::sleep(Duration::from_millis(500));
     let rg = daemon_bin();
     let governed = [
