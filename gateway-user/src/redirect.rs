@@ -328,16 +328,13 @@ impl Redirector {
         // An instance leaving with `--detach-on-exit` removes the shared `react-gateway/` root
         // once it is empty, maybe between our making it and our subdirectory: make it again.
         let links = pin_dir.join("links");
-        let mut made = fs::create_dir_all(&links);
-        for _ in 0..3 {
-            if !made
-                .as_ref()
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-            {
-                break;
+        let mut retries = 3;
+        let made = loop {
+            match fs::create_dir_all(&links) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && retries > 0 => retries -= 1,
+                made => break made,
             }
-            made = fs::create_dir_all(&links);
-        }
+        };
         made.map_err(|e| RedirectError::PinDir(pin_dir.to_path_buf(), e))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)

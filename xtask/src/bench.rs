@@ -86,19 +86,13 @@ impl Daemon {
             .stderr(Stdio::inherit())
             .spawn()
             .context("start react-gateway")?;
-        let daemon = Self {
+        let mut daemon = Self {
             state,
             cgroup,
             port,
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !daemon.cli(&["status"]).is_ok() {
-            if Instant::now() > deadline {
-                bail!("daemon did not come up");
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        crate::util::wait_daemon(&daemon.state, &mut daemon.child)?;
         Ok(daemon)
     }
 

@@ -29,7 +29,9 @@ use serde_json::Value;
 
 use crate::{
     demo::remove_instance,
-    util::{Spawned, daemon_bin, free_port, mock_upstream, wait_drained, workspace_root},
+    util::{
+        Spawned, daemon_bin, free_port, mock_upstream, wait_daemon, wait_drained, workspace_root,
+    },
 };
 
 const SECONDS: &str = "5";
@@ -153,30 +155,6 @@ pub(crate) fn wait_port(addr: &str) -> Result<()> {
         thread::sleep(Duration::from_millis(50));
     }
     Ok(())
-}
-
-/// Waits until the daemon of `state` answers `status` (its programs attached, its proxy
-/// listening). Connecting to its port instead would be logged as a connection without an
-/// original destination.
-pub(crate) fn wait_daemon(state: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let answered = Command::new(daemon_bin())
-            .arg("--state-dir")
-            .arg(state)
-            .arg("status")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if answered {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the daemon of {} did not come up", state.display());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Starts the release daemon for a benchmark (logs at `warn`), stopped by PID on drop.
@@ -366,13 +344,13 @@ strategy = "redact"
     )?;
     let state = dir.join("state");
     let cgroup = format!("react-gateway-bench-http-{id}");
-    let daemon = spawn_daemon(&state, &cgroup, gw_port, &dir.join("policies"))?;
+    let mut daemon = spawn_daemon(&state, &cgroup, gw_port, &dir.join("policies"))?;
     let _cleanup = Cleanup {
         state: state.clone(),
         cgroup: cgroup.clone(),
         dir: dir.clone(),
     };
-    wait_daemon(&state)?;
+    wait_daemon(&state, &mut daemon.0)?;
     thread::sleep(Duration::from_millis(500));
     let daemon_pid = daemon.id();
     let node_ca = state.join("ca.pem");

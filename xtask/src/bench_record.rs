@@ -25,8 +25,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    bench_http::{Cleanup, bin, loadgen, spawn_daemon, wait_daemon},
-    util::{daemon_bin, free_port, mock_upstream, wait_drained},
+    bench_http::{Cleanup, bin, loadgen, spawn_daemon},
+    util::{daemon_bin, free_port, mock_upstream, wait_daemon, wait_drained},
 };
 
 const SESSIONS: &str = "1000000";
@@ -269,13 +269,13 @@ action = "record"
     )?;
     let state = dir.join("state");
     let cgroup = format!("react-gateway-bench-record-{id}");
-    let daemon = spawn_daemon(&state, &cgroup, gw_port, &dir.join("policies"))?;
+    let mut daemon = spawn_daemon(&state, &cgroup, gw_port, &dir.join("policies"))?;
     let _cleanup = Cleanup {
         state: state.clone(),
         cgroup,
         dir: state.clone(),
     };
-    wait_daemon(&state)?;
+    wait_daemon(&state, &mut daemon.0)?;
     thread::sleep(Duration::from_millis(500));
     let rg = daemon_bin();
     let governed = [

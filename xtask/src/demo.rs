@@ -9,7 +9,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     thread,
     time::{Duration, Instant},
 };
@@ -55,30 +55,13 @@ impl Demo {
             .stderr(log)
             .spawn()
             .context("cannot start react-gateway")?;
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self
-                .cli()
-                .arg("status")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                return Ok(());
-            }
-            if let Some(child) = self.daemon.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                bail!(
-                    "react-gateway exited ({status}); log: {}",
-                    std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        bail!("react-gateway did not come up within 20 s")
+        let child = self.daemon.insert(child);
+        crate::util::wait_daemon(&self.state, child).with_context(|| {
+            format!(
+                "log: {}",
+                std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default()
+            )
+        })
     }
 
     /// Waits until the daemon enforces a policy loaded from a file whose name contains `file`.

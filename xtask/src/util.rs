@@ -159,6 +159,33 @@ pub fn mock_upstream(
     Ok(child)
 }
 
+/// Waits until the daemon started on `state` answers `status` (its programs attached, its
+/// proxy listening); fails at once if `daemon` exited, or after 20 s. (Connecting to its
+/// port instead would be logged as a connection without an original destination.)
+pub fn wait_daemon(state: &std::path::Path, daemon: &mut std::process::Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answered = Command::new(daemon_bin())
+            .arg("--state-dir")
+            .arg(state)
+            .arg("status")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if answered {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = daemon.try_wait() {
+            bail!("react-gateway exited ({status})");
+        }
+        if Instant::now() > deadline {
+            bail!("react-gateway did not come up within 20 s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until the daemon's recorder has written everything queued; returns the seconds it took.
 pub fn wait_drained(state: &std::path::Path) -> Result<f64> {
     let started = Instant::now();
