@@ -137,7 +137,9 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&sessions)?);
             } else {
-                print_sessions(&sessions)?;
+                std::io::stdout()
+                    .lock()
+                    .write_all(sessions_table(&sessions).as_bytes())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -513,10 +515,13 @@ fn print_status(data: &serde_json::Value) {
                 .join(", "))
             .unwrap_or_default()
     );
+    // In record-only mode the version is that word too: said once.
+    let (mode, version) = (get("/policy/mode"), get("/policy/version"));
     println!(
-        "  policy      {} {} from {} ({} file(s), loaded {}, {} reload(s))",
-        get("/policy/mode"),
-        get("/policy/version"),
+        "  policy      {mode}{} from {} ({} file(s), loaded {}, {} reload(s))",
+        Some(format!(" {version}"))
+            .filter(|_| version != mode)
+            .unwrap_or_default(),
         get("/policy/dir"),
         data.pointer("/policy/files")
             .and_then(|f| f.as_array())
@@ -578,42 +583,82 @@ fn print_status(data: &serde_json::Value) {
     );
 }
 
-fn print_sessions(sessions: &[Session]) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<26}  {:<23}  {:<32}  {:<22}  {:<8}  {:<8}  {:>10}  {:>10}",
-        "ID", "STARTED", "IDENTITY", "DESTINATION", "PROTO", "OUTCOME", "UP", "DOWN"
-    )?;
-    for s in sessions {
-        let who = format!(
-            "{} {}",
-            s.identity.cgroup.as_deref().unwrap_or("-"),
-            s.identity
-                .exe
-                .as_deref()
-                .and_then(|e| e.rsplit('/').next())
-                .or(s.identity.comm.as_deref())
-                .unwrap_or("-")
-        );
-        let dst = match s.destination.ip {
-            std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", s.destination.port),
-            ip @ std::net::IpAddr::V4(_) => format!("{ip}:{}", s.destination.port),
-        };
-        writeln!(
-            out,
-            "{:<26}  {:<23}  {:<32}  {:<22}  {:<8}  {:<8}  {:>10}  {:>10}",
-            s.id,
-            s.started_at.get(..23).unwrap_or(&s.started_at),
-            who,
-            dst,
-            s.protocol.as_str(),
-            s.outcome.map_or("open", Outcome::as_str),
-            s.bytes_up,
-            s.bytes_down
-        )?;
+/// The `sessions list` table: each column as wide as its widest cell, so long cgroup paths
+/// and IPv6 destinations do not push the columns after them out of line.
+fn sessions_table(sessions: &[Session]) -> String {
+    const HEAD: [&str; 9] = [
+        "ID",
+        "STARTED",
+        "IDENTITY",
+        "DESTINATION",
+        "TARGET",
+        "PROTO",
+        "OUTCOME",
+        "UP",
+        "DOWN",
+    ];
+    let rows: Vec<[String; 9]> = sessions
+        .iter()
+        .map(|s| {
+            let who = format!(
+                "{} {}",
+                s.identity.cgroup.as_deref().unwrap_or("-"),
+                s.identity
+                    .exe
+                    .as_deref()
+                    .and_then(|e| e.rsplit('/').next())
+                    .or(s.identity.comm.as_deref())
+                    .unwrap_or("-")
+            );
+            let dst = match s.destination.ip {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", s.destination.port),
+                ip @ std::net::IpAddr::V4(_) => format!("{ip}:{}", s.destination.port),
+            };
+            [
+                s.id.clone(),
+                s.started_at.get(..23).unwrap_or(&s.started_at).to_string(),
+                who,
+                dst,
+                s.target.clone().unwrap_or_else(|| "-".into()),
+                s.protocol.as_str().to_string(),
+                s.outcome.map_or("open", Outcome::as_str).to_string(),
+                s.bytes_up.to_string(),
+                s.bytes_down.to_string(),
+            ]
+        })
+        .collect();
+    let mut width = HEAD.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
     }
-    Ok(())
+    let mut out = String::new();
+    let mut line = |cells: [&str; 9]| {
+        let start = out.len();
+        for (i, (cell, w)) in cells.iter().zip(width).enumerate() {
+            if i > 0 {
+                out.push_str("  ");
+            }
+            let pad = w - cell.chars().count();
+            // Byte counts right-aligned, the rest left-aligned.
+            if i >= 7 {
+                out.extend(std::iter::repeat_n(' ', pad));
+                out.push_str(cell);
+            } else {
+                out.push_str(cell);
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        let end = out[start..].trim_end().len() + start;
+        out.truncate(end);
+        out.push('\n');
+    };
+    line(HEAD);
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
+    out
 }
 
 fn print_session(s: &Session, events: &[Event]) {
@@ -807,4 +852,72 @@ fn run_cases(policy: &Policy, files: &[std::path::PathBuf], state: &StateDir) ->
         policy.version
     );
     u8::from(failed > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sessions_table_keeps_its_columns_in_line() {
+        let session = |cgroup: &str, ip: &str, target: Option<&str>, up: u64| Session {
+            id: gateway_user::session::new_id(),
+            started_at: "2026-12-07T13:44:28.569Z".into(),
+            ended_at: None,
+            identity: gateway_user::session::Identity {
+                cgroup: Some(cgroup.into()),
+                exe: Some("/usr/bin/python3.11".into()),
+                ..Default::default()
+            },
+            destination: gateway_user::session::Destination {
+                ip: ip.parse().unwrap(),
+                port: 8443,
+                host: None,
+            },
+            target: target.map(Into::into),
+            protocol: gateway_user::session::Protocol::Https,
+            tls: None,
+            bytes_up: up,
+            bytes_down: 7,
+            outcome: Some(Outcome::Ok),
+            rules: vec![],
+            masked: std::collections::BTreeMap::new(),
+            error: None,
+            policy_version: None,
+        };
+        let table = sessions_table(&[
+            session("/a", "127.0.0.2", None, 1),
+            session(
+                "/react-gateway/team-with-a-long-name/agent-12345",
+                "fd00:1234:5678:9abc::42",
+                Some("llm-api"),
+                1_234_567_890,
+            ),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        // Each column starts where its heading does, in every row.
+        for (heading, cell) in [
+            (
+                "DESTINATION",
+                ["127.0.0.2:8443", "[fd00:1234:5678:9abc::42]:8443"],
+            ),
+            ("TARGET", ["-", "llm-api"]),
+            ("PROTO", ["https", "https"]),
+        ] {
+            let at = lines[0].find(heading).unwrap();
+            for (line, cell) in lines[1..].iter().zip(cell) {
+                let rest = &line[at..];
+                assert!(
+                    rest.starts_with(cell) && rest[cell.len()..].starts_with(' '),
+                    "{heading}:\n{table}"
+                );
+            }
+        }
+        // Byte counts end where their heading ends.
+        let end = lines[0].find("UP").unwrap() + 2;
+        assert_eq!(&lines[2][end - 10..end], "1234567890", "{table}");
+        assert_eq!(&lines[1][end - 1..end], "1", "{table}");
+        assert!(lines.iter().all(|l| !l.ends_with(' ')));
+    }
 }
