@@ -180,6 +180,23 @@ print("BROKEN:" + str(r.status_code))
             "{rule}: {chat}"
         );
     }
+    // Replayed, the streamed answer reads as the text the model sent, as recorded: the
+    // agent's value as its placeholder again, the card redacted.
+    let out = gateway
+        .cli()
+        .args(["sessions", "replay", chat["id"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    let replay = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{replay}");
+    let stream = replay
+        .find("event stream:")
+        .unwrap_or_else(|| panic!("no stream text in the replay: {replay}"));
+    assert!(
+        replay[stream..].contains("[choice 0]")
+            && replay[stream..].contains("Mail [TOKEN:EMAIL:1] about card [REDACTED:CREDIT_CARD]"),
+        "{replay}"
+    );
     let masking: Vec<Value> = sessions
         .iter()
         .flat_map(|s| {

@@ -156,8 +156,14 @@ pub enum SessionsCommand {
     List(ListArgs),
     /// One session with its events.
     Show { id: String },
-    /// The session's transcript in order, with relative timing and bodies pretty-printed.
-    Replay { id: String },
+    /// The session's transcript in order, with relative timing and bodies pretty-printed (an
+    /// LLM's event stream as the text it streamed).
+    Replay {
+        id: String,
+        /// Show every body as recorded (an event stream event by event, JSON as sent).
+        #[arg(long)]
+        raw: bool,
+    },
     /// Re-scan recorded payloads with the current detectors; exit 1 if any value that should
     /// have been masked is in a recording.
     Verify(VerifyArgs),

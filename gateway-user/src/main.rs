@@ -143,12 +143,12 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sessions(SessionsCommand::Replay { id }) => {
+        Command::Sessions(SessionsCommand::Replay { id, raw }) => {
             let store = Store::open_existing(&store_url).await?;
             let Some((session, events)) = find_session(&store, &id).await? else {
                 return Ok(ExitCode::from(1));
             };
-            print!("{}", gateway_user::review::replay(&session, &events));
+            print!("{}", gateway_user::review::replay(&session, &events, raw));
             Ok(ExitCode::SUCCESS)
         }
         Command::Sessions(SessionsCommand::Verify(args)) => {

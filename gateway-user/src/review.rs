@@ -7,7 +7,7 @@ use std::{fmt::Write as _, sync::Arc, time::Duration};
 use serde_json::Value;
 
 use crate::{
-    mask::{Masker, Strategy, detectors},
+    mask::{Masker, Strategy, detectors, sse},
     policy::{Direction, Policy},
     session::{Event, Session},
 };
@@ -40,9 +40,16 @@ fn indent(text: &str, by: &str) -> String {
     })
 }
 
-/// A recorded body under its message's line: size, hash and the text, pretty-printed. The
-/// summary fields are `{prefix}size`, `{prefix}sha256`, …, the text is `body`.
-fn body_lines(line: &mut String, arrow: char, d: &serde_json::Map<String, Value>, prefix: &str) {
+/// A recorded body under its message's line: size, hash and the text, pretty-printed (or as
+/// recorded when `raw`). The summary fields are `{prefix}size`, `{prefix}sha256`, …, the text
+/// is `body`.
+fn body_lines(
+    line: &mut String,
+    arrow: char,
+    d: &serde_json::Map<String, Value>,
+    prefix: &str,
+    raw: bool,
+) {
     let field = |k: &str| d.get(&format!("{prefix}{k}"));
     let Some(size) = field("size").and_then(Value::as_u64) else {
         return;
@@ -62,15 +69,61 @@ fn body_lines(line: &mut String, arrow: char, d: &serde_json::Map<String, Value>
             .map(|h| format!(", sha256 {}", &h[..h.len().min(16)]))
             .unwrap_or_default()
     );
-    if let Some(body) = d.get("body").and_then(Value::as_str) {
-        line.push('\n');
-        line.push_str(indent(&pretty_body(body), "      | ").trim_end());
+    let Some(body) = d.get("body").and_then(Value::as_str) else {
+        return;
+    };
+    let stream = field("content_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| {
+            t.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
+    let shown = if raw {
+        body.to_string()
+    } else if let Some(text) = stream.then(|| sse::reassemble(body)).flatten() {
+        stream_text(&text)
+    } else {
+        pretty_body(body)
+    };
+    line.push('\n');
+    line.push_str(indent(&shown, "      | ").trim_end());
+}
+
+/// An LLM's event stream as what it streamed: each text stream whole, then the events that
+/// carried no text (`--raw` shows them all).
+fn stream_text(text: &sse::Reassembled) -> String {
+    let mut out = format!(
+        "event stream: {} events{}, the text of each stream joined (--raw: as recorded)\n",
+        text.events,
+        match text.unreadable {
+            0 => String::new(),
+            n => format!(" ({n} not JSON: cut by the recording limit?)"),
+        }
+    );
+    for (label, streamed) in &text.streams {
+        let _ = writeln!(out, "[{label}]");
+        out.push_str(&indent(streamed, "  "));
     }
+    if !text.other.is_empty() || text.done {
+        let other: Vec<String> = text
+            .other
+            .iter()
+            .map(|(name, n)| match n {
+                1 => name.clone(),
+                n => format!("{name} ×{n}"),
+            })
+            .chain(text.done.then(|| "[DONE]".to_string()))
+            .collect();
+        let _ = writeln!(out, "other events: {}", other.join(", "));
+    }
+    out
 }
 
 /// `sessions replay`: the transcript in order, with the time of each event relative to the
-/// session's start and bodies pretty-printed.
-pub fn replay(session: &Session, events: &[Event]) -> String {
+/// session's start and bodies pretty-printed (an LLM's event stream as the text it streamed),
+/// or as recorded when `raw`.
+pub fn replay(session: &Session, events: &[Event], raw: bool) -> String {
     let mut out = String::new();
     let who = session
         .identity
@@ -104,7 +157,7 @@ pub fn replay(session: &Session, events: &[Event]) -> String {
         let line = match event.kind.as_str() {
             "http_request" => {
                 let mut line = format!("> {} {} (host {})", s("method"), s("path"), s("host"));
-                body_lines(&mut line, '>', d, "body_");
+                body_lines(&mut line, '>', d, "body_", raw);
                 line
             }
             "http_response" => {
@@ -113,7 +166,7 @@ pub fn replay(session: &Session, events: &[Event]) -> String {
                     d.get("status")
                         .map_or_else(String::new, ToString::to_string)
                 );
-                body_lines(&mut line, '<', d, "body_");
+                body_lines(&mut line, '<', d, "body_", raw);
                 line
             }
             // A body recorded apart from its message (it outlived the queue, or an older
@@ -125,7 +178,7 @@ pub fn replay(session: &Session, events: &[Event]) -> String {
                 } else {
                     '<'
                 };
-                body_lines(&mut line, arrow, d, "");
+                body_lines(&mut line, arrow, d, "", raw);
                 line
             }
             "blocked" => format!("! blocked by {} {} {}", s("rule"), s("method"), s("path")),
@@ -370,7 +423,7 @@ mod tests {
                 serde_json::json!({"size": 4000, "truncated": true, "body": "tail"}),
             ),
         ];
-        let text = replay(&session(), &events);
+        let text = replay(&session(), &events, false);
         let request = text.find("> POST /v1/x").unwrap();
         let size = text.find("> body 9 bytes").unwrap();
         let body = text.find("|   \"a\": [").unwrap();
@@ -383,6 +436,40 @@ mod tests {
         assert!(text.contains("+  0.250s > POST"), "{text}");
         assert!(text.contains("+  1.000s < 200"), "{text}");
         assert!(text.contains("+  1.200s < body 4000"), "{text}");
+    }
+
+    #[test]
+    fn replay_shows_an_event_stream_as_its_text_and_raw_as_recorded() {
+        let chunk = |content: &str| {
+            let v = serde_json::json!({"choices": [{"index": 0, "delta": {"content": content},
+                "finish_reason": null}]});
+            format!("data: {v}\n\n")
+        };
+        let body = format!(
+            "{}{}data: [DONE]\n\n",
+            chunk("Reach [REDACTED:"),
+            chunk("EMAIL] now")
+        );
+        let events = [event(
+            "2026-11-21T17:00:00.300Z",
+            "http_response",
+            serde_json::json!({"status": 200, "body": body, "body_size": body.len(),
+                "body_content_type": "text/event-stream; charset=utf-8"}),
+        )];
+        let text = replay(&session(), &events, false);
+        assert!(
+            text.contains(
+                "      | event stream: 3 events, the text of each stream joined (--raw: as recorded)\n      | [choice 0]\n      |   Reach [REDACTED:EMAIL] now\n      | other events: [DONE]\n"
+            ),
+            "{text}"
+        );
+        let raw = replay(&session(), &events, true);
+        assert!(raw.contains("      | data: {\"choices\""), "{raw}");
+        assert!(!raw.contains("event stream:"), "{raw}");
+        // The same body under another content type is not read as a stream.
+        let mut plain = events[0].clone();
+        plain.data["body_content_type"] = "text/plain".into();
+        assert!(!replay(&session(), &[plain], false).contains("event stream:"));
     }
 
     #[test]

@@ -407,6 +407,157 @@ fn write_event(out: &mut Vec<u8>, fields: &[Vec<u8>], data: Option<&[u8]>) {
     out.push(b'\n');
 }
 
+/// A recorded SSE body read back for `sessions replay`: the text of each stream the
+/// masker would follow (the same [`deltas`]), put back together.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reassembled {
+    /// Events in the body (a cut last one included).
+    pub events: usize,
+    /// Each text stream's label and text, in the order the streams began.
+    pub streams: Vec<(String, String)>,
+    /// Events that carry no text, by name (`finish_reason stop` for a choice that ended), with
+    /// how many times each came, in the order of their first.
+    pub other: Vec<(String, usize)>,
+    /// Events whose data is neither JSON nor `[DONE]` (a body cut by the recording limit).
+    pub unreadable: usize,
+    /// The stream ended with `data: [DONE]`.
+    pub done: bool,
+}
+
+/// Reads a recorded SSE body back into its text streams; `None` when no event carries one
+/// (not an LLM stream: the body is better shown as it is).
+pub fn reassemble(body: &str) -> Option<Reassembled> {
+    let mut out = Reassembled::default();
+    let mut keys: Vec<String> = Vec::new();
+    let (mut name, mut data, mut has_data) = (String::new(), String::new(), false);
+    // Lines end with `\r\n`, `\n` or `\r`; an empty line ends an event, and so does the end
+    // of the body (a recording cut inside an event).
+    let body = body.replace("\r\n", "\n").replace('\r', "\n");
+    let mut lines = body.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        if !line.is_empty() {
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "data" => {
+                    if has_data {
+                        data.push('\n');
+                    }
+                    data.push_str(value);
+                    has_data = true;
+                }
+                "event" => value.clone_into(&mut name),
+                _ => {} // `id`, `retry`, comments
+            }
+            if lines.peek().is_some() {
+                continue;
+            }
+        }
+        if has_data {
+            out.events += 1;
+            read_event(&name, &data, &mut out, &mut keys);
+        }
+        name.clear();
+        data.clear();
+        has_data = false;
+    }
+    (!out.streams.is_empty()).then_some(out)
+}
+
+fn read_event(name: &str, data: &str, out: &mut Reassembled, keys: &mut Vec<String>) {
+    if data.trim() == "[DONE]" {
+        out.done = true;
+        return;
+    }
+    let Ok(value) = serde_json::from_str::<Value>(data) else {
+        out.unreadable += 1;
+        return;
+    };
+    let name = if name.is_empty() {
+        value["type"].as_str().unwrap_or_default()
+    } else {
+        name
+    };
+    let mut other = |what: String| match out.other.iter_mut().find(|(n, _)| *n == what) {
+        Some((_, count)) => *count += 1,
+        None => out.other.push((what, 1)),
+    };
+    let found = deltas(name, &value);
+    // Anthropic names the tool a block calls when the block starts.
+    if name == "content_block_start"
+        && let Some(tool) = value["content_block"]["name"].as_str()
+    {
+        let key = format!("a{}", index_of(&value, "index", 0));
+        if !keys.contains(&key) {
+            out.streams
+                .push((format!("{} ({tool})", stream_label(&key)), String::new()));
+            keys.push(key);
+        }
+    }
+    let finished: Vec<&str> = value["choices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|choice| choice["finish_reason"].as_str())
+        .collect();
+    // A chunk that only ends its choice is said by its reason.
+    if found.is_empty() && finished.is_empty() {
+        let name = Some(name)
+            .filter(|n| !n.is_empty())
+            .or_else(|| value["object"].as_str())
+            .unwrap_or("(unnamed)");
+        other(name.to_string());
+    }
+    for reason in finished {
+        other(format!("finish_reason {reason}"));
+    }
+    for (key, pointer) in found {
+        let text = value
+            .pointer(&pointer)
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if let Some(i) = keys.iter().position(|k| *k == key) {
+            out.streams[i].1.push_str(text);
+            continue;
+        }
+        let mut label = stream_label(&key);
+        // The tool a model called is named in its call's first delta.
+        let function = pointer
+            .strip_suffix("/arguments")
+            .map(|p| format!("{p}/name"));
+        if let Some(tool) = function.and_then(|p| value.pointer(&p)?.as_str()) {
+            label = format!("{label} ({tool})");
+        }
+        keys.push(key);
+        out.streams.push((label, text.to_string()));
+    }
+}
+
+/// A stream key of [`deltas`] as a reader says it: `c0.content` is `choice 0`.
+fn stream_label(key: &str) -> String {
+    if let Some(rest) = key.strip_prefix('c')
+        && let Some((choice, field)) = rest.split_once('.')
+    {
+        return match field {
+            "content" | "text" => format!("choice {choice}"),
+            "reasoning_content" => format!("choice {choice} reasoning"),
+            _ => match field.strip_prefix("tool") {
+                Some(t) => format!("choice {choice} tool call {t} arguments"),
+                None => format!("choice {choice} {field}"),
+            },
+        };
+    }
+    if let Some(rest) = key.strip_prefix('r')
+        && let Some((item, part)) = rest.rsplit_once('.')
+    {
+        return format!("output {item} part {part}");
+    }
+    match key.strip_prefix('a') {
+        Some(block) => format!("content block {block}"),
+        None => key.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -542,5 +693,122 @@ mod tests {
                 .unwrap()
                 .ends_with("[REDACTED:EMAIL]")
         );
+    }
+
+    #[test]
+    fn a_recorded_stream_reads_back_as_its_text() {
+        // OpenAI chat: text split over events, a tool call named in its first delta, lines
+        // ended by `\r\n`, a comment, the end of the choice and `[DONE]`.
+        let mut body = chat_chunk("", None).replace('\n', "\r\n");
+        body.push_str(": keep-alive\r\n\r\n");
+        for piece in ["You s", "aid: ", "hi\nthere"] {
+            body.push_str(&chat_chunk(piece, None));
+        }
+        for (i, args) in [(0, "{\"city\""), (1, ":\"Paris\"}")] {
+            let function = if i == 0 {
+                serde_json::json!({"name": "get_weather", "arguments": args})
+            } else {
+                serde_json::json!({"arguments": args})
+            };
+            let v = serde_json::json!({"choices": [{"index": 0, "delta":
+                {"tool_calls": [{"index": 0, "function": function}]}, "finish_reason": null}]});
+            body = body + "data: " + &v.to_string() + "\n\n";
+        }
+        body.push_str(&chat_chunk("", Some("stop")));
+        body.push_str("data: [DONE]\n\n");
+        let text = reassemble(&body).unwrap();
+        assert_eq!(
+            text.streams,
+            [
+                ("choice 0".to_string(), "You said: hi\nthere".to_string()),
+                (
+                    "choice 0 tool call 0 arguments (get_weather)".to_string(),
+                    "{\"city\":\"Paris\"}".to_string()
+                ),
+            ]
+        );
+        assert_eq!(text.events, 8);
+        assert_eq!(text.other, [("finish_reason stop".to_string(), 1)]);
+        assert!(text.done);
+        assert_eq!(text.unreadable, 0);
+    }
+
+    #[test]
+    fn a_recorded_anthropic_or_responses_stream_reads_back_as_its_text() {
+        // Anthropic messages: the tool named when its block starts; a body cut by the
+        // recording limit inside its last event.
+        let event = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
+        let mut body = event(
+            "message_start",
+            serde_json::json!({"type": "message_start"}),
+        );
+        for (index, delta) in [
+            (
+                0,
+                serde_json::json!({"type": "text_delta", "text": "Let me "}),
+            ),
+            (
+                0,
+                serde_json::json!({"type": "text_delta", "text": "check."}),
+            ),
+        ] {
+            body.push_str(&event(
+                "content_block_delta",
+                serde_json::json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            ));
+        }
+        body.push_str(&event(
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": 1,
+                "content_block": {"type": "tool_use", "name": "lookup", "input": {}}}),
+        ));
+        body.push_str(&event(
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 1,
+                "delta": {"type": "input_json_delta", "partial_json": "{\"id\":7}"}}),
+        ));
+        body.push_str("event: message_delta\ndata: {\"type\":\"message_del");
+        let text = reassemble(&body).unwrap();
+        assert_eq!(
+            text.streams,
+            [
+                ("content block 0".to_string(), "Let me check.".to_string()),
+                (
+                    "content block 1 (lookup)".to_string(),
+                    "{\"id\":7}".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            text.other,
+            [
+                ("message_start".to_string(), 1),
+                ("content_block_start".to_string(), 1)
+            ]
+        );
+        assert_eq!((text.events, text.unreadable, text.done), (6, 1, false));
+
+        // OpenAI responses: deltas of an output item.
+        let body = ["Hel", "lo"]
+            .iter()
+            .map(|d| {
+                event(
+                    "response.output_text.delta",
+                    serde_json::json!({"item_id": "msg_1", "content_index": 0, "delta": d}),
+                )
+            })
+            .collect::<String>();
+        let text = reassemble(&body).unwrap();
+        assert_eq!(
+            text.streams,
+            [("output msg_1 part 0".to_string(), "Hello".to_string())]
+        );
+
+        // Not an LLM stream: nothing to put together.
+        assert_eq!(
+            reassemble("event: tick\ndata: 1\n\ndata: {\"a\":2}\n\n"),
+            None
+        );
+        assert_eq!(reassemble(""), None);
     }
 }
