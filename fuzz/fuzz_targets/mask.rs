@@ -1,6 +1,7 @@
 //! Arbitrary bytes → the streaming masker (whole catalogue, every strategy) and the SSE
-//! masker: neither may panic, whatever the bytes (invalid UTF-8, unbounded lines, broken
-//! JSON), and the streaming masker must give the same output for two splits of the input.
+//! masker, and the replay's reading of a recorded stream: none may panic, whatever the bytes
+//! (invalid UTF-8, unbounded lines, broken JSON), and the streaming masker must give the same
+//! output for two splits of the input.
 //! The same bytes → the JSON scanner, which must accept a document exactly when `serde_json`
 //! does (except where `serde_json` rejects what the grammar allows: see `mask::json`).
 #![no_main]
@@ -9,7 +10,7 @@ use std::sync::{Arc, LazyLock};
 
 use gateway_user::mask::{
     MaskContext, Masker, Strategy, detectors, json,
-    sse::SseMasker,
+    sse::{self, SseMasker},
     stream::{Step, StreamMasker},
 };
 use libfuzzer_sys::fuzz_target;
@@ -49,7 +50,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = sse.finish(&mut ctx);
 
-    if std::str::from_utf8(data).is_ok() {
+    if let Ok(text) = std::str::from_utf8(data) {
+        // A recorded event stream read back by `sessions replay` (store contents can be
+        // anything).
+        let _ = sse::reassemble(text);
         let scanned = json::string_values(data);
         match serde_json::from_slice::<serde_json::Value>(data) {
             Ok(_) => assert!(scanned.is_some(), "valid JSON rejected"),
