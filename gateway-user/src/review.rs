@@ -184,11 +184,28 @@ pub fn replay(session: &Session, events: &[Event], raw: bool) -> String {
             "blocked" => format!("! blocked by {} {} {}", s("rule"), s("method"), s("path")),
             "denied" => format!("! denied: {}", s("reason")),
             "sql" => format!("> sql {}", s("text")),
-            "masking" => format!(
-                "* masked {}",
-                d.get("masked")
-                    .map_or_else(String::new, ToString::to_string)
-            ),
+            "masking" => {
+                let mut line = format!(
+                    "* masked {}",
+                    d.get("masked")
+                        .map_or_else(String::new, ToString::to_string)
+                );
+                // What the masker had to fall back on (JSON that did not parse, …).
+                for note in d
+                    .get("notes")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let note = note
+                        .as_str()
+                        .map_or_else(|| note.to_string(), str::to_string);
+                    let _ = write!(line, "\n          * {note}");
+                }
+                line
+            }
+            "tls_client_hello" => client_hello(d),
+            "upstream_error" => format!("! upstream error: {}", s("error")),
             _ => format!("* {} {}", event.kind, Value::Object(d.clone())),
         };
         let _ = writeln!(out, "+{:>7.3}s {line}", at as f64 / 1000.0);
@@ -207,6 +224,34 @@ pub fn replay(session: &Session, events: &[Event], raw: bool) -> String {
         session.bytes_down
     );
     out
+}
+
+/// What a client offered in its ClientHello, in a line (the whole offer is in `sessions show`).
+fn client_hello(d: &serde_json::Map<String, Value>) -> String {
+    let list = |k: &str| {
+        let items: Vec<&str> = d
+            .get(k)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let suites = d
+        .get("cipher_suites")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    format!(
+        "* TLS ClientHello: sni {}, versions {}, {suites} cipher suites, alpn {}",
+        d.get("sni").and_then(Value::as_str).unwrap_or("-"),
+        list("versions"),
+        list("alpn"),
+    )
 }
 
 /// One value in a recording that the detectors say should have been masked.
@@ -470,6 +515,42 @@ mod tests {
         let mut plain = events[0].clone();
         plain.data["body_content_type"] = "text/plain".into();
         assert!(!replay(&session(), &[plain], false).contains("event stream:"));
+    }
+
+    #[test]
+    fn replay_says_tls_offers_masking_notes_and_upstream_errors_in_a_line() {
+        let events = [
+            event(
+                "2026-11-21T17:00:00.000Z",
+                "tls_client_hello",
+                serde_json::json!({"sni": "api.test", "versions": ["TLSv1.3", "TLSv1.2"],
+                    "cipher_suites": ["TLS13_AES_128_GCM_SHA256", "0x009f"], "alpn": ["h2", "http/1.1"]}),
+            ),
+            event(
+                "2026-11-21T17:00:00.100Z",
+                "masking",
+                serde_json::json!({"masked": {"email": 1},
+                    "notes": ["a response body did not parse as JSON; masked as text"]}),
+            ),
+            event(
+                "2026-11-21T17:00:00.200Z",
+                "upstream_error",
+                serde_json::json!({"error": "connection refused"}),
+            ),
+        ];
+        let text = replay(&session(), &events, false);
+        assert!(
+            text.contains("+  0.000s * TLS ClientHello: sni api.test, versions TLSv1.3, TLSv1.2, 2 cipher suites, alpn h2, http/1.1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("+  0.100s * masked {\"email\":1}\n          * a response body did not parse as JSON; masked as text\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("+  0.200s ! upstream error: connection refused\n"),
+            "{text}"
+        );
     }
 
     #[test]
