@@ -226,7 +226,7 @@ pub fn replay(session: &Session, events: &[Event], raw: bool) -> String {
     out
 }
 
-/// What a client offered in its ClientHello, in a line (the whole offer is in `sessions show`).
+/// What a client offered in its `ClientHello`, in a line (the whole offer is in `sessions show`).
 fn client_hello(d: &serde_json::Map<String, Value>) -> String {
     let list = |k: &str| {
         let items: Vec<&str> = d
