@@ -503,9 +503,13 @@ mod tests {
         )];
         let text = replay(&session(), &events, false);
         assert!(
-            text.contains(
-                "      | event stream: 3 events, the text of each stream joined (--raw: as recorded)\n      | [choice 0]\n      |   Reach [REDACTED:EMAIL] now\n      | other events: [DONE]\n"
-            ),
+            text.contains(concat!(
+                "      | event stream: 3 events, the text of each stream joined",
+                " (--raw: as recorded)\n",
+                "      | [choice 0]\n",
+                "      |   Reach [REDACTED:EMAIL] now\n",
+                "      | other events: [DONE]\n"
+            )),
             "{text}"
         );
         let raw = replay(&session(), &events, true);
@@ -524,7 +528,8 @@ mod tests {
                 "2026-11-21T17:00:00.000Z",
                 "tls_client_hello",
                 serde_json::json!({"sni": "api.test", "versions": ["TLSv1.3", "TLSv1.2"],
-                    "cipher_suites": ["TLS13_AES_128_GCM_SHA256", "0x009f"], "alpn": ["h2", "http/1.1"]}),
+                    "cipher_suites": ["TLS13_AES_128_GCM_SHA256", "0x009f"],
+                    "alpn": ["h2", "http/1.1"]}),
             ),
             event(
                 "2026-11-21T17:00:00.100Z",
@@ -540,11 +545,17 @@ mod tests {
         ];
         let text = replay(&session(), &events, false);
         assert!(
-            text.contains("+  0.000s * TLS ClientHello: sni api.test, versions TLSv1.3, TLSv1.2, 2 cipher suites, alpn h2, http/1.1\n"),
+            text.contains(concat!(
+                "+  0.000s * TLS ClientHello: sni api.test, versions TLSv1.3, TLSv1.2,",
+                " 2 cipher suites, alpn h2, http/1.1\n"
+            )),
             "{text}"
         );
         assert!(
-            text.contains("+  0.100s * masked {\"email\":1}\n          * a response body did not parse as JSON; masked as text\n"),
+            text.contains(concat!(
+                "+  0.100s * masked {\"email\":1}\n",
+                "          * a response body did not parse as JSON; masked as text\n"
+            )),
             "{text}"
         );
         assert!(
