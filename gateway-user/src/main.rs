@@ -194,7 +194,7 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
                 value["events"] = serde_json::to_value(&events)?;
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                print_session(&session, &events);
+                print!("{}", session_text(&session, &events));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -661,11 +661,19 @@ fn sessions_table(sessions: &[Session]) -> String {
     out
 }
 
-fn print_session(s: &Session, events: &[Event]) {
-    println!("session   {}", s.id);
-    println!("started   {}", s.started_at);
-    println!("ended     {}", s.ended_at.as_deref().unwrap_or("(open)"));
-    println!(
+/// `sessions show` as text: the session's fields, then each event as recorded.
+fn session_text(s: &Session, events: &[Event]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "session   {}", s.id);
+    let _ = writeln!(out, "started   {}", s.started_at);
+    let _ = writeln!(
+        out,
+        "ended     {}",
+        s.ended_at.as_deref().unwrap_or("(open)")
+    );
+    let _ = writeln!(
+        out,
         "identity  cgroup={} pid={} uid={} gid={} exe={}{}",
         s.identity.cgroup.as_deref().unwrap_or("-"),
         s.identity.pid.map_or("-".into(), |v| v.to_string()),
@@ -677,7 +685,8 @@ fn print_session(s: &Session, events: &[Event]) {
             .as_deref()
             .map_or(String::new(), |c| format!(" comm={c}"))
     );
-    println!(
+    let _ = writeln!(
+        out,
         "dest      {} port {}{}",
         s.destination.ip,
         s.destination.port,
@@ -687,17 +696,43 @@ fn print_session(s: &Session, events: &[Event]) {
             .map(|h| format!(" ({h})"))
             .unwrap_or_default()
     );
-    println!("protocol  {}", s.protocol.as_str());
-    println!(
+    let _ = writeln!(out, "protocol  {}", s.protocol.as_str());
+    let _ = writeln!(
+        out,
         "target    {} (policy {})",
         s.target.as_deref().unwrap_or("-"),
         s.policy_version.as_deref().unwrap_or("-")
     );
-    if !s.rules.is_empty() {
-        println!("rules     {}", s.rules.join(", "));
+    if let Some(tls) = &s.tls {
+        let leg = |leg: &Option<gateway_user::session::TlsLeg>| {
+            leg.as_ref().map_or_else(
+                || "-".to_string(),
+                |l| {
+                    format!(
+                        "{} {}",
+                        l.version.as_deref().unwrap_or("-"),
+                        l.cipher.as_deref().unwrap_or("-")
+                    )
+                },
+            )
+        };
+        let _ = writeln!(
+            out,
+            "tls       agent leg {} | upstream leg {}",
+            leg(&tls.client),
+            leg(&tls.upstream)
+        );
     }
-    println!("bytes     up {} / down {}", s.bytes_up, s.bytes_down);
-    println!(
+    if !s.rules.is_empty() {
+        let _ = writeln!(out, "rules     {}", s.rules.join(", "));
+    }
+    if !s.masked.is_empty() {
+        let counts: Vec<String> = s.masked.iter().map(|(d, n)| format!("{d} {n}")).collect();
+        let _ = writeln!(out, "masked    {}", counts.join(", "));
+    }
+    let _ = writeln!(out, "bytes     up {} / down {}", s.bytes_up, s.bytes_down);
+    let _ = writeln!(
+        out,
         "outcome   {}{}",
         s.outcome.map_or("open", Outcome::as_str),
         s.error
@@ -706,13 +741,15 @@ fn print_session(s: &Session, events: &[Event]) {
             .unwrap_or_default()
     );
     for event in events {
-        println!(
+        let _ = writeln!(
+            out,
             "  {} {} {}",
             event.at,
             event.kind,
             serde_json::Value::Object(event.data.clone())
         );
     }
+    out
 }
 
 /// `policy check|test|explain`: exit 0 when all is well, 1 when a check failed, 2 on bad usage.
@@ -859,8 +896,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_sessions_table_keeps_its_columns_in_line() {
-        let session = |cgroup: &str, ip: &str, target: Option<&str>, up: u64| Session {
+    fn sessions_show_says_the_tls_legs_and_what_was_masked() {
+        let mut s = session_of("/a", "127.0.0.2", Some("llm-api"), 1);
+        s.tls = Some(gateway_user::session::Tls {
+            client: Some(gateway_user::session::TlsLeg {
+                version: Some("TLSv1.3".into()),
+                cipher: Some("TLS13_AES_128_GCM_SHA256".into()),
+            }),
+            upstream: None,
+        });
+        s.masked.insert("email".into(), 2);
+        s.masked.insert("credit_card".into(), 1);
+        let text = session_text(&s, &[]);
+        assert!(
+            text.contains(
+                "\ntls       agent leg TLSv1.3 TLS13_AES_128_GCM_SHA256 | upstream leg -\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nmasked    credit_card 1, email 2\n"),
+            "{text}"
+        );
+        // Nothing to say, no line.
+        let plain = session_text(&session_of("/a", "127.0.0.2", None, 1), &[]);
+        assert!(
+            !plain.contains("\ntls ") && !plain.contains("\nmasked "),
+            "{plain}"
+        );
+    }
+
+    fn session_of(cgroup: &str, ip: &str, target: Option<&str>, up: u64) -> Session {
+        Session {
             id: gateway_user::session::new_id(),
             started_at: "2026-12-07T13:44:28.569Z".into(),
             ended_at: None,
@@ -884,10 +951,14 @@ mod tests {
             masked: std::collections::BTreeMap::new(),
             error: None,
             policy_version: None,
-        };
+        }
+    }
+
+    #[test]
+    fn the_sessions_table_keeps_its_columns_in_line() {
         let table = sessions_table(&[
-            session("/a", "127.0.0.2", None, 1),
-            session(
+            session_of("/a", "127.0.0.2", None, 1),
+            session_of(
                 "/react-gateway/team-with-a-long-name/agent-12345",
                 "fd00:1234:5678:9abc::42",
                 Some("llm-api"),
