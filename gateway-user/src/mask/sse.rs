@@ -429,25 +429,23 @@ pub struct Reassembled {
 pub fn reassemble(body: &str) -> Option<Reassembled> {
     let mut out = Reassembled::default();
     let mut keys: Vec<String> = Vec::new();
-    let (mut name, mut data, mut has_data) = (String::new(), String::new(), false);
+    // As the masker reads an event: its other fields' lines, and its data.
+    let (mut fields, mut data, mut has_data) = (Vec::new(), String::new(), false);
     // Lines end with `\r\n`, `\n` or `\r`; an empty line ends an event, and so does the end
     // of the body (a recording cut inside an event).
     let body = body.replace("\r\n", "\n").replace('\r', "\n");
     let mut lines = body.split('\n').peekable();
     while let Some(line) = lines.next() {
         if !line.is_empty() {
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "data" => {
+            match line.split_once(':').unwrap_or((line, "")) {
+                ("data", value) => {
                     if has_data {
                         data.push('\n');
                     }
-                    data.push_str(value);
+                    data.push_str(value.strip_prefix(' ').unwrap_or(value));
                     has_data = true;
                 }
-                "event" => value.clone_into(&mut name),
-                _ => {} // `id`, `retry`, comments
+                _ => fields.push(line.as_bytes().to_vec()), // `event`, `id`, comments
             }
             if lines.peek().is_some() {
                 continue;
@@ -455,16 +453,16 @@ pub fn reassemble(body: &str) -> Option<Reassembled> {
         }
         if has_data {
             out.events += 1;
-            read_event(&name, &data, &mut out, &mut keys);
+            read_event(&fields, &data, &mut out, &mut keys);
         }
-        name.clear();
+        fields.clear();
         data.clear();
         has_data = false;
     }
     (!out.streams.is_empty()).then_some(out)
 }
 
-fn read_event(name: &str, data: &str, out: &mut Reassembled, keys: &mut Vec<String>) {
+fn read_event(fields: &[Vec<u8>], data: &str, out: &mut Reassembled, keys: &mut Vec<String>) {
     if data.trim() == "[DONE]" {
         out.done = true;
         return;
@@ -473,11 +471,8 @@ fn read_event(name: &str, data: &str, out: &mut Reassembled, keys: &mut Vec<Stri
         out.unreadable += 1;
         return;
     };
-    let name = if name.is_empty() {
-        value["type"].as_str().unwrap_or_default()
-    } else {
-        name
-    };
+    let name = event_name(fields, &value);
+    let name = name.as_str();
     let mut other = |what: String| match out.other.iter_mut().find(|(n, _)| *n == what) {
         Some((_, count)) => *count += 1,
         None => out.other.push((what, 1)),
