@@ -226,6 +226,30 @@ fn round_trip_and_tamper(name: &str, backend: &Backend) {
     let masked = replay.find("[REDACTED:EMAIL]").expect(&replay);
     let response = replay.find("< 200").expect(&replay);
     assert!(request < masked && masked < response, "{replay}");
+    // Piped into a reader that has gone (`| head`), the listing commands end quietly.
+    for args in [
+        &["sessions", "replay", &first][..],
+        &["sessions", "show", &first],
+        &["sessions", "list"],
+        &["--json", "sessions", "list"],
+        &["audit", "export"],
+    ] {
+        let mut child = gateway
+            .cli()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cli");
+        drop(child.stdout.take()); // the reader goes before anything is written
+        let out = child.wait_with_output().expect("cli");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panicked"),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
 
     // `sessions list` filters, on this backend: a cgroup matches its subtree and nothing
     // that merely shares its prefix; uid and exe match exactly; a limit keeps the newest.

@@ -61,11 +61,32 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli, state)) {
         Ok(code) => code,
+        // The reader of our output went away (`sessions list | head`): not an error of ours;
+        // end quietly, as Unix tools do.
+        Err(error)
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("react-gateway: {error:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// Writes a command's output (with a final newline if it lacks one) to stdout. Unlike
+/// `print!`, which panics when the reader went away, this returns the error, which `main`
+/// ends on quietly.
+fn emit(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    if !text.ends_with('\n') {
+        out.write_all(b"\n")?;
+    }
+    out.flush()
 }
 
 /// aya warns at length that the kernel rejects the object's BTF (a known rustc/aya-log naming
@@ -118,7 +139,7 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
         Command::Status => {
             let data = control::call(&state.control_socket(), &Request::Status).await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&data)?);
+                emit(&serde_json::to_string_pretty(&data)?)?;
             } else {
                 print_status(&data);
             }
@@ -135,11 +156,9 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
                 );
             }
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&sessions)?);
+                emit(&serde_json::to_string_pretty(&sessions)?)?;
             } else {
-                std::io::stdout()
-                    .lock()
-                    .write_all(sessions_table(&sessions).as_bytes())?;
+                emit(&sessions_table(&sessions))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -148,7 +167,7 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
             let Some((session, events)) = find_session(&store, &id).await? else {
                 return Ok(ExitCode::from(1));
             };
-            print!("{}", gateway_user::review::replay(&session, &events, raw));
+            emit(&gateway_user::review::replay(&session, &events, raw))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sessions(SessionsCommand::Verify(args)) => {
@@ -192,9 +211,9 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
             if cli.json {
                 let mut value = serde_json::to_value(&session)?;
                 value["events"] = serde_json::to_value(&events)?;
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                emit(&serde_json::to_string_pretty(&value)?)?;
             } else {
-                print!("{}", session_text(&session, &events));
+                emit(&session_text(&session, &events))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -273,7 +292,7 @@ async fn audit_verify(store: &Store, state: &StateDir, json: bool) -> anyhow::Re
     let report = verifier.finish();
     let elapsed = started.elapsed();
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        emit(&serde_json::to_string_pretty(&report)?)?;
     } else {
         println!(
             "audit verify: {} node(s), {} ledger entries, {} sessions ({} open), {} events in {:.2}s ({:.0} events/s)",
@@ -433,7 +452,7 @@ async fn verify_sessions(
         eprintln!();
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&leaks)?);
+        emit(&serde_json::to_string_pretty(&leaks)?)?;
     } else {
         for l in &leaks {
             println!(
