@@ -182,6 +182,24 @@ fn cli_ok(gateway: &Gateway, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Runs the CLI with its stdout a pipe whose reader is gone before anything is written (a
+/// `| head` that has had enough): its exit code and stderr.
+fn cli_into_closed_pipe(gateway: &Gateway, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = gateway
+        .cli()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cli");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("cli");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn round_trip_and_tamper(name: &str, backend: &Backend) {
     let port = free_port();
     let mock = MockUpstream::start(MOCK, name, &[format!("http@127.0.0.2:{port}")]);
@@ -226,28 +244,21 @@ fn round_trip_and_tamper(name: &str, backend: &Backend) {
     let masked = replay.find("[REDACTED:EMAIL]").expect(&replay);
     let response = replay.find("< 200").expect(&replay);
     assert!(request < masked && masked < response, "{replay}");
-    // Piped into a reader that has gone (`| head`), the listing commands end quietly.
+    // Piped into a reader that has gone (`| head`), the commands end quietly, and the checks
+    // still give their verdict.
     for args in [
         &["sessions", "replay", &first][..],
         &["sessions", "show", &first],
         &["sessions", "list"],
         &["--json", "sessions", "list"],
         &["audit", "export"],
+        &["audit", "verify"],
+        &["sessions", "verify", "--all"],
     ] {
-        let mut child = gateway
-            .cli()
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("cli");
-        drop(child.stdout.take()); // the reader goes before anything is written
-        let out = child.wait_with_output().expect("cli");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (code, stderr) = cli_into_closed_pipe(&gateway, args);
         assert!(
-            out.status.success() && !stderr.contains("panicked"),
-            "{args:?}: {:?} {stderr}",
-            out.status
+            code == Some(0) && !stderr.contains("panicked"),
+            "{args:?}: {code:?} {stderr}"
         );
     }
 
@@ -380,6 +391,11 @@ fn round_trip_and_tamper(name: &str, backend: &Backend) {
     );
     let (ok, report) = cli_ok(&gateway, &["audit", "verify"]);
     assert!(!ok, "tampering went unnoticed:\n{report}");
+    assert_eq!(
+        cli_into_closed_pipe(&gateway, &["audit", "verify"]).0,
+        Some(1),
+        "the verdict, with no reader left for the report"
+    );
     for (id, what) in [
         (altered, "altered"),
         (deleted_event, "missing"),

@@ -1,7 +1,7 @@
 //! `react-gateway`: the command-line entry point. Exit codes (DESIGN.md): 0 success, 1 a check
 //! failed, 2 usage or environment error with a one-line reason.
 
-use std::{io::Write as _, process::ExitCode};
+use std::{fmt::Write as _, io::Write as _, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -87,6 +87,17 @@ fn emit(text: &str) -> std::io::Result<()> {
         out.write_all(b"\n")?;
     }
     out.flush()
+}
+
+/// [`emit`] for a check's report: its exit code carries the verdict whatever becomes of the
+/// output, so a reader that went away is ignored and any other write error only said.
+fn emit_verdict(text: &str) {
+    match emit(text) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("react-gateway: cannot write the report: {error}");
+        }
+        _ => {}
+    }
 }
 
 /// aya warns at length that the kernel rejects the object's BTF (a known rustc/aya-log naming
@@ -291,10 +302,12 @@ async fn audit_verify(store: &Store, state: &StateDir, json: bool) -> anyhow::Re
         .await?;
     let report = verifier.finish();
     let elapsed = started.elapsed();
+    let mut text = String::new();
     if json {
-        emit(&serde_json::to_string_pretty(&report)?)?;
+        text = serde_json::to_string_pretty(&report)?;
     } else {
-        println!(
+        let _ = writeln!(
+            text,
             "audit verify: {} node(s), {} ledger entries, {} sessions ({} open), {} events in {:.2}s ({:.0} events/s)",
             report.nodes,
             report.ledger_entries,
@@ -305,7 +318,8 @@ async fn audit_verify(store: &Store, state: &StateDir, json: bool) -> anyhow::Re
             report.events as f64 / elapsed.as_secs_f64().max(1e-9)
         );
         for f in &report.findings {
-            println!(
+            let _ = writeln!(
+                text,
                 "TAMPERED  {}{}: {}",
                 f.session
                     .as_deref()
@@ -317,9 +331,10 @@ async fn audit_verify(store: &Store, state: &StateDir, json: bool) -> anyhow::Re
             );
         }
         if report.findings.is_empty() {
-            println!("OK: every chain and signature verifies");
+            text.push_str("OK: every chain and signature verifies\n");
         }
     }
+    emit_verdict(&text);
     Ok(if report.findings.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -451,16 +466,19 @@ async fn verify_sessions(
     if bar {
         eprintln!();
     }
+    let mut text = String::new();
     if json {
-        emit(&serde_json::to_string_pretty(&leaks)?)?;
+        text = serde_json::to_string_pretty(&leaks)?;
     } else {
         for l in &leaks {
-            println!(
+            let _ = writeln!(
+                text,
                 "LEAK  session {} event {} ({}) {}: {} {}",
                 l.session, l.event, l.kind, l.field, l.detector, l.preview
             );
         }
-        println!(
+        let _ = writeln!(
+            text,
             "sessions verify: {} session(s) scanned, {} value(s) that should have been masked{}",
             ids.len(),
             leaks.len(),
@@ -469,6 +487,7 @@ async fn verify_sessions(
                 .unwrap_or_default()
         );
     }
+    emit_verdict(&text);
     Ok(if leaks.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -682,7 +701,6 @@ fn sessions_table(sessions: &[Session]) -> String {
 
 /// `sessions show` as text: the session's fields, then each event as recorded.
 fn session_text(s: &Session, events: &[Event]) -> String {
-    use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "session   {}", s.id);
     let _ = writeln!(out, "started   {}", s.started_at);
