@@ -451,16 +451,7 @@ async fn verify_sessions(
         }
         if bar && (last_draw.elapsed().as_millis() > 100 || done + 1 == ids.len()) {
             last_draw = std::time::Instant::now();
-            let width = 40;
-            let filled = (done + 1) * width / ids.len().max(1);
-            eprint!(
-                "\r[{}{}] {}/{} sessions, {} leak(s)",
-                "#".repeat(filled),
-                " ".repeat(width - filled),
-                done + 1,
-                ids.len(),
-                leaks.len()
-            );
+            eprint!("\r{}", progress(done + 1, ids.len(), leaks.len()));
         }
     }
     if bar {
@@ -493,6 +484,17 @@ async fn verify_sessions(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `sessions verify --all`'s progress bar.
+fn progress(done: usize, total: usize, leaks: usize) -> String {
+    let width = 40;
+    let filled = done * width / total.max(1);
+    format!(
+        "[{}{}] {done}/{total} sessions, {leaks} leak(s)",
+        "#".repeat(filled),
+        " ".repeat(width - filled),
+    )
 }
 
 /// `json`: the contract's `sessions list --json` lists every match unless `--limit` says
