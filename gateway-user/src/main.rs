@@ -89,8 +89,9 @@ fn emit(text: &str) -> std::io::Result<()> {
     out.flush()
 }
 
-/// [`emit`] for a check's report: its exit code carries the verdict whatever becomes of the
-/// output, so a reader that went away is ignored and any other write error only said.
+/// [`emit`] for a report whose command's exit code says the outcome whatever becomes of the
+/// output (a check's verdict, `policy explain`): a reader that went away is ignored and any
+/// other write error only said.
 fn emit_verdict(text: &str) {
     match emit(text) {
         Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -867,10 +868,13 @@ fn policy_command(command: PolicyCommand, state: &StateDir, json: bool) -> u8 {
                 uid: who.1,
                 exe: who.2.as_deref(),
             };
-            print!(
-                "{}",
-                explain::explain(&policy, &who_ref, ip, port, host.as_deref())
-            );
+            emit_verdict(&explain::explain(
+                &policy,
+                &who_ref,
+                ip,
+                port,
+                host.as_deref(),
+            ));
             0
         }
     }
