@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     if let Command::Ca(CaCommand::Export) = cli.command {
         return match gateway_user::tls::ca::export(state.root()) {
             Ok(pem) => {
-                print!("{pem}");
+                emit_verdict(&pem);
                 ExitCode::SUCCESS
             }
             Err(error) => {
@@ -153,7 +153,7 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
             if cli.json {
                 emit(&serde_json::to_string_pretty(&data)?)?;
             } else {
-                print_status(&data);
+                emit(&status_text(&data))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -204,15 +204,13 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(2));
             };
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"node": signer.node(), "public_key": gateway_user::hex(signer.public_key()), "algorithm": "ed25519"})
-                );
+            let (node, key) = (signer.node(), gateway_user::hex(signer.public_key()));
+            emit(&if cli.json {
+                serde_json::json!({"node": node, "public_key": key, "algorithm": "ed25519"})
+                    .to_string()
             } else {
-                println!("node        {}", signer.node());
-                println!("ed25519     {}", gateway_user::hex(signer.public_key()));
-            }
+                format!("node        {node}\ned25519     {key}")
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sessions(SessionsCommand::Show { id }) => {
@@ -234,12 +232,20 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
 
 async fn control_call(state: &StateDir, request: &Request, json: bool) -> anyhow::Result<ExitCode> {
     let data = control::call(&state.control_socket(), request).await?;
+    let mut text = String::new();
     if json {
-        println!("{data}");
+        text = data.to_string();
     } else if let Some(map) = data.as_object() {
         for (key, value) in map {
-            println!("{key}: {}", value.as_str().unwrap_or(&value.to_string()));
+            let _ = writeln!(
+                text,
+                "{key}: {}",
+                value.as_str().unwrap_or(&value.to_string())
+            );
         }
+    }
+    if !text.is_empty() {
+        emit(&text)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -520,45 +526,96 @@ fn list_filter(args: ListArgs, json: bool) -> anyhow::Result<ListFilter> {
     })
 }
 
-fn print_status(data: &serde_json::Value) {
-    let get = |path: &str| {
-        data.pointer(path).map_or_else(
-            || "-".to_string(),
-            |v| v.as_str().map_or_else(|| v.to_string(), str::to_string),
-        )
+/// `status` as text.
+fn status_text(data: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let get = |path: &str| status_field(data, path);
+    let list = |key: &str| {
+        data[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    println!(
+    let _ = writeln!(
+        out,
         "react-gateway {} (pid {}), up {}s",
         get("/version"),
         get("/pid"),
         get("/uptime_secs")
     );
-    println!(
-        "  listen      {}",
-        data["listen"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(|v| v.as_str())
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
-    );
-    println!(
+    let _ = writeln!(out, "  listen      {}", list("listen"));
+    let _ = writeln!(
+        out,
         "  cgroup      {} (attached: {})",
         get("/cgroup"),
-        data["attached"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(|v| v.as_str())
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
+        list("attached")
     );
+    out.push_str(&policy_status(data));
+    let _ = writeln!(
+        out,
+        "  store       {} (backlog {}, written {}, errors {})",
+        get("/store"),
+        get("/recorder/backlog"),
+        get("/recorder/written"),
+        get("/recorder/write_errors")
+    );
+    let _ = writeln!(
+        out,
+        "  sessions    {} total, {} active, {} denied on accept, {} upstream errors, {} unattributed",
+        get("/proxy/sessions"),
+        get("/proxy/active"),
+        get("/proxy/denied"),
+        get("/proxy/upstream_errors"),
+        get("/proxy/unattributed")
+    );
+    let _ = writeln!(
+        out,
+        "  upstreams   {} connections reused from the pool, {} idle",
+        get("/proxy/upstream_reused"),
+        get("/proxy/upstream_idle")
+    );
+    let _ = writeln!(
+        out,
+        "  kernel      {} redirected, {} excluded, {} denied, {} tracked sockets",
+        get("/kernel/redirected"),
+        get("/kernel/excluded"),
+        get("/kernel/denied"),
+        get("/kernel/tracked_sockets")
+    );
+    out
+}
+
+/// A field of `status`'s JSON as text (`-` when absent).
+fn status_field(data: &serde_json::Value, path: &str) -> String {
+    data.pointer(path).map_or_else(
+        || "-".to_string(),
+        |v| v.as_str().map_or_else(|| v.to_string(), str::to_string),
+    )
+}
+
+/// `status`'s policy lines: mode and version, warnings, a failed reload.
+fn policy_status(data: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let get = |path: &str| status_field(data, path);
+    let lines = |path: &str| {
+        let mut text = String::new();
+        for line in data
+            .pointer(path)
+            .and_then(|w| w.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(text, "              {}", line.as_str().unwrap_or_default());
+        }
+        text
+    };
     // In record-only mode the version is that word too: said once.
     let (mode, version) = (get("/policy/mode"), get("/policy/version"));
-    println!(
+    let _ = writeln!(
+        out,
         "  policy      {mode}{} from {} ({} file(s), loaded {}, {} reload(s))",
         Some(format!(" {version}"))
             .filter(|_| version != mode)
@@ -570,58 +627,24 @@ fn print_status(data: &serde_json::Value) {
         get("/policy/loaded_at"),
         get("/policy/reloads")
     );
-    if get("/policy/mode") == "record-only" {
-        println!(
-            "              no policy files: every governed connection is relayed and recorded"
+    if mode == "record-only" {
+        out.push_str(
+            "              no policy files: every governed connection is relayed and recorded\n",
         );
     }
-    for warning in data
-        .pointer("/policy/warnings")
-        .and_then(|w| w.as_array())
-        .into_iter()
-        .flatten()
-    {
-        println!("              {}", warning.as_str().unwrap_or_default());
-    }
-    if let Some(errors) = data
+    out.push_str(&lines("/policy/warnings"));
+    if data
         .pointer("/policy/last_error")
-        .and_then(|e| e.as_array())
+        .is_some_and(serde_json::Value::is_array)
     {
-        println!(
+        let _ = writeln!(
+            out,
             "  POLICY ERROR at {}: the last reload failed; the policy above stays in force",
             get("/policy/last_error_at")
         );
-        for error in errors {
-            println!("              {}", error.as_str().unwrap_or_default());
-        }
+        out.push_str(&lines("/policy/last_error"));
     }
-    println!(
-        "  store       {} (backlog {}, written {}, errors {})",
-        get("/store"),
-        get("/recorder/backlog"),
-        get("/recorder/written"),
-        get("/recorder/write_errors")
-    );
-    println!(
-        "  sessions    {} total, {} active, {} denied on accept, {} upstream errors, {} unattributed",
-        get("/proxy/sessions"),
-        get("/proxy/active"),
-        get("/proxy/denied"),
-        get("/proxy/upstream_errors"),
-        get("/proxy/unattributed")
-    );
-    println!(
-        "  upstreams   {} connections reused from the pool, {} idle",
-        get("/proxy/upstream_reused"),
-        get("/proxy/upstream_idle")
-    );
-    println!(
-        "  kernel      {} redirected, {} excluded, {} denied, {} tracked sockets",
-        get("/kernel/redirected"),
-        get("/kernel/excluded"),
-        get("/kernel/denied"),
-        get("/kernel/tracked_sockets")
-    );
+    out
 }
 
 /// The `sessions list` table: each column as wide as its widest cell, so long cgroup paths
@@ -832,10 +855,12 @@ fn policy_command(command: PolicyCommand, state: &StateDir, json: bool) -> u8 {
             if json {
                 print_diagnostics_json(&policy.warnings);
             } else {
+                let mut text = String::new();
                 for warning in &policy.warnings {
-                    println!("{warning}");
+                    let _ = writeln!(text, "{warning}");
                 }
-                println!(
+                let _ = write!(
+                    text,
                     "ok: {} file(s), {} identities, {} targets, {} rules, {} warning(s); policy version {}",
                     policy.sources.len(),
                     policy.identities.len(),
@@ -844,6 +869,7 @@ fn policy_command(command: PolicyCommand, state: &StateDir, json: bool) -> u8 {
                     policy.warnings.len(),
                     policy.version
                 );
+                emit_verdict(&text);
             }
             0
         }
@@ -894,7 +920,7 @@ fn print_diagnostics_json(diagnostics: &[policy::Diagnostic]) {
             })
         })
         .collect();
-    println!("{}", serde_json::Value::Array(list));
+    emit_verdict(&serde_json::Value::Array(list).to_string());
 }
 
 fn run_cases(policy: &Policy, files: &[std::path::PathBuf], state: &StateDir) -> u8 {
@@ -937,6 +963,32 @@ fn run_cases(policy: &Policy, files: &[std::path::PathBuf], state: &StateDir) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_says_the_policy_mode_once_and_a_failed_reload() {
+        let record_only = serde_json::json!({"listen": ["127.0.0.1:15001", "[::1]:15001"],
+            "policy": {"mode": "record-only", "version": "record-only", "files": []}});
+        let text = status_text(&record_only);
+        assert!(
+            text.contains("\n  listen      127.0.0.1:15001, [::1]:15001\n"),
+            "{text}"
+        );
+        assert!(text.contains("\n  policy      record-only from "), "{text}");
+        assert!(text.contains("no policy files: every governed connection"));
+        let failed = serde_json::json!({"policy": {"mode": "enforcing", "version": "9d003150bb9c",
+            "warnings": ["a.toml:3:1: unused identity"],
+            "last_error": ["b.toml:1:1: unknown key", "b.toml:2:1: bad glob"],
+            "last_error_at": "2026-12-07T13:00:00Z"}});
+        let text = status_text(&failed);
+        for line in [
+            "  policy      enforcing 9d003150bb9c from ",
+            "\n              a.toml:3:1: unused identity\n",
+            "\n  POLICY ERROR at 2026-12-07T13:00:00Z: the last reload failed",
+            "\n              b.toml:1:1: unknown key\n              b.toml:2:1: bad glob\n  store ",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+    }
 
     #[test]
     fn sessions_show_says_the_tls_legs_and_what_was_masked() {
