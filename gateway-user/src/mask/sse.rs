@@ -690,6 +690,14 @@ mod tests {
         );
     }
 
+    /// A reassembled stream's (label, text) pairs, as expected.
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| ((*a).to_string(), (*b).to_string()))
+            .collect()
+    }
+
     #[test]
     fn a_recorded_stream_reads_back_as_its_text() {
         // OpenAI chat: text split over events, a tool call named in its first delta, lines
@@ -714,13 +722,13 @@ mod tests {
         let text = reassemble(&body).unwrap();
         assert_eq!(
             text.streams,
-            [
-                ("choice 0".to_string(), "You said: hi\nthere".to_string()),
+            owned(&[
+                ("choice 0", "You said: hi\nthere"),
                 (
-                    "choice 0 tool call 0 arguments (get_weather)".to_string(),
-                    "{\"city\":\"Paris\"}".to_string()
+                    "choice 0 tool call 0 arguments (get_weather)",
+                    "{\"city\":\"Paris\"}"
                 ),
-            ]
+            ])
         );
         assert_eq!(text.events, 8);
         assert_eq!(text.other, [("finish_reason stop".to_string(), 1)]);
@@ -766,13 +774,10 @@ mod tests {
         let text = reassemble(&body).unwrap();
         assert_eq!(
             text.streams,
-            [
-                ("content block 0".to_string(), "Let me check.".to_string()),
-                (
-                    "content block 1 (lookup)".to_string(),
-                    "{\"id\":7}".to_string()
-                ),
-            ]
+            owned(&[
+                ("content block 0", "Let me check."),
+                ("content block 1 (lookup)", "{\"id\":7}"),
+            ])
         );
         assert_eq!(
             text.other,
@@ -794,10 +799,7 @@ mod tests {
             })
             .collect::<String>();
         let text = reassemble(&body).unwrap();
-        assert_eq!(
-            text.streams,
-            [("output msg_1 part 0".to_string(), "Hello".to_string())]
-        );
+        assert_eq!(text.streams, owned(&[("output msg_1 part 0", "Hello")]));
 
         // Not an LLM stream: nothing to put together.
         assert_eq!(
