@@ -228,3 +228,99 @@ print("BROKEN:" + str(r.status_code))
         }
     }
 }
+
+/// The daemon's peak resident memory, in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Compressed bodies that inflate to gigabytes: a gzip request body (256 MiB of zeros in
+/// 255 KiB) is refused with 413 once it decodes past the inspection limit, and a brotli
+/// response (1 GiB in ~1 KiB, from the mock) fails as a decompression bomb, and the daemon
+/// holds neither whole: its peak memory grows by far less than either body, and it goes on
+/// serving.
+#[test]
+fn decompression_bombs_are_refused_without_being_inflated() {
+    if !privileged() {
+        return;
+    }
+    let port = free_port();
+    let mock = MockUpstream::start(MOCK, "bombs", &[format!("http@127.0.0.2:{port}")]);
+    let policy = format!(
+        r#"
+version = 1
+[defaults]
+unmatched = "deny"
+
+[[target]]
+name = "api"
+addresses = ["127.0.0.2/32"]
+ports = [{port}]
+protocol = "http"
+
+[[rule]]
+name = "mask-both-ways"
+target = "api"
+action = "mask"
+detectors = ["email"]
+"#
+    );
+    let gateway = Gateway::start_with_policy("bombs", &[("api.toml", &policy)], &[]);
+    let before = peak_kib(gateway.pid());
+
+    let out = gateway.python(
+        "agent",
+        r#"
+import sys, gzip, requests
+base = f"http://127.0.0.2:{sys.argv[1]}"
+bomb = gzip.compress(b"\0" * (256 << 20), 9)
+r = requests.post(base + "/echo", data=bomb, headers={"content-type": "text/plain", "content-encoding": "gzip"})
+print(f"REQUEST:{r.status_code} {len(bomb)} {r.text}")
+try:
+    r = requests.get(base + "/bomb.br")
+    print(f"RESPONSE:{r.status_code} {len(r.content)}")
+except requests.exceptions.RequestException as e:
+    print(f"RESPONSE:failed {type(e).__name__}")
+r = requests.get(base + "/pii")
+print(f"AFTER:{r.status_code} {'[REDACTED:EMAIL]' in r.text}")
+"#,
+        &[&port.to_string()],
+    );
+    let grown = peak_kib(gateway.pid()).saturating_sub(before);
+    println!("the daemon's peak memory grew by {grown} KiB");
+    assert!(
+        grown < 256 << 10,
+        "the daemon's peak memory grew by {grown} KiB (bodies of 256 MiB and 1 GiB)"
+    );
+    let line = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {out}"))
+            .to_string()
+    };
+    let request = line("REQUEST:");
+    assert!(
+        request.starts_with("413 ") && request.contains("once decoded"),
+        "{request}"
+    );
+    assert!(line("RESPONSE:").starts_with("failed "), "{out}");
+    assert_eq!(line("AFTER:"), "200 True");
+    // Neither body reached the other side whole: the upstream never saw the request.
+    assert!(
+        !mock.requests().iter().any(|r| r["path"] == "/echo"),
+        "{:?}",
+        mock.requests()
+    );
+    let sessions = gateway.ended_sessions(3, Duration::from_secs(10));
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s.to_string().contains("decompression bomb")),
+        "{sessions:#?}"
+    );
+}

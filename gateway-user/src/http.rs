@@ -1250,11 +1250,17 @@ impl HttpSession {
                 return Err(self.error_response(status, &reason));
             }
         };
-        let (bytes, decoded) = match masking::decode_all(&parts.headers, bytes) {
+        let (bytes, decoded) = match masking::decode_all(&parts.headers, bytes, INSPECT_LIMIT) {
             Ok(decoded) => decoded,
-            Err(reason) => {
+            Err(error) => {
+                let (status, reason) = match error {
+                    masking::DecodeError::TooLarge(m) => {
+                        (StatusCode::PAYLOAD_TOO_LARGE, format!("request {m}"))
+                    }
+                    masking::DecodeError::Broken(m) => (StatusCode::BAD_REQUEST, m),
+                };
                 self.lock().errors.push(reason.clone());
-                return Err(self.error_response(StatusCode::BAD_REQUEST, &reason));
+                return Err(self.error_response(status, &reason));
             }
         };
         if decoded {

@@ -22,6 +22,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod bombs;
 pub mod records;
 
 /// The daemon binary: `REACT_GATEWAY_BIN`, else `target/release/react-gateway`.

@@ -24,105 +24,220 @@ use crate::mask::{
 /// Largest body read whole: a request with `body` conditions or mask rules (past it: 413), a
 /// JSON response being masked (past it: masked as text), a zstd body.
 pub const BODY_LIMIT: usize = 8 << 20;
-/// Largest output one compressed chunk may inflate to (a decompression bomb fails instead).
+/// Largest output one compressed chunk of a streamed body may inflate to: past it the body
+/// fails as a decompression bomb. Decoders write through a [`Sink`] that refuses the byte past
+/// the limit, so a bomb is stopped having produced at most this much, never held whole.
 const INFLATE_LIMIT: usize = 64 << 20;
 
 /// Content codings the gateway can decode.
 pub const CODINGS: &[&str] = &["gzip", "x-gzip", "deflate", "br", "zstd"];
 
-/// A push decoder for one content coding.
-pub enum Decoder {
-    Gzip(flate2::write::MultiGzDecoder<Vec<u8>>),
-    Zlib(flate2::write::ZlibDecoder<Vec<u8>>),
-    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
+/// Where a decoder writes its output: at most `room` bytes, then an error (and `over`).
+/// The decoders hand it their output in pieces of their buffer's size (32 KiB for gzip and
+/// deflate, 16 KiB for brotli), so what a compressed input inflates to is refused as it
+/// grows, not after it has been allocated.
+#[derive(Default)]
+struct Sink {
+    out: Vec<u8>,
+    room: usize,
+    over: bool,
+}
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.room {
+            self.over = true;
+            return Err(std::io::Error::other("inflate limit reached"));
+        }
+        self.room -= buf.len();
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Coding {
+    Gzip(flate2::write::MultiGzDecoder<Sink>),
+    Zlib(flate2::write::ZlibDecoder<Sink>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Sink>>),
     /// zstd frames are decoded whole, from at most [`BODY_LIMIT`] compressed bytes.
     Zstd(Vec<u8>),
 }
 
-impl Decoder {
-    /// The decoder of a `Content-Encoding` value: `None` for identity, an error for codings
-    /// the gateway cannot decode (several stacked, or unknown).
-    pub fn for_encoding(headers: &HeaderMap) -> Result<Option<Self>, String> {
-        let Some(value) = headers.get(http::header::CONTENT_ENCODING) else {
-            return Ok(None);
-        };
-        let value = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
-        Ok(Some(match value.as_str() {
-            "" | "identity" => return Ok(None),
-            "gzip" | "x-gzip" => Self::Gzip(flate2::write::MultiGzDecoder::new(Vec::new())),
-            "deflate" => Self::Zlib(flate2::write::ZlibDecoder::new(Vec::new())),
-            "br" => Self::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
-                Vec::new(),
-                16 << 10,
-            ))),
-            "zstd" => Self::Zstd(Vec::new()),
-            other => {
-                return Err(format!(
-                    "content encoding `{other}` cannot be decoded for masking"
-                ));
-            }
-        }))
-    }
-
-    pub fn push(&mut self, input: &[u8]) -> Result<Vec<u8>, String> {
-        let out = match self {
-            Self::Gzip(d) => d.write_all(input).map(|()| std::mem::take(d.get_mut())),
-            Self::Zlib(d) => d.write_all(input).map(|()| std::mem::take(d.get_mut())),
-            Self::Brotli(d) => d.write_all(input).map(|()| std::mem::take(d.get_mut())),
-            Self::Zstd(buf) => {
-                if buf.len() + input.len() > BODY_LIMIT {
-                    return Err(format!(
-                        "zstd body over {BODY_LIMIT} bytes cannot be masked"
-                    ));
-                }
-                buf.extend_from_slice(input);
-                Ok(Vec::new())
-            }
-        }
-        .map_err(|e| format!("broken compressed body: {e}"))?;
-        if out.len() > INFLATE_LIMIT {
-            return Err(
-                "compressed chunk inflates past 64 MiB: refused as a decompression bomb".into(),
-            );
-        }
-        Ok(out)
-    }
-
-    pub fn finish(self) -> Result<Vec<u8>, String> {
-        let broken = |e: std::io::Error| format!("broken compressed body: {e}");
+impl Coding {
+    fn sink(&mut self) -> Option<&mut Sink> {
         match self {
-            Self::Gzip(d) => d.finish().map_err(broken),
-            Self::Zlib(d) => d.finish().map_err(broken),
-            Self::Brotli(mut d) => {
-                d.close().map_err(broken)?;
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Self::Zstd(buf) => {
-                let mut decoder = ruzstd::decoding::StreamingDecoder::new(buf.as_slice())
-                    .map_err(|e| format!("broken compressed body: {e}"))?;
-                let mut out = Vec::new();
-                (&mut decoder)
-                    .take(INFLATE_LIMIT as u64 + 1)
-                    .read_to_end(&mut out)
-                    .map_err(broken)?;
-                if out.len() > INFLATE_LIMIT {
-                    return Err(
-                        "zstd body inflates past 64 MiB: refused as a decompression bomb".into(),
-                    );
-                }
-                Ok(out)
-            }
+            Self::Gzip(d) => Some(d.get_mut()),
+            Self::Zlib(d) => Some(d.get_mut()),
+            Self::Brotli(d) => Some(d.get_mut()),
+            Self::Zstd(_) => None,
         }
     }
 }
 
-/// Decodes a whole body.
-pub fn decode_all(headers: &HeaderMap, body: Bytes) -> Result<(Bytes, bool), String> {
-    match Decoder::for_encoding(headers)? {
+/// Why a body could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A coding the gateway cannot decode, or bytes that are not of their coding.
+    #[error("{0}")]
+    Broken(String),
+    /// The body inflates past the limit (a decompression bomb, or a body too large to be
+    /// checked whole).
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// A push decoder for one content coding, its output bounded: per chunk pushed
+/// ([`Decoder::for_encoding`], a streamed body), or in all ([`decode_all`], a body read whole).
+pub struct Decoder {
+    coding: Coding,
+    /// The most output one push (and `finish`) may give, or the whole body if `whole`.
+    limit: usize,
+    whole: bool,
+}
+
+impl Decoder {
+    /// The decoder of a `Content-Encoding` value, for a streamed body (each pushed chunk may
+    /// inflate to [`INFLATE_LIMIT`]): `None` for identity, an error for codings the gateway
+    /// cannot decode (several stacked, or unknown).
+    pub fn for_encoding(headers: &HeaderMap) -> Result<Option<Self>, String> {
+        Self::bounded(headers, INFLATE_LIMIT, false).map_err(|e| e.to_string())
+    }
+
+    fn bounded(
+        headers: &HeaderMap,
+        limit: usize,
+        whole: bool,
+    ) -> Result<Option<Self>, DecodeError> {
+        let Some(value) = headers.get(http::header::CONTENT_ENCODING) else {
+            return Ok(None);
+        };
+        let value = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        let sink = Sink {
+            room: limit,
+            ..Sink::default()
+        };
+        let coding = match value.as_str() {
+            "" | "identity" => return Ok(None),
+            "gzip" | "x-gzip" => Coding::Gzip(flate2::write::MultiGzDecoder::new(sink)),
+            "deflate" => Coding::Zlib(flate2::write::ZlibDecoder::new(sink)),
+            "br" => Coding::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
+                sink,
+                16 << 10,
+            ))),
+            "zstd" => Coding::Zstd(Vec::new()),
+            other => {
+                return Err(DecodeError::Broken(format!(
+                    "content encoding `{other}` cannot be decoded for masking"
+                )));
+            }
+        };
+        Ok(Some(Self {
+            coding,
+            limit,
+            whole,
+        }))
+    }
+
+    fn too_large(&self) -> DecodeError {
+        DecodeError::TooLarge(if self.whole {
+            format!(
+                "body over {} bytes once decoded cannot be checked or masked",
+                self.limit
+            )
+        } else {
+            format!(
+                "a compressed chunk inflates past {} MiB: refused as a decompression bomb",
+                self.limit >> 20
+            )
+        })
+    }
+
+    /// What the bytes of a write inflated to, or why they did not.
+    fn taken(&mut self, written: std::io::Result<()>) -> Result<Vec<u8>, DecodeError> {
+        let whole = self.whole;
+        let limit = self.limit;
+        let Some(sink) = self.coding.sink() else {
+            return Ok(Vec::new());
+        };
+        let over = sink.over;
+        let out = std::mem::take(&mut sink.out);
+        if !whole {
+            sink.room = limit;
+        }
+        match written {
+            Ok(()) => Ok(out),
+            Err(_) if over => Err(self.too_large()),
+            Err(e) => Err(DecodeError::Broken(format!("broken compressed body: {e}"))),
+        }
+    }
+
+    pub fn push(&mut self, input: &[u8]) -> Result<Vec<u8>, String> {
+        self.push_bounded(input).map_err(|e| e.to_string())
+    }
+
+    fn push_bounded(&mut self, input: &[u8]) -> Result<Vec<u8>, DecodeError> {
+        let written = match &mut self.coding {
+            Coding::Gzip(d) => d.write_all(input),
+            Coding::Zlib(d) => d.write_all(input),
+            Coding::Brotli(d) => d.write_all(input),
+            Coding::Zstd(buf) => {
+                if buf.len() + input.len() > BODY_LIMIT {
+                    return Err(DecodeError::TooLarge(format!(
+                        "zstd body over {BODY_LIMIT} bytes cannot be masked"
+                    )));
+                }
+                buf.extend_from_slice(input);
+                return Ok(Vec::new());
+            }
+        };
+        self.taken(written)
+    }
+
+    pub fn finish(self) -> Result<Vec<u8>, String> {
+        self.finish_bounded().map_err(|e| e.to_string())
+    }
+
+    fn finish_bounded(mut self) -> Result<Vec<u8>, DecodeError> {
+        let written = match &mut self.coding {
+            Coding::Gzip(d) => d.try_finish(),
+            Coding::Zlib(d) => d.try_finish(),
+            Coding::Brotli(d) => d.close(),
+            Coding::Zstd(buf) => {
+                let broken = |e: &dyn std::fmt::Display| {
+                    DecodeError::Broken(format!("broken compressed body: {e}"))
+                };
+                let mut decoder = ruzstd::decoding::StreamingDecoder::new(buf.as_slice())
+                    .map_err(|e| broken(&e))?;
+                let mut out = Vec::new();
+                (&mut decoder)
+                    .take(self.limit as u64 + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| broken(&e))?;
+                if out.len() > self.limit {
+                    return Err(self.too_large());
+                }
+                return Ok(out);
+            }
+        };
+        self.taken(written)
+    }
+}
+
+/// Decodes a whole body, to at most `limit` bytes.
+pub fn decode_all(
+    headers: &HeaderMap,
+    body: Bytes,
+    limit: usize,
+) -> Result<(Bytes, bool), DecodeError> {
+    match Decoder::bounded(headers, limit, true)? {
         None => Ok((body, false)),
         Some(mut decoder) => {
-            let mut out = decoder.push(&body)?;
-            out.extend(decoder.finish()?);
+            let mut out = decoder.push_bounded(&body)?;
+            out.extend(decoder.finish_bounded()?);
             Ok((Bytes::from(out), true))
         }
     }
@@ -327,24 +442,66 @@ mod tests {
     fn codings_decode_and_broken_ones_fail() {
         for coding in ["gzip", "deflate"] {
             let (headers, data) = encoded(coding, b"mail bob@example.com");
-            let (body, decoded) = decode_all(&headers, data.clone()).unwrap();
+            let (body, decoded) = decode_all(&headers, data.clone(), BODY_LIMIT).unwrap();
             assert!(decoded);
             assert_eq!(&body[..], b"mail bob@example.com");
             let truncated = data.slice(..data.len() / 2);
+            let error = decode_all(&headers, truncated, BODY_LIMIT).unwrap_err();
             assert!(
-                decode_all(&headers, truncated)
-                    .unwrap_err()
-                    .contains("broken")
+                matches!(&error, DecodeError::Broken(m) if m.contains("broken")),
+                "{error}"
             );
         }
         let (headers, _) = encoded("compress", b"");
         assert!(
-            decode_all(&headers, Bytes::new())
+            decode_all(&headers, Bytes::new(), BODY_LIMIT)
                 .unwrap_err()
+                .to_string()
                 .contains("compress")
         );
         let (headers, _) = encoded("zstd", b"");
-        assert!(decode_all(&headers, Bytes::from_static(b"not zstd")).is_err());
+        assert!(decode_all(&headers, Bytes::from_static(b"not zstd"), BODY_LIMIT).is_err());
+    }
+
+    /// Bodies that inflate past the limit fail having produced at most the limit: read whole
+    /// (a request), as too large to check; streamed, each push gives at most
+    /// [`INFLATE_LIMIT`], and a chunk that would give more fails.
+    #[test]
+    fn bombs_are_stopped_at_the_limit() {
+        // 96 MiB of zeros in under 1 MiB: gzip as 96 members of 1 MiB each, deflate whole.
+        let member = encoded("gzip", &vec![0; 1 << 20]).1;
+        let gzip: Vec<u8> = std::iter::repeat_n(&member[..], 96)
+            .flatten()
+            .copied()
+            .collect();
+        let deflate = encoded("deflate", &vec![0; 96 << 20]).1;
+        for (coding, bomb) in [("gzip", Bytes::from(gzip)), ("deflate", deflate)] {
+            assert!(bomb.len() < 1 << 20, "{coding}: {}", bomb.len());
+            let headers = encoded(coding, b"").0;
+            let error = decode_all(&headers, bomb.clone(), BODY_LIMIT).unwrap_err();
+            assert!(
+                matches!(&error, DecodeError::TooLarge(m) if m.contains("once decoded")),
+                "{coding}: {error}"
+            );
+            // Under the limit, the same body decodes whole.
+            let (body, _) = decode_all(&headers, bomb.clone(), 96 << 20).unwrap();
+            assert_eq!(body.len(), 96 << 20);
+            assert!(body.iter().all(|&b| b == 0));
+
+            // Streamed in chunks of 1 KiB and of the whole body.
+            let mut decoder = Decoder::for_encoding(&headers).unwrap().unwrap();
+            let mut total = 0;
+            for chunk in bomb.chunks(1 << 10) {
+                let out = decoder.push(chunk).unwrap();
+                assert!(out.len() <= INFLATE_LIMIT);
+                total += out.len();
+            }
+            total += decoder.finish().unwrap().len();
+            assert_eq!(total, 96 << 20, "{coding}");
+            let mut decoder = Decoder::for_encoding(&headers).unwrap().unwrap();
+            let error = decoder.push(&bomb).unwrap_err();
+            assert!(error.contains("decompression bomb"), "{coding}: {error}");
+        }
     }
 
     #[test]

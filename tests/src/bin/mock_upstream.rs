@@ -10,8 +10,9 @@
 //! Endpoints: `/bytes/N` streams N bytes; `/v1/chat/completions` answers like an
 //! OpenAI-compatible API (SSE with `"stream": true`), checking `Authorization` against
 //! `MOCK_OPENAI_KEY` when set; a request with `Upgrade` gets `101` and an echo of its bytes;
-//! anything else gets a JSON echo (method, path, version, TLS, body length). Every request's
-//! headers are appended to `DIR/requests.jsonl`, so tests see what reached the upstream.
+//! `/bomb.br` is 1 GiB of zeros as ~1 KiB of brotli; anything else gets a JSON echo (method,
+//! path, version, TLS, body length). Every request's headers are appended to
+//! `DIR/requests.jsonl`, so tests see what reached the upstream.
 //! Prints `ready` once every listener is bound. `DIR/server.pem` + `DIR/server.key` are a
 //! certificate from the test CA for the same names, for other servers (the benchmark's nginx).
 
@@ -186,6 +187,14 @@ async fn serve(
         return Response::builder()
             .header("content-type", "application/json")
             .body(Full::new(body).boxed_unsync())
+            .expect("response");
+    }
+    if path == "/bomb.br" {
+        // 1 GiB of zeros in about a kilobyte: what the gateway must not inflate whole.
+        return Response::builder()
+            .header("content-type", "text/plain")
+            .header("content-encoding", "br")
+            .body(full(react_gateway_tests::bombs::brotli_zeros(64)))
             .expect("response");
     }
     if let Some(kind) = path.strip_prefix("/pii") {
