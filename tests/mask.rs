@@ -229,16 +229,6 @@ print("BROKEN:" + str(r.status_code))
     }
 }
 
-/// The daemon's peak resident memory, in KiB.
-fn peak_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// Compressed bodies that inflate to gigabytes: a gzip request body (256 MiB of zeros in
 /// 255 KiB) is refused with 413 once it decodes past the inspection limit, and a brotli
 /// response (1 GiB in ~1 KiB, from the mock) fails as a decompression bomb, and the daemon
@@ -271,7 +261,7 @@ detectors = ["email"]
 "#
     );
     let gateway = Gateway::start_with_policy("bombs", &[("api.toml", &policy)], &[]);
-    let before = peak_kib(gateway.pid());
+    let before = gateway.peak_kib();
 
     let out = gateway.python(
         "agent",
@@ -291,7 +281,7 @@ print(f"AFTER:{r.status_code} {'[REDACTED:EMAIL]' in r.text}")
 "#,
         &[&port.to_string()],
     );
-    let grown = peak_kib(gateway.pid()).saturating_sub(before);
+    let grown = gateway.peak_kib().saturating_sub(before);
     println!("the daemon's peak memory grew by {grown} KiB");
     assert!(
         grown < 256 << 10,

@@ -680,7 +680,7 @@ fn http_block_streaming_and_upgrades() {
     );
 
     // 1 GiB through interception: the daemon's peak memory stays flat.
-    let before = peak_kib(gateway.pid());
+    let before = gateway.peak_kib();
     let out = gateway.exec(
         "agent",
         &[
@@ -701,7 +701,7 @@ fn http_block_streaming_and_upgrades() {
         "{}",
         out_text(&out)
     );
-    let grown = peak_kib(gateway.pid()).saturating_sub(before);
+    let grown = gateway.peak_kib().saturating_sub(before);
     assert!(
         grown < 64 * 1024,
         "peak memory grew by {grown} KiB for a 1 GiB download"
@@ -751,15 +751,6 @@ print(got.decode())
         .find(|s| s["bytes_down"].as_u64().unwrap_or(0) > 1 << 30)
         .expect("download session");
     assert_eq!(big["outcome"], "ok");
-}
-
-fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
 }
 
 /// Garbage after a valid ClientHello, truncated handshakes, silent and slowloris clients: each

@@ -250,6 +250,17 @@ impl Gateway {
         self.child.as_ref().expect("daemon running").id()
     }
 
+    /// The daemon's peak resident memory (`VmHWM`), in KiB.
+    pub fn peak_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
     /// Sends a signal and waits for the daemon to exit.
     pub fn stop(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
