@@ -638,7 +638,8 @@ fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Drops from `Accept-Encoding` the codings the gateway cannot decode.
+/// Cuts `Accept-Encoding` to the codings the gateway decodes as they stream (an upstream
+/// then answers in one of them or in none).
 fn keep_decodable_codings(headers: &mut HeaderMap) {
     let Some(value) = header_str(headers, header::ACCEPT_ENCODING) else {
         return;
@@ -653,7 +654,7 @@ fn keep_decodable_codings(headers: &mut HeaderMap) {
                 .unwrap_or("")
                 .trim()
                 .to_ascii_lowercase();
-            name == "identity" || masking::CODINGS.contains(&name.as_str())
+            name == "identity" || masking::STREAMED_CODINGS.contains(&name.as_str())
         })
         .collect();
     if kept.is_empty() {
@@ -1292,6 +1293,21 @@ impl HttpSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_encoding_keeps_the_codings_decoded_as_they_stream() {
+        for (asked, kept) in [
+            ("gzip, deflate, br, zstd", "gzip, deflate, br"),
+            ("zstd;q=1.0, br;q=0.9, *;q=0.1", "br;q=0.9"),
+            ("zstd", "identity"),
+            ("compress, identity", "identity"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(asked));
+            keep_decodable_codings(&mut headers);
+            assert_eq!(headers[header::ACCEPT_ENCODING], kept, "{asked}");
+        }
+    }
 
     #[test]
     fn secret_headers_are_redacted() {

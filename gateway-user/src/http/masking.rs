@@ -31,6 +31,10 @@ const INFLATE_LIMIT: usize = 64 << 20;
 
 /// Content codings the gateway can decode.
 pub const CODINGS: &[&str] = &["gzip", "x-gzip", "deflate", "br", "zstd"];
+/// The codings decoded as they stream, which a request may keep asking for: zstd is decoded
+/// only whole (a streamed answer in zstd would reach the agent at its end), so the gateway
+/// does not ask for it, and decodes it only when an upstream sends it unasked.
+pub const STREAMED_CODINGS: &[&str] = &["gzip", "x-gzip", "deflate", "br"];
 
 /// Where a decoder writes its output: at most `room` bytes, then an error (and `over`).
 /// The decoders hand it their output in pieces of their buffer's size (32 KiB for gzip and
