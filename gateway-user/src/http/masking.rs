@@ -184,9 +184,11 @@ impl Decoder {
     }
 
     fn push_bounded(&mut self, input: &[u8]) -> Result<Vec<u8>, DecodeError> {
+        // flate2 keeps what the last write inflated until the next write: flushed here, a
+        // streamed event reaches the agent with its own chunk, not with the next one.
         let written = match &mut self.coding {
-            Coding::Gzip(d) => d.write_all(input),
-            Coding::Zlib(d) => d.write_all(input),
+            Coding::Gzip(d) => d.write_all(input).and_then(|()| d.flush()),
+            Coding::Zlib(d) => d.write_all(input).and_then(|()| d.flush()),
             Coding::Brotli(d) => d.write_all(input),
             Coding::Zstd(buf) => {
                 if buf.len() + input.len() > BODY_LIMIT {
@@ -505,6 +507,50 @@ mod tests {
             let mut decoder = Decoder::for_encoding(&headers).unwrap().unwrap();
             let error = decoder.push(&bomb).unwrap_err();
             assert!(error.contains("decompression bomb"), "{coding}: {error}");
+        }
+    }
+
+    /// A compressed stream flushed after each event (as a server streaming SSE does) gives
+    /// each event out of the chunk that carried it.
+    #[test]
+    fn each_chunk_inflates_at_once() {
+        let events = [
+            "data: {\"a\": 1}\n\n",
+            "data: {\"b\": 2}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        // Each event written and sync-flushed, then the stream's end: four chunks.
+        fn chunks<E: std::io::Write>(
+            mut encoder: E,
+            out: fn(&mut E) -> &mut Vec<u8>,
+            finish: fn(E) -> std::io::Result<Vec<u8>>,
+            events: &[&str],
+        ) -> Vec<Vec<u8>> {
+            let mut chunks = Vec::new();
+            for event in events {
+                encoder.write_all(event.as_bytes()).unwrap();
+                encoder.flush().unwrap();
+                chunks.push(std::mem::take(out(&mut encoder)));
+            }
+            chunks.push(finish(encoder).unwrap());
+            chunks
+        }
+        let level = flate2::Compression::fast();
+        for coding in ["gzip", "deflate"] {
+            let chunks = if coding == "gzip" {
+                let e = flate2::write::GzEncoder::new(Vec::new(), level);
+                chunks(e, |e| e.get_mut(), |e| e.finish(), &events)
+            } else {
+                let e = flate2::write::ZlibEncoder::new(Vec::new(), level);
+                chunks(e, |e| e.get_mut(), |e| e.finish(), &events)
+            };
+            let headers = encoded(coding, b"").0;
+            let mut decoder = Decoder::for_encoding(&headers).unwrap().unwrap();
+            for (chunk, event) in chunks.iter().zip(events) {
+                assert_eq!(decoder.push(chunk).unwrap(), event.as_bytes(), "{coding}");
+            }
+            assert_eq!(decoder.push(&chunks[3]).unwrap(), b"", "{coding}");
+            assert_eq!(decoder.finish().unwrap(), b"", "{coding}");
         }
     }
 
