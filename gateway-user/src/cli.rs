@@ -63,7 +63,8 @@ pub enum AuditCommand {
     Verify,
     /// One JSON object per session, then per event (for a SIEM).
     Export {
-        /// RFC 3339 time or a duration back from now (e.g. 24h).
+        /// A date (2026-12-01, midnight UTC), an RFC 3339 time or a duration back from now
+        /// (24h).
         #[arg(long)]
         since: Option<String>,
         /// Output format.
@@ -196,7 +197,8 @@ pub struct ListArgs {
     /// Policy target name.
     #[arg(long)]
     pub target: Option<String>,
-    /// RFC 3339 time (2026-11-21T17:00:00Z) or a duration back from now (1h, 30m).
+    /// A date (2026-11-21, midnight UTC), an RFC 3339 time (2026-11-21T17:00:00Z) or a
+    /// duration back from now (1h, 30m).
     #[arg(long)]
     pub since: Option<String>,
     /// ok | blocked | denied | `tls_rejected` | `approval_denied` | error

@@ -262,13 +262,21 @@ async fn find_session(store: &Store, id: &str) -> anyhow::Result<Option<(Session
     Ok(found)
 }
 
-/// `--since`: an RFC 3339 time or a duration back from now.
+/// `--since`: a date (midnight UTC), an RFC 3339 time (UTC when it has no offset), or a
+/// duration back from now.
 fn parse_since(text: &str) -> anyhow::Result<String> {
-    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
-        return Ok(gateway_user::session::timestamp(at));
+    let text = text.trim();
+    let midnight = format!("{text}T00:00:00Z");
+    for time in [text, midnight.as_str()] {
+        if let Ok(at) = humantime::parse_rfc3339_weak(time) {
+            return Ok(gateway_user::session::timestamp(at));
+        }
     }
     let back = humantime::parse_duration(text).with_context(|| {
-        format!("--since {text:?}: expected an RFC 3339 time or a duration like 1h")
+        format!(
+            "--since {text:?}: expected a date (2026-12-01), a time (2026-12-01T09:30:00Z) \
+             or a duration back from now (90m, 24h, 7d)"
+        )
     })?;
     Ok(gateway_user::session::timestamp(
         std::time::SystemTime::now() - back,
@@ -963,6 +971,27 @@ fn run_cases(policy: &Policy, files: &[std::path::PathBuf], state: &StateDir) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_takes_a_date_a_time_or_a_duration() {
+        assert_eq!(
+            parse_since("2026-12-01").unwrap(),
+            "2026-12-01T00:00:00.000Z"
+        );
+        for time in ["2026-12-01T09:30:00Z", "2026-12-01 09:30:00"] {
+            assert_eq!(parse_since(time).unwrap(), "2026-12-01T09:30:00.000Z");
+        }
+        let day_ago = parse_since("24h").unwrap();
+        let now = gateway_user::session::timestamp(std::time::SystemTime::now());
+        assert!(
+            day_ago < now && day_ago[..10] != now[..10],
+            "{day_ago} {now}"
+        );
+        for bad in ["yesterday", "2026-13-01", "-5d", ""] {
+            let error = parse_since(bad).unwrap_err().to_string();
+            assert!(error.contains("expected a date"), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn status_says_the_policy_mode_once_and_a_failed_reload() {
