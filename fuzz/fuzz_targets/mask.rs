@@ -1,5 +1,6 @@
 //! Arbitrary bytes → the streaming masker (whole catalogue, every strategy) and the SSE
-//! masker, and the replay's reading of a recorded stream: none may panic, whatever the bytes
+//! masker, the content decoders (gzip, deflate, br, zstd), and the replay's reading of a
+//! recorded stream: none may panic, whatever the bytes
 //! (invalid UTF-8, unbounded lines, broken JSON), and the streaming masker must give the same
 //! output for two splits of the input.
 //! The same bytes → the JSON scanner, which must accept a document exactly when `serde_json`
@@ -8,6 +9,7 @@
 
 use std::sync::{Arc, LazyLock};
 
+use gateway_user::http::masking::Decoder;
 use gateway_user::mask::{
     MaskContext, Masker, Strategy, detectors, json,
     sse::{self, SseMasker},
@@ -49,6 +51,18 @@ fuzz_target!(|data: &[u8]| {
         let _ = sse.push(chunk, &mut ctx);
     }
     let _ = sse.finish(&mut ctx);
+
+    // The same bytes as a compressed body, in chunks: an error or output, never a panic.
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        if let Ok(Some(mut decoder)) = Decoder::for_coding(coding) {
+            let pushed = data
+                .chunks(usize::from(split).max(1))
+                .try_for_each(|chunk| decoder.push(chunk).map(drop));
+            if pushed.is_ok() {
+                let _ = decoder.finish();
+            }
+        }
+    }
 
     if let Ok(text) = std::str::from_utf8(data) {
         // A recorded event stream read back by `sessions replay` (store contents can be

@@ -111,15 +111,24 @@ impl Decoder {
         Self::bounded(headers, INFLATE_LIMIT, false).map_err(|e| e.to_string())
     }
 
+    /// The decoder of a coding named as in `Content-Encoding`, for a streamed body.
+    pub fn for_coding(coding: &str) -> Result<Option<Self>, String> {
+        Self::of(coding, INFLATE_LIMIT, false).map_err(|e| e.to_string())
+    }
+
     fn bounded(
         headers: &HeaderMap,
         limit: usize,
         whole: bool,
     ) -> Result<Option<Self>, DecodeError> {
-        let Some(value) = headers.get(http::header::CONTENT_ENCODING) else {
-            return Ok(None);
-        };
-        let value = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        match headers.get(http::header::CONTENT_ENCODING) {
+            Some(value) => Self::of(value.to_str().unwrap_or(""), limit, whole),
+            None => Ok(None),
+        }
+    }
+
+    fn of(coding: &str, limit: usize, whole: bool) -> Result<Option<Self>, DecodeError> {
+        let value = coding.trim().to_ascii_lowercase();
         let sink = Sink {
             room: limit,
             ..Sink::default()
