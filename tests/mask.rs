@@ -93,6 +93,9 @@ r = requests.get(base + "/pii")
 print("TEXT:" + json.dumps(r.text))
 r = requests.get(base + "/pii.json")
 print("DOC:" + json.dumps(r.json()))
+r = requests.post(base + "/api/chat", json={"model": "mock", "messages": []}, stream=True)
+lines = [json.loads(l) for l in r.iter_lines() if l]
+print("NDJSON:" + json.dumps("".join(l["message"]["content"] for l in lines)) + f" {lines[-1]['done']}")
 r = requests.get(base + "/pii.gz")
 print("GZ:" + json.dumps(r.text) + " " + r.headers.get("content-encoding", "identity"))
 r = requests.post(base + "/echo", data=b'{"broken json ' + sys.argv[2].encode(), headers={"content-type": "application/json"})
@@ -120,8 +123,18 @@ print("BROKEN:" + str(r.status_code))
             );
         }
     }
+    // Ollama's native stream: values split over lines of 3 characters, masked.
+    let ndjson = line("NDJSON:");
+    assert!(
+        ndjson.contains("[REDACTED:EMAIL]") && ndjson.contains("[REDACTED:CREDIT_CARD]"),
+        "{ndjson}"
+    );
+    assert!(
+        ndjson.ends_with(" True"),
+        "the done line stays last: {ndjson}"
+    );
     // Bodies in frames of 7 bytes, JSON and gzip alike.
-    for what in ["TEXT:", "DOC:", "GZ:"] {
+    for what in ["TEXT:", "DOC:", "GZ:", "NDJSON:"] {
         let body = line(what);
         for value in MOCK_PII {
             assert!(!body.contains(value), "{what} {value}: {body}");

@@ -1,5 +1,5 @@
-//! Arbitrary bytes → the streaming masker (whole catalogue, every strategy) and the SSE
-//! masker, the content decoders (gzip, deflate, br, zstd), and the replay's reading of a
+//! Arbitrary bytes → the streaming masker (whole catalogue, every strategy), the SSE and
+//! NDJSON maskers, the content decoders (gzip, deflate, br, zstd), and the replay's reading of a
 //! recorded stream: none may panic, whatever the bytes
 //! (invalid UTF-8, unbounded lines, broken JSON), and the streaming masker must give the same
 //! output for two splits of the input.
@@ -51,6 +51,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = sse.push(chunk, &mut ctx);
     }
     let _ = sse.finish(&mut ctx);
+    let mut ndjson = SseMasker::ndjson(steps.clone());
+    for chunk in data.chunks(usize::from(split).max(1)) {
+        let _ = ndjson.push(chunk, &mut ctx);
+    }
+    let _ = ndjson.finish(&mut ctx);
 
     // The same bytes as a compressed body, in chunks: an error or output, never a panic.
     for coding in ["gzip", "deflate", "br", "zstd"] {

@@ -1,6 +1,6 @@
 //! Masking on the HTTP data path: content codings decoded, request bodies masked whole
-//! (structure-aware), response bodies masked as they stream (text, SSE) or whole (JSON up to
-//! [`BODY_LIMIT`], then as text).
+//! (structure-aware), response bodies masked as they stream (text, SSE, newline-delimited
+//! JSON) or whole (JSON up to [`BODY_LIMIT`], then as text).
 
 use std::{
     io::{Read as _, Write as _},
@@ -312,6 +312,9 @@ impl MaskedBody {
             .map(|t| t.trim().to_ascii_lowercase());
         let transform = match essence.as_deref() {
             Some("text/event-stream") => Transform::Sse(SseMasker::new(steps.clone())),
+            Some("application/x-ndjson" | "application/ndjson" | "application/jsonl") => {
+                Transform::Sse(SseMasker::ndjson(steps.clone()))
+            }
             _ if content_type.as_deref().is_some_and(is_json_type) => Transform::Json(Vec::new()),
             _ => Transform::Text(StreamMasker::new(steps.iter().cloned())),
         };

@@ -10,6 +10,11 @@
 //! still held back when a stream ends (`finish_reason`, `content_block_stop`, a `.done`
 //! event, `[DONE]` or the end of the body) goes out in one extra event of the same shape,
 //! just before the event that ended it. Other events are masked whole, as JSON or as text.
+//!
+//! Newline-delimited JSON streams (`application/x-ndjson`: Ollama's `/api/chat` and
+//! `/api/generate`, `message.content` / `response` and their `thinking`) are read the same way
+//! ([`SseMasker::ndjson`]): each line is an event's data, and a line with `"done": true`
+//! ends the streams.
 
 use serde_json::Value;
 
@@ -32,6 +37,8 @@ struct TextStream {
 /// The SSE masker of one response body.
 pub struct SseMasker {
     steps: Vec<Step>,
+    /// Newline-delimited JSON: each line is an event's data, written back as a line.
+    ndjson: bool,
     line: Vec<u8>,
     /// A `\r` ended the last line; a `\n` right after it belongs to it.
     after_cr: bool,
@@ -50,6 +57,7 @@ impl SseMasker {
     pub fn new(steps: Vec<Step>) -> Self {
         Self {
             steps,
+            ndjson: false,
             line: Vec::new(),
             after_cr: false,
             fields: Vec::new(),
@@ -57,6 +65,14 @@ impl SseMasker {
             has_data: false,
             streams: Vec::new(),
             overflow: None,
+        }
+    }
+
+    /// The masker of a newline-delimited JSON stream (`application/x-ndjson`).
+    pub fn ndjson(steps: Vec<Step>) -> Self {
+        Self {
+            ndjson: true,
+            ..Self::new(steps)
         }
     }
 
@@ -105,7 +121,9 @@ impl SseMasker {
             held.push(b'\n');
         }
         if self.has_data {
-            held.extend_from_slice(b"data: ");
+            if !self.ndjson {
+                held.extend_from_slice(b"data: ");
+            }
             held.extend_from_slice(&self.data);
             held.push(b'\n');
         }
@@ -133,6 +151,17 @@ impl SseMasker {
     }
 
     fn line(&mut self, line: Vec<u8>, ctx: &mut MaskContext, out: &mut Vec<u8>) {
+        if self.ndjson {
+            if line.trim_ascii().is_empty() {
+                out.extend_from_slice(&line);
+                out.push(b'\n');
+            } else {
+                self.data = line;
+                self.has_data = true;
+                self.dispatch(ctx, out);
+            }
+            return;
+        }
         if line.is_empty() {
             self.dispatch(ctx, out);
             return;
@@ -158,17 +187,17 @@ impl SseMasker {
         let data = std::mem::take(&mut self.data);
         let has_data = std::mem::take(&mut self.has_data);
         if !has_data {
-            write_event(out, &fields, None);
+            self.emit(out, &fields, None);
             return;
         }
         if data.trim_ascii() == b"[DONE]" {
             self.flush_all(ctx, out);
-            write_event(out, &fields, Some(&data));
+            self.emit(out, &fields, Some(&data));
             return;
         }
         let Ok(mut value) = serde_json::from_slice::<Value>(&data) else {
             let masked = self.mask_whole_text(&data, ctx);
-            write_event(out, &fields, Some(&masked));
+            self.emit(out, &fields, Some(&masked));
             return;
         };
         let event_name = event_name(&fields, &value);
@@ -179,25 +208,46 @@ impl SseMasker {
         if deltas.is_empty() {
             self.mask_whole_json(&mut value, ctx);
         }
-        for (key, pointer) in deltas {
-            let Some(Value::String(text)) = value.pointer(&pointer).cloned() else {
+        // An Ollama line carries whole values beside its text (a tool call's arguments):
+        // they are masked as JSON, the text streams as text. Its last line (`"done": true`)
+        // ends its streams in itself: a client stops reading there.
+        let ollama = self.ndjson && !deltas.is_empty();
+        let texts: Vec<Option<Value>> = deltas
+            .iter()
+            .map(|(_, pointer)| {
+                value
+                    .pointer_mut(pointer)
+                    .map(|slot| std::mem::replace(slot, Value::String(String::new())))
+            })
+            .collect();
+        if ollama {
+            self.mask_whole_json(&mut value, ctx);
+        }
+        let last = ollama && value["done"] == Value::Bool(true);
+        for ((key, pointer), text) in deltas.into_iter().zip(texts) {
+            let Some(Value::String(text)) = text else {
                 continue;
             };
             let index = self.stream(&key, &pointer);
             let stream = &mut self.streams[index];
-            let settled = stream.masker.push(text.as_bytes(), ctx);
-            let mut template = value.clone();
-            if let Some(slot) = template.pointer_mut(&pointer) {
-                *slot = Value::String(String::new());
+            let mut settled = stream.masker.push(text.as_bytes(), ctx);
+            if last {
+                let mut stream = self.streams.remove(index);
+                settled.extend(stream.masker.finish(ctx));
+            } else {
+                let mut template = value.clone();
+                strip_ends(&mut template);
+                stream.template = Some((fields.clone(), template, pointer.clone()));
             }
-            strip_ends(&mut template);
-            stream.template = Some((fields.clone(), template, pointer.clone()));
             if let Some(slot) = value.pointer_mut(&pointer) {
                 *slot = Value::String(String::from_utf8_lossy(&settled).into_owned());
             }
         }
+        if last {
+            self.flush("o.", ctx, out);
+        }
         let json = serde_json::to_vec(&value).unwrap_or(data);
-        write_event(out, &fields, Some(&json));
+        self.emit(out, &fields, Some(&json));
     }
 
     fn stream(&mut self, key: &str, pointer: &str) -> usize {
@@ -238,8 +288,18 @@ impl SseMasker {
                     .filter(|f| !f.starts_with(b"id"))
                     .collect();
                 let json = serde_json::to_vec(&template).unwrap_or_default();
-                write_event(out, &fields, Some(&json));
+                self.emit(out, &fields, Some(&json));
             }
+        }
+    }
+
+    /// Writes an event: SSE fields and `data:` lines, or a line of JSON.
+    fn emit(&self, out: &mut Vec<u8>, fields: &[Vec<u8>], data: Option<&[u8]>) {
+        if !self.ndjson {
+            write_event(out, fields, data);
+        } else if let Some(data) = data {
+            out.extend_from_slice(data);
+            out.push(b'\n');
         }
     }
 
@@ -333,6 +393,20 @@ fn deltas(name: &str, value: &Value) -> Vec<(String, String)> {
         );
         let part = index_of(value, "content_index", 0);
         found.push((format!("r{item}.{part}"), "/delta".to_string()));
+        return found;
+    }
+    // Ollama (`/api/chat`, `/api/generate`): every line says whether it is the last.
+    if value["done"].is_boolean() {
+        for (key, pointer) in [
+            ("o.content", "/message/content"),
+            ("o.thinking", "/message/thinking"),
+            ("o.response", "/response"),
+            ("o.rthinking", "/thinking"),
+        ] {
+            if value.pointer(pointer).is_some_and(Value::is_string) {
+                found.push((key.to_string(), pointer.to_string()));
+            }
+        }
         return found;
     }
     // Anthropic messages.
@@ -638,6 +712,70 @@ mod tests {
             );
             assert_eq!(c.counts["email"], 1);
         }
+    }
+
+    /// Ollama's `/api/chat` stream: a token per line, the value split over five of them, a
+    /// tool call's arguments whole in one line, and a last line (`"done": true`) that carries
+    /// text of its own; each line stays one JSON object, the last stays last.
+    #[test]
+    fn ollama_ndjson_value_split_over_lines() {
+        let line = |content: &str, done: bool| {
+            let mut v = serde_json::json!({"model": "llama3", "created_at": "2026-12-07T10:00:00Z",
+                "message": {"role": "assistant", "content": content}, "done": done});
+            if content.is_empty() {
+                v["message"]["tool_calls"] = serde_json::json!([{"function": {"name": "mail",
+                    "arguments": {"to": "carol@example.org"}}}]);
+            }
+            if done {
+                v["done_reason"] = "stop".into();
+            }
+            format!("{v}\n")
+        };
+        let tokens = [
+            "Reach ",
+            "bob",
+            "@",
+            "example",
+            ".com",
+            " or pay 4111 1111 ",
+            "1111 ",
+            "",
+        ];
+        let mut body: String = tokens.iter().map(|t| line(t, false)).collect();
+        body.push_str(&line("1111.", true));
+        let mut outs = Vec::new();
+        for size in [1, 5, 64, body.len()] {
+            let mut masker = SseMasker::ndjson(steps(Strategy::Redact));
+            let mut c = ctx();
+            let mut out = Vec::new();
+            for chunk in body.as_bytes().chunks(size) {
+                out.extend(masker.push(chunk, &mut c));
+            }
+            out.extend(masker.finish(&mut c));
+            let text = String::from_utf8(out.clone()).unwrap();
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("every line stays JSON"))
+                .collect();
+            let content: String = lines
+                .iter()
+                .filter_map(|l| l["message"]["content"].as_str())
+                .collect();
+            assert_eq!(
+                content, "Reach [REDACTED:EMAIL] or pay [REDACTED:CREDIT_CARD].",
+                "chunks of {size}"
+            );
+            assert!(!text.contains("carol@example.org"), "{text}");
+            assert!(text.contains("[REDACTED:EMAIL]"), "{text}");
+            assert_eq!(lines.last().unwrap()["done"], true, "{text}");
+            assert_eq!(lines.iter().filter(|l| l["done"] == true).count(), 1);
+            assert_eq!(c.counts["email"], 2);
+            outs.push(out);
+        }
+        assert!(
+            outs.windows(2).all(|w| w[0] == w[1]),
+            "chunking changed the output"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! Endpoints: `/bytes/N` streams N bytes; `/v1/chat/completions` answers like an
 //! OpenAI-compatible API (SSE with `"stream": true`), checking `Authorization` against
 //! `MOCK_OPENAI_KEY` when set; a request with `Upgrade` gets `101` and an echo of its bytes;
+//! `/api/chat` streams `LEAK` like Ollama (a line of JSON per 3 characters);
 //! `/bomb.br` is 1 GiB of zeros as ~1 KiB of brotli; anything else gets a JSON echo (method,
 //! path, version, TLS, body length). Every request's headers are appended to
 //! `DIR/requests.jsonl`, so tests see what reached the upstream.
@@ -224,6 +225,33 @@ async fn serve(
             response = response.header("content-encoding", encoding);
         }
         return response
+            .body(StreamBody::new(Iter(frames.into_iter())).boxed_unsync())
+            .expect("response");
+    }
+    if path == "/api/chat" {
+        // Ollama's native streaming answer: a line of JSON per 3 characters, each in its own
+        // frame, then a last line with `"done": true`.
+        let chars: Vec<char> = LEAK.trim_end().chars().collect();
+        let mut lines: Vec<String> = chars
+            .chunks(3)
+            .map(|piece| {
+                let piece: String = piece.iter().collect();
+                serde_json::json!({"model": "mock", "created_at": "2026-12-07T10:00:00Z",
+                    "message": {"role": "assistant", "content": piece}, "done": false})
+                .to_string()
+            })
+            .collect();
+        lines.push(
+            serde_json::json!({"model": "mock", "created_at": "2026-12-07T10:00:01Z",
+                "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "stop"})
+            .to_string(),
+        );
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = lines
+            .into_iter()
+            .map(|l| Ok(Frame::data(Bytes::from(l + "\n"))))
+            .collect();
+        return Response::builder()
+            .header("content-type", "application/x-ndjson")
             .body(StreamBody::new(Iter(frames.into_iter())).boxed_unsync())
             .expect("response");
     }
