@@ -172,7 +172,7 @@ print("BROKEN:" + str(r.status_code))
     // Counts per detector in the session, per rule and fallbacks in its masking event; never
     // a raw value.
     // The openai client's sessions and one per `requests` call.
-    let sessions = gateway.ended_sessions(6, Duration::from_secs(10));
+    let sessions = gateway.ended_sessions(7, Duration::from_secs(10));
     let total = |detector: &str| -> u64 {
         sessions
             .iter()
@@ -209,6 +209,29 @@ print("BROKEN:" + str(r.status_code))
         replay[stream..].contains("[choice 0]")
             && replay[stream..].contains("Mail [TOKEN:EMAIL:1] about card [REDACTED:CREDIT_CARD]"),
         "{replay}"
+    );
+    // Ollama's stream, replayed, reads as its text too (one session per `requests` call).
+    let replays: Vec<String> = sessions
+        .iter()
+        .map(|s| {
+            let out = gateway
+                .cli()
+                .args(["sessions", "replay", s["id"].as_str().unwrap()])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    let ollama = replays
+        .iter()
+        .find(|r| r.contains("POST /api/chat"))
+        .unwrap_or_else(|| panic!("no /api/chat session: {replays:#?}"));
+    assert!(
+        ollama.contains(" lines, the text of each stream joined")
+            && ollama.contains("[message]")
+            && ollama.contains("Reach [REDACTED:EMAIL] or [REDACTED:PHONE]")
+            && ollama.contains("done (stop)"),
+        "{ollama}"
     );
     let masking: Vec<Value> = sessions
         .iter()

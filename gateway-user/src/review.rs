@@ -72,19 +72,22 @@ fn body_lines(
     let Some(body) = d.get("body").and_then(Value::as_str) else {
         return;
     };
-    let stream = field("content_type")
+    let essence = field("content_type")
         .and_then(Value::as_str)
-        .is_some_and(|t| {
-            t.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        });
-    let shown = if raw {
-        body.to_string()
-    } else if let Some(text) = stream.then(|| sse::reassemble(body)).flatten() {
-        stream_text(&text)
-    } else {
-        pretty_body(body)
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase());
+    let streamed = match essence.as_deref() {
+        _ if raw => None,
+        Some("text/event-stream") => sse::reassemble(body).map(|t| stream_text(&t, "events")),
+        Some("application/x-ndjson" | "application/ndjson" | "application/jsonl") => {
+            sse::reassemble_lines(body).map(|t| stream_text(&t, "lines"))
+        }
+        _ => None,
+    };
+    let shown = match streamed {
+        Some(text) => text,
+        None if raw => body.to_string(),
+        None => pretty_body(body),
     };
     line.push('\n');
     line.push_str(indent(&shown, "      | ").trim_end());
@@ -92,9 +95,9 @@ fn body_lines(
 
 /// An LLM's event stream as what it streamed: each text stream whole, then the events that
 /// carried no text (`--raw` shows them all).
-fn stream_text(text: &sse::Reassembled) -> String {
+fn stream_text(text: &sse::Reassembled, unit: &str) -> String {
     let mut out = format!(
-        "event stream: {} events{}, the text of each stream joined (--raw: as recorded)\n",
+        "event stream: {} {unit}{}, the text of each stream joined (--raw: as recorded)\n",
         text.events,
         match text.unreadable {
             0 => String::new(),

@@ -536,6 +536,18 @@ pub fn reassemble(body: &str) -> Option<Reassembled> {
     (!out.streams.is_empty()).then_some(out)
 }
 
+/// A recorded newline-delimited JSON stream (Ollama's) read back like [`reassemble`]: each
+/// line is an event.
+pub fn reassemble_lines(body: &str) -> Option<Reassembled> {
+    let mut out = Reassembled::default();
+    let mut keys: Vec<String> = Vec::new();
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        out.events += 1;
+        read_event(&[], line, &mut out, &mut keys);
+    }
+    (!out.streams.is_empty()).then_some(out)
+}
+
 fn read_event(fields: &[Vec<u8>], data: &str, out: &mut Reassembled, keys: &mut Vec<String>) {
     if data.trim() == "[DONE]" {
         out.done = true;
@@ -580,6 +592,24 @@ fn read_event(fields: &[Vec<u8>], data: &str, out: &mut Reassembled, keys: &mut 
     for reason in finished {
         other(format!("finish_reason {reason}"));
     }
+    // Ollama: tool calls come whole, and the last line says why it ended.
+    for call in value["message"]["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let name = call["function"]["name"].as_str().unwrap_or("?");
+        other(format!(
+            "tool call {name} {}",
+            call["function"]["arguments"]
+        ));
+    }
+    if value["done"] == Value::Bool(true) {
+        other(match value["done_reason"].as_str() {
+            Some(reason) => format!("done ({reason})"),
+            None => "done".to_string(),
+        });
+    }
     for (key, pointer) in found {
         let text = value
             .pointer(&pointer)
@@ -620,6 +650,13 @@ fn stream_label(key: &str) -> String {
         && let Some((item, part)) = rest.rsplit_once('.')
     {
         return format!("output {item} part {part}");
+    }
+    match key {
+        "o.content" => return "message".to_string(),
+        "o.thinking" => return "message thinking".to_string(),
+        "o.response" => return "response".to_string(),
+        "o.rthinking" => return "thinking".to_string(),
+        _ => {}
     }
     match key.strip_prefix('a') {
         Some(block) => format!("content block {block}"),
@@ -872,6 +909,32 @@ mod tests {
         assert_eq!(text.other, [("finish_reason stop".to_string(), 1)]);
         assert!(text.done);
         assert_eq!(text.unreadable, 0);
+    }
+
+    #[test]
+    fn a_recorded_ollama_stream_reads_back_as_its_text() {
+        let body = concat!(
+            r#"{"model":"m","message":{"role":"assistant","content":"Mail [REDACTED:"},"done":false}"#,
+            "\r\n",
+            r#"{"model":"m","message":{"role":"assistant","content":"EMAIL] now","tool_calls":[{"function":{"name":"mail","arguments":{"to":"x"}}}]},"done":false}"#,
+            "\n\n",
+            r#"{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}"#,
+            "\n",
+        );
+        let text = reassemble_lines(body).expect("an Ollama stream");
+        assert_eq!(text.events, 3);
+        assert_eq!(
+            text.streams,
+            owned(&[("message", "Mail [REDACTED:EMAIL] now")])
+        );
+        assert_eq!(
+            text.other,
+            [
+                (r#"tool call mail {"to":"x"}"#.to_string(), 1),
+                ("done (stop)".to_string(), 1)
+            ]
+        );
+        assert_eq!(reassemble_lines("{\"a\": 1}\nnot json\n"), None);
     }
 
     #[test]
