@@ -72,18 +72,9 @@ fn body_lines(
     let Some(body) = d.get("body").and_then(Value::as_str) else {
         return;
     };
-    let essence = field("content_type")
-        .and_then(Value::as_str)
-        .and_then(|t| t.split(';').next())
-        .map(|t| t.trim().to_ascii_lowercase());
-    let streamed = match essence.as_deref() {
-        _ if raw => None,
-        Some("text/event-stream") => sse::reassemble(body).map(|t| stream_text(&t, "events")),
-        Some("application/x-ndjson" | "application/ndjson" | "application/jsonl") => {
-            sse::reassemble_lines(body).map(|t| stream_text(&t, "lines"))
-        }
-        _ => None,
-    };
+    let streamed = reassembled(field("content_type").and_then(Value::as_str), body)
+        .filter(|_| !raw)
+        .map(|(text, unit)| stream_text(&text, unit));
     let shown = match streamed {
         Some(text) => text,
         None if raw => body.to_string(),
@@ -91,6 +82,19 @@ fn body_lines(
     };
     line.push('\n');
     line.push_str(indent(&shown, "      | ").trim_end());
+}
+
+/// A recorded body that is an LLM's stream (SSE, or Ollama's newline-delimited JSON) read
+/// back as the text of its streams, with what its events are called.
+fn reassembled(content_type: Option<&str>, body: &str) -> Option<(sse::Reassembled, &'static str)> {
+    let essence = content_type?.split(';').next()?.trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "text/event-stream" => sse::reassemble(body).map(|t| (t, "events")),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
+            sse::reassemble_lines(body).map(|t| (t, "lines"))
+        }
+        _ => None,
+    }
 }
 
 /// An LLM's event stream as what it streamed: each text stream whole, then the events that
@@ -370,15 +374,35 @@ impl LeakScanner {
                 String::new(),
                 &mut fields,
             );
-            for (field, text) in fields {
+            // A streamed body is also read as the text of its streams: a value a model
+            // spread over several events is one value there (reported once, where it is
+            // whole).
+            let body = event.data.get("body").and_then(Value::as_str);
+            let content_type = ["body_content_type", "content_type"]
+                .iter()
+                .find_map(|k| event.data.get(*k)?.as_str());
+            if let Some((text, _)) = body.and_then(|b| reassembled(content_type, b)) {
+                fields.extend(
+                    text.streams
+                        .into_iter()
+                        .map(|(label, text)| (format!("body ({label})"), text)),
+                );
+            }
+            let mut seen: Vec<&[u8]> = Vec::new();
+            for (field, text) in &fields {
                 for finding in masker.find(text.as_bytes()) {
+                    let value = &text.as_bytes()[finding.start..finding.end];
+                    if seen.contains(&value) {
+                        continue;
+                    }
+                    seen.push(value);
                     leaks.push(Leak {
                         session: session.id.clone(),
                         event: index,
                         kind: event.kind.clone(),
                         field: field.clone(),
                         detector: masker.detectors()[finding.detector].name.to_string(),
-                        preview: preview(&text.as_bytes()[finding.start..finding.end]),
+                        preview: preview(value),
                     });
                 }
             }
@@ -582,5 +606,36 @@ mod tests {
         assert_eq!(leaks[0].field, "body");
         assert!(!leaks[0].preview.contains("jane.doe"));
         assert!(LeakScanner::new(None, &["nope".into()]).is_err());
+    }
+
+    /// A value a model streamed over several events is a leak of the stream's text; one in
+    /// a single event is reported once, not again for the stream.
+    #[test]
+    fn leaks_split_over_streamed_events_are_found() {
+        let scanner = LeakScanner::new(None, &["pii".into()]).unwrap();
+        let chunk = |text: &str| {
+            let v = serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}}]});
+            format!("data: {v}\n\n")
+        };
+        let body: String = ["Mail bob", "@exam", "ple.com, or carol@example.org"]
+            .iter()
+            .map(|t| chunk(t))
+            .collect();
+        let events = [event(
+            "2026-11-21T17:00:00.250Z",
+            "http_response",
+            serde_json::json!({"body": body, "body_content_type": "text/event-stream"}),
+        )];
+        let leaks = scanner.scan(&session(), &events);
+        let found: Vec<(&str, &str)> = leaks
+            .iter()
+            .map(|l| (l.field.as_str(), l.detector.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [("body", "email"), ("body (choice 0)", "email")],
+            "{leaks:?}"
+        );
+        assert!(!leaks[1].preview.contains("bob@example"), "{leaks:?}");
     }
 }
