@@ -357,3 +357,101 @@ requests.get(base + "/codings", headers={"accept-encoding": "zstd, br, gzip"})
         "{sessions:#?}"
     );
 }
+
+/// `sessions verify` reads a recorded stream as its text: an answer recorded unmasked
+/// (Ollama's stream, three characters a line, for a target without mask rules) is checked
+/// against a policy that masks `pii`, and the e-mail address, card and phone number the model
+/// spread over many lines are reported (exit 1), though no single line holds one.
+#[test]
+fn sessions_verify_finds_values_spread_over_streamed_lines() {
+    if !privileged() {
+        return;
+    }
+    let port = free_port();
+    let mock = MockUpstream::start(MOCK, "verify-stream", &[format!("http@127.0.0.2:{port}")]);
+    let policy = |rule: &str| {
+        format!(
+            r#"
+version = 1
+[defaults]
+unmatched = "deny"
+record = "full"
+
+[[target]]
+name = "ollama"
+addresses = ["127.0.0.2/32"]
+ports = [{port}]
+protocol = "http"
+{rule}"#
+        )
+    };
+    let gateway = Gateway::start_with_policy("verify-stream", &[("ollama.toml", &policy(""))], &[]);
+    let out = gateway.python(
+        "agent",
+        r#"
+import sys, json, requests
+r = requests.post(f"http://127.0.0.2:{sys.argv[1]}/api/chat", json={"model": "mock"}, stream=True)
+print("".join(json.loads(l)["message"]["content"] for l in r.iter_lines() if l))
+"#,
+        &[&port.to_string()],
+    );
+    assert!(
+        out.contains("carol.jones@example.org"),
+        "recorded unmasked: {out}"
+    );
+    gateway.ended_sessions(1, Duration::from_secs(10));
+
+    let strict = mock.dir.join("strict");
+    std::fs::create_dir_all(&strict).unwrap();
+    let rule = r#"
+[[rule]]
+name = "mask-answers"
+target = "ollama"
+direction = "response"
+action = "mask"
+detectors = ["pii"]
+"#;
+    std::fs::write(strict.join("ollama.toml"), policy(rule)).unwrap();
+    let verify = gateway
+        .cli()
+        .args(["--json", "sessions", "verify", "--all", "--policy-dir"])
+        .arg(&strict)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert_eq!(verify.status.code(), Some(1), "{report}");
+    let leaks: Vec<Value> = serde_json::from_str(&report).expect("a JSON report");
+    let found: Vec<(&str, &str)> = leaks
+        .iter()
+        .map(|l| {
+            (
+                l["field"].as_str().unwrap(),
+                l["detector"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("body (message)", "email"),
+            ("body (message)", "phone"),
+            ("body (message)", "credit_card")
+        ],
+        "{report}"
+    );
+    assert!(
+        !report.contains("5555 5555 5555 4444") && !report.contains("carol.jones"),
+        "the report leaks: {report}"
+    );
+    // Under the policy that recorded it, nothing is missing.
+    let verify = gateway
+        .cli()
+        .args(["sessions", "verify", "--all"])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
