@@ -526,11 +526,7 @@ mod tests {
     /// each event out of the chunk that carried it.
     #[test]
     fn each_chunk_inflates_at_once() {
-        let events = [
-            "data: {\"a\": 1}\n\n",
-            "data: {\"b\": 2}\n\n",
-            "data: [DONE]\n\n",
-        ];
+        use flate2::write::{GzEncoder, ZlibEncoder};
         // Each event written and sync-flushed, then the stream's end: four chunks.
         fn chunks<E: std::io::Write>(
             mut encoder: E,
@@ -547,14 +543,19 @@ mod tests {
             chunks.push(finish(encoder).unwrap());
             chunks
         }
+        let events = [
+            "data: {\"a\": 1}\n\n",
+            "data: {\"b\": 2}\n\n",
+            "data: [DONE]\n\n",
+        ];
         let level = flate2::Compression::fast();
         for coding in ["gzip", "deflate"] {
             let chunks = if coding == "gzip" {
-                let e = flate2::write::GzEncoder::new(Vec::new(), level);
-                chunks(e, |e| e.get_mut(), |e| e.finish(), &events)
+                let e = GzEncoder::new(Vec::new(), level);
+                chunks(e, GzEncoder::get_mut, GzEncoder::finish, &events)
             } else {
-                let e = flate2::write::ZlibEncoder::new(Vec::new(), level);
-                chunks(e, |e| e.get_mut(), |e| e.finish(), &events)
+                let e = ZlibEncoder::new(Vec::new(), level);
+                chunks(e, ZlibEncoder::get_mut, ZlibEncoder::finish, &events)
             };
             let headers = encoded(coding, b"").0;
             let mut decoder = Decoder::for_encoding(&headers).unwrap().unwrap();
