@@ -751,6 +751,32 @@ mod tests {
         }
     }
 
+    /// An event carrying two text streams (an answer and its reasoning): the flush event of
+    /// one carries neither stream's text but its own rest, so the other's unmasked text is
+    /// not sent again.
+    #[test]
+    fn a_flush_event_carries_only_its_own_stream() {
+        let first = serde_json::json!({"choices": [{"index": 0, "delta": {
+            "content": "write to bob", "reasoning_content": "mail carol@example.org now"}}]});
+        let body = format!(
+            "data: {first}\n\n{}data: [DONE]\n\n",
+            chat_chunk("", Some("stop"))
+        );
+        let mut masker = SseMasker::new(steps(Strategy::Redact));
+        let mut c = ctx();
+        let mut out = masker.push(body.as_bytes(), &mut c);
+        out.extend(masker.finish(&mut c));
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(!text.contains("carol@example.org"), "{text}");
+        let events = events(&out);
+        let reasoning: String = events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["reasoning_content"].as_str())
+            .collect();
+        assert_eq!(reasoning, "mail [REDACTED:EMAIL] now", "{text}");
+        assert_eq!(text_of(&events), "write to bob", "{text}");
+    }
+
     /// Ollama's `/api/chat` stream: a token per line, the value split over five of them, a
     /// tool call's arguments whole in one line, and a last line (`"done": true`) that carries
     /// text of its own; each line stays one JSON object, the last stays last.
