@@ -90,9 +90,7 @@ fn reassembled(content_type: Option<&str>, body: &str) -> Option<(sse::Reassembl
     let essence = content_type?.split(';').next()?.trim().to_ascii_lowercase();
     match essence.as_str() {
         "text/event-stream" => sse::reassemble(body).map(|t| (t, "events")),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
-            sse::reassemble_lines(body).map(|t| (t, "lines"))
-        }
+        ndjson if sse::is_ndjson_type(ndjson) => sse::reassemble_lines(body).map(|t| (t, "lines")),
         _ => None,
     }
 }

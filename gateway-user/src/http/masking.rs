@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use super::{BoxError, ahead::Ahead};
 use crate::mask::{
     MaskContext, is_json_type, mask_body,
-    sse::SseMasker,
+    sse::{SseMasker, is_ndjson_type},
     stream::{Step, StreamMasker},
 };
 
@@ -312,7 +312,7 @@ impl MaskedBody {
             .map(|t| t.trim().to_ascii_lowercase());
         let transform = match essence.as_deref() {
             Some("text/event-stream") => Transform::Sse(SseMasker::new(steps.clone())),
-            Some("application/x-ndjson" | "application/ndjson" | "application/jsonl") => {
+            Some(essence) if is_ndjson_type(essence) => {
                 Transform::Sse(SseMasker::ndjson(steps.clone()))
             }
             _ if content_type.as_deref().is_some_and(is_json_type) => Transform::Json(Vec::new()),

@@ -26,6 +26,15 @@ use super::{
 /// Longest SSE line buffered; past it the rest of the body is masked as plain text.
 pub const MAX_LINE: usize = 1 << 20;
 
+/// Whether a content type's essence (lower-case, no parameters) is newline-delimited JSON,
+/// read by [`SseMasker::ndjson`].
+pub fn is_ndjson_type(essence: &str) -> bool {
+    matches!(
+        essence,
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl"
+    )
+}
+
 /// One text stream inside the events.
 struct TextStream {
     key: String,
