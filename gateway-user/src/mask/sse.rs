@@ -696,6 +696,17 @@ mod tests {
         MaskContext::new(Arc::from(&b"k"[..]))
     }
 
+    /// `body` through `masker` in chunks of `size`: the output and the session's context.
+    fn run(mut masker: SseMasker, body: &str, size: usize) -> (Vec<u8>, MaskContext) {
+        let mut c = ctx();
+        let mut out = Vec::new();
+        for chunk in body.as_bytes().chunks(size) {
+            out.extend(masker.push(chunk, &mut c));
+        }
+        out.extend(masker.finish(&mut c));
+        (out, c)
+    }
+
     fn chat_chunk(content: &str, finish: Option<&str>) -> String {
         let v = serde_json::json!({"id": "c1", "object": "chat.completion.chunk",
             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]});
@@ -734,13 +745,7 @@ mod tests {
         body.push_str(&chat_chunk("", Some("stop")));
         body.push_str("data: [DONE]\n\n");
         for size in [1, 3, 17, body.len()] {
-            let mut sse = SseMasker::new(steps(Strategy::Redact));
-            let mut c = ctx();
-            let mut out = Vec::new();
-            for chunk in body.as_bytes().chunks(size) {
-                out.extend(sse.push(chunk, &mut c));
-            }
-            out.extend(sse.finish(&mut c));
+            let (out, c) = run(SseMasker::new(steps(Strategy::Redact)), &body, size);
             let events = events(&out);
             assert_eq!(
                 text_of(&events),
@@ -771,10 +776,7 @@ mod tests {
             "data: {first}\n\n{}data: [DONE]\n\n",
             chat_chunk("", Some("stop"))
         );
-        let mut masker = SseMasker::new(steps(Strategy::Redact));
-        let mut c = ctx();
-        let mut out = masker.push(body.as_bytes(), &mut c);
-        out.extend(masker.finish(&mut c));
+        let (out, _) = run(SseMasker::new(steps(Strategy::Redact)), &body, body.len());
         let text = String::from_utf8(out.clone()).unwrap();
         assert!(!text.contains("carol@example.org"), "{text}");
         let events = events(&out);
@@ -817,13 +819,7 @@ mod tests {
         body.push_str(&line("1111.", true));
         let mut outs = Vec::new();
         for size in [1, 5, 64, body.len()] {
-            let mut masker = SseMasker::ndjson(steps(Strategy::Redact));
-            let mut c = ctx();
-            let mut out = Vec::new();
-            for chunk in body.as_bytes().chunks(size) {
-                out.extend(masker.push(chunk, &mut c));
-            }
-            out.extend(masker.finish(&mut c));
+            let (out, c) = run(SseMasker::ndjson(steps(Strategy::Redact)), &body, size);
             let text = String::from_utf8(out.clone()).unwrap();
             let lines: Vec<Value> = text
                 .lines()
@@ -866,10 +862,7 @@ mod tests {
                 format!("event: {}\ndata: {e}\n\n", v["type"].as_str().unwrap())
             })
             .collect();
-        let mut sse = SseMasker::new(steps(Strategy::Redact));
-        let mut c = ctx();
-        let mut out = sse.push(body.as_bytes(), &mut c);
-        out.extend(sse.finish(&mut c));
+        let (out, _) = run(SseMasker::new(steps(Strategy::Redact)), &body, body.len());
         let text = String::from_utf8(out).unwrap();
         let joined: String = text
             .split("\n\n")
@@ -887,11 +880,8 @@ mod tests {
 
     #[test]
     fn over_long_lines_fall_back_to_text() {
-        let mut sse = SseMasker::new(steps(Strategy::Redact));
-        let mut c = ctx();
         let long = format!("data: {}a@b.io", "x ".repeat(MAX_LINE / 2 + 10));
-        let mut out = sse.push(long.as_bytes(), &mut c);
-        out.extend(sse.finish(&mut c));
+        let (out, c) = run(SseMasker::new(steps(Strategy::Redact)), &long, long.len());
         assert!(c.notes.iter().any(|n| n.contains("1 MiB")));
         assert!(
             String::from_utf8(out)
