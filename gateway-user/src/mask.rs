@@ -914,6 +914,22 @@ pub fn mask_body(
     if steps.is_empty() {
         return None;
     }
+    // A stream read whole (a `policy test` case) is masked as the daemon masks it streaming.
+    let essence = content_type
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase());
+    let events = match essence.as_deref() {
+        Some("text/event-stream") => Some(sse::SseMasker::new(steps.to_vec())),
+        Some(essence) if sse::is_ndjson_type(essence) => {
+            Some(sse::SseMasker::ndjson(steps.to_vec()))
+        }
+        _ => None,
+    };
+    if let Some(mut events) = events {
+        let mut out = events.push(body, ctx);
+        out.extend(events.finish(ctx));
+        return (out != body).then_some(out);
+    }
     let json_type = content_type.is_some_and(is_json_type);
     let looks_json = content_type.is_none()
         && body
@@ -1202,6 +1218,45 @@ mod tests {
             .into_owned();
         assert_eq!(out, "write to [TOKEN:EMAIL:1] and [TOKEN:EMAIL:1]");
         assert_eq!(c.restore("sent to [TOKEN:EMAIL:1]"), "sent to a@b.io");
+    }
+
+    /// A stream read whole is masked per event, as the daemon masks it streaming: a value
+    /// split over two events is found (as text it would not be).
+    #[test]
+    fn a_stream_read_whole_is_masked_per_event() {
+        let steps = [stream::Step::Mask(Arc::new(masker(
+            &["email"],
+            Strategy::Redact,
+            &[],
+        )))];
+        let chunk = |text: &str| {
+            let v = serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}}]});
+            format!("data: {v}\n\n")
+        };
+        let sse = format!(
+            "{}{}data: [DONE]\n\n",
+            chunk("mail bob@exa"),
+            chunk("mple.com")
+        );
+        let ollama = concat!(
+            r#"{"message":{"role":"assistant","content":"mail bob@exa"},"done":false}"#,
+            "\n",
+            r#"{"message":{"role":"assistant","content":"mple.com"},"done":true}"#,
+            "\n"
+        );
+        for (content_type, body) in [
+            ("text/event-stream; charset=utf-8", sse.as_str()),
+            ("application/x-ndjson", ollama),
+        ] {
+            let mut c = ctx();
+            let out = mask_body(&steps, Some(content_type), body.as_bytes(), &mut c).unwrap();
+            let out = String::from_utf8(out).unwrap();
+            assert!(
+                out.contains("[REDACTED:EMAIL]") && !out.contains("exa"),
+                "{out}"
+            );
+            assert_eq!(c.counts["email"], 1, "{content_type}");
+        }
     }
 
     #[test]
