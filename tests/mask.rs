@@ -96,6 +96,15 @@ print("DOC:" + json.dumps(r.json()))
 r = requests.post(base + "/api/chat", json={"model": "mock", "messages": []}, stream=True)
 lines = [json.loads(l) for l in r.iter_lines() if l]
 print("NDJSON:" + json.dumps("".join(l["message"]["content"] for l in lines)) + f" {lines[-1]['done']}")
+r = requests.post(base + "/v1beta/models/mock:streamGenerateContent?alt=sse", json={"contents": []}, stream=True)
+chunks = [json.loads(l[len(b"data: "):]) for l in r.iter_lines() if l.startswith(b"data: ")]
+parts = [p for c in chunks for p in c["candidates"][0]["content"]["parts"]]
+print("GEMINI:" + json.dumps("".join(p["text"] for p in parts if not p.get("thought"))) + " " + chunks[-1]["candidates"][0].get("finishReason", "none"))
+print("THOUGHT:" + json.dumps("".join(p["text"] for p in parts if p.get("thought"))))
+stream = client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "leak"}], stream=True, logprobs=True)
+chunks = list(stream)
+print("LOGPROBS:" + json.dumps([c.choices[0].logprobs.content if c.choices[0].logprobs else None for c in chunks if c.choices], default=str))
+print("LPTEXT:" + json.dumps("".join(c.choices[0].delta.content or "" for c in chunks if c.choices)))
 r = requests.get(base + "/pii.gz")
 print("GZ:" + json.dumps(r.text) + " " + r.headers.get("content-encoding", "identity"))
 r = requests.post(base + "/echo", data=b'{"broken json ' + sys.argv[2].encode(), headers={"content-type": "application/json"})
@@ -133,8 +142,25 @@ print("BROKEN:" + str(r.status_code))
         ndjson.ends_with(" True"),
         "the done line stays last: {ndjson}"
     );
+    // Gemini's stream: the card split over its last chunk, which stays last with
+    // `finishReason`; the thought part is masked too.
+    let gemini = line("GEMINI:");
+    assert!(
+        gemini.contains("[REDACTED:EMAIL]")
+            && gemini.contains("[REDACTED:CREDIT_CARD].")
+            && gemini.ends_with(" STOP"),
+        "{gemini}"
+    );
+    assert_eq!(line("THOUGHT:"), "\"The user wants [REDACTED:EMAIL]\"");
+    // Token log probabilities would spell the values out a token at a time: removed.
+    let logprobs = line("LOGPROBS:");
+    assert!(
+        !logprobs.contains("5555") && !logprobs.contains("carol"),
+        "{logprobs}"
+    );
+    assert!(line("LPTEXT:").contains("[REDACTED:CREDIT_CARD]"));
     // Bodies in frames of 7 bytes, JSON and gzip alike.
-    for what in ["TEXT:", "DOC:", "GZ:", "NDJSON:"] {
+    for what in ["TEXT:", "DOC:", "GZ:", "NDJSON:", "GEMINI:", "LPTEXT:"] {
         let body = line(what);
         for value in MOCK_PII {
             assert!(!body.contains(value), "{what} {value}: {body}");
@@ -153,8 +179,9 @@ print("BROKEN:" + str(r.status_code))
         .iter()
         .filter(|r| r["path"] == "/v1/chat/completions")
         .collect();
-    assert_eq!(chats.len(), 2, "{requests:#?}");
-    for request in &chats {
+    // The two prompts with the agent's values, and the one asking for logprobs ("leak").
+    assert_eq!(chats.len(), 3, "{requests:#?}");
+    for request in &chats[..2] {
         let body: Value =
             serde_json::from_str(request["body"].as_str().unwrap()).expect("valid JSON body");
         let content = body["messages"][0]["content"].as_str().unwrap();
@@ -172,7 +199,7 @@ print("BROKEN:" + str(r.status_code))
     // Counts per detector in the session, per rule and fallbacks in its masking event; never
     // a raw value.
     // The openai client's sessions and one per `requests` call.
-    let sessions = gateway.ended_sessions(7, Duration::from_secs(10));
+    let sessions = gateway.ended_sessions(8, Duration::from_secs(10));
     let total = |detector: &str| -> u64 {
         sessions
             .iter()

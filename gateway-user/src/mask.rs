@@ -937,6 +937,11 @@ pub fn mask_body(
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|b| matches!(b, b'{' | b'['));
     if json_type || looks_json {
+        if is_chunk_array(body)
+            && let Some(masked) = mask_chunk_array(steps, body, ctx)
+        {
+            return masked;
+        }
         if let Some(masked) = mask_json_in_place(steps, body, ctx, true) {
             return masked;
         }
@@ -953,7 +958,13 @@ pub fn mask_body(
                         }
                     }
                 }
-                if !restored && ctx.counts.values().sum::<u64>() == before {
+                let masked = ctx.counts.values().sum::<u64>() != before;
+                // A masked answer's token log probabilities would repeat what was masked,
+                // a token at a time.
+                if masked && sse::strip_token_logprobs(&mut value) {
+                    ctx.note(sse::LOGPROBS_NOTE);
+                }
+                if !restored && !masked {
                     return None;
                 }
                 return serde_json::to_vec(&value).ok();
@@ -966,6 +977,57 @@ pub fn mask_body(
     let mut out = text.push(body, ctx);
     out.extend(text.finish(ctx));
     (out != body).then_some(out)
+}
+
+/// Whether a JSON body is Gemini's `streamGenerateContent` answer without `alt=sse`: one
+/// array of response chunks (`[{"candidates": …`), the text spread over its elements as over
+/// the events of a stream. Looks at the first key only, so other documents pay nothing.
+fn is_chunk_array(body: &[u8]) -> bool {
+    let Some(rest) = body.trim_ascii_start().strip_prefix(b"[") else {
+        return false;
+    };
+    let Some(rest) = rest.trim_ascii_start().strip_prefix(b"{") else {
+        return false;
+    };
+    rest.trim_ascii_start().starts_with(b"\"candidates\"")
+}
+
+/// Masks an array of LLM response chunks (see [`is_chunk_array`]) as the stream it was: each
+/// element is an event of the SSE masker, so a value split over elements is found. `None`
+/// when the body is not such an array after all; `Some(None)` when nothing changed.
+#[expect(
+    clippy::option_option,
+    reason = "\"not applicable\" differs from \"unchanged\""
+)]
+fn mask_chunk_array(
+    steps: &[stream::Step],
+    body: &[u8],
+    ctx: &mut MaskContext,
+) -> Option<Option<Vec<u8>>> {
+    let chunks: Vec<Value> = serde_json::from_slice(body).ok()?;
+    let (counts, notes) = (ctx.counts.values().sum::<u64>(), ctx.notes.len());
+    let mut events = sse::SseMasker::ndjson(steps.to_vec());
+    let mut lines = Vec::with_capacity(body.len() + 64);
+    for chunk in &chunks {
+        let mut line = serde_json::to_vec(chunk).ok()?;
+        line.push(b'\n');
+        lines.extend(events.push(&line, ctx));
+    }
+    lines.extend(events.finish(ctx));
+    let restores = steps.iter().any(|s| matches!(s, stream::Step::Restore));
+    if !restores && ctx.counts.values().sum::<u64>() == counts && ctx.notes.len() == notes {
+        return Some(None);
+    }
+    let mut out = Vec::with_capacity(lines.len() + 2);
+    out.push(b'[');
+    for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(line);
+    }
+    out.push(b']');
+    Some(Some(out))
 }
 
 /// [`mask_body`] for a JSON body when every step masks without `json_paths`: each string
@@ -993,7 +1055,10 @@ fn mask_json_in_place(
     // text is a slice of it.
     let doc = std::str::from_utf8(body).ok()?;
     // Checking the document's grammar also gives where its string values are.
-    let strings = json::string_values(body)?;
+    let (strings, logprobs) = json::scan(body)?;
+    if logprobs {
+        return None; // read as a tree by `mask_body`, which removes token log probabilities
+    }
     // One trigger pass over the whole document instead of one per string: a string value
     // (without escapes, so its bytes are its text) is masked only when a trigger falls in
     // it; any other is one no masker would change.
@@ -1134,6 +1199,95 @@ mod tests {
         let value: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["user"], "a@b.io");
         assert_eq!(value["messages"][0]["content"], "to \"*********.com\"");
+    }
+
+    /// A completion's token log probabilities repeat its text a token at a time, where no
+    /// detector sees a value: when a value was masked they go, and the session says so.
+    /// Numbers under a `logprobs` key that name no token stay.
+    #[test]
+    fn token_logprobs_leave_a_masked_json_answer() {
+        let m = masker(&["credit_card"], Strategy::Redact, &[]);
+        let steps = [stream::Step::Mask(Arc::new(m))];
+        let tokens: Vec<Value> = ["4111", " 1111", " 1111", " 1111"]
+            .iter()
+            .map(|t| {
+                serde_json::json!({"token": t, "logprob": -0.5, "bytes": t.as_bytes(),
+                "top_logprobs": [{"token": t, "logprob": -0.5}]})
+            })
+            .collect();
+        let body = serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant",
+            "content": "4111 1111 1111 1111"}, "logprobs": {"content": tokens}}]})
+        .to_string();
+        let mut c = ctx();
+        let out = mask_body(&steps, Some("application/json"), body.as_bytes(), &mut c).unwrap();
+        let value: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            value["choices"][0]["message"]["content"],
+            "[REDACTED:CREDIT_CARD]"
+        );
+        assert_eq!(value["choices"][0]["logprobs"], Value::Null);
+        assert!(!String::from_utf8(out).unwrap().contains("1111"));
+        assert!(c.notes.contains(sse::LOGPROBS_NOTE), "{:?}", c.notes);
+        // Nothing masked: the tokens are the text, and hold nothing either; they stay.
+        let plain = body.replace("4111 1111 1111 1111", "hello");
+        assert!(
+            mask_body(
+                &steps,
+                Some("application/json"),
+                plain.as_bytes(),
+                &mut ctx()
+            )
+            .is_none()
+        );
+        let scores = br#"{"label": "spam", "logprobs": [-0.1, -2.3]}"#;
+        assert!(mask_body(&steps, Some("application/json"), scores, &mut ctx()).is_none());
+    }
+
+    /// Gemini's stream without `alt=sse` is one JSON array of chunks: masked as the stream it
+    /// is, a value split over elements found, the array still an array of the same chunks.
+    #[test]
+    fn a_json_array_of_stream_chunks_is_masked_as_a_stream() {
+        let m = masker(&["email", "credit_card"], Strategy::Redact, &[]);
+        let steps = [stream::Step::Mask(Arc::new(m))];
+        let chunk = |text: &str, finish: bool| {
+            let mut v = serde_json::json!({"candidates": [{"content": {"parts": [{"text": text}],
+                "role": "model"}, "index": 0}]});
+            if finish {
+                v["candidates"][0]["finishReason"] = "STOP".into();
+            }
+            v
+        };
+        let pieces = ["mail bob@exa", "mple.com, pay 4111 1111 1111 111", "1."];
+        let chunks: Vec<Value> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, t)| chunk(t, i == pieces.len() - 1))
+            .collect();
+        let body = serde_json::to_string_pretty(&chunks).unwrap();
+        assert!(is_chunk_array(body.as_bytes()));
+        let mut c = ctx();
+        let out = mask_body(&steps, Some("application/json"), body.as_bytes(), &mut c).unwrap();
+        let back: Vec<Value> = serde_json::from_slice(&out).expect("still a JSON array");
+        let text: String = back
+            .iter()
+            .filter_map(|v| v["candidates"][0]["content"]["parts"][0]["text"].as_str())
+            .collect();
+        assert_eq!(text, "mail [REDACTED:EMAIL], pay [REDACTED:CREDIT_CARD].");
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[2]["candidates"][0]["finishReason"], "STOP");
+        // Nothing to mask: left as it came. Other arrays are not looked at as streams.
+        let clean = body.replace("bob@exa", "bob").replace("4111", "x");
+        assert!(
+            mask_body(
+                &steps,
+                Some("application/json"),
+                clean.as_bytes(),
+                &mut ctx()
+            )
+            .is_none()
+        );
+        assert!(!is_chunk_array(br#"[{"id": 1, "candidates": []}]"#));
+        assert!(!is_chunk_array(br#"{"candidates": []}"#));
     }
 
     #[test]

@@ -21,6 +21,14 @@ pub type StringValue = (usize, usize, bool);
 /// The string values of `body` in order, or `None` if it is not one JSON value (with
 /// optional whitespace around it).
 pub fn string_values(body: &[u8]) -> Option<Vec<StringValue>> {
+    scan(body).map(|(strings, _)| strings)
+}
+
+/// [`string_values`], and whether the document has a key naming an LLM's token log
+/// probabilities (`logprobs`, Gemini's `logprobsResult`): masking must look at those
+/// whole (see `sse::strip_token_logprobs`), not string by string.
+pub fn scan(body: &[u8]) -> Option<(Vec<StringValue>, bool)> {
+    let mut logprobs = false;
     // A guess that saves most regrowing: a value string every 40 bytes.
     let mut found = Vec::with_capacity(body.len() / 40 + 1);
     // The open containers, innermost last: `true` for an object.
@@ -40,7 +48,7 @@ pub fn string_values(body: &[u8]) -> Option<Vec<StringValue>> {
                     at += 1;
                 } else {
                     open.push(true);
-                    at = key(body, at)?;
+                    at = key(body, at, &mut logprobs)?;
                     continue 'value;
                 }
             }
@@ -63,11 +71,11 @@ pub fn string_values(body: &[u8]) -> Option<Vec<StringValue>> {
         loop {
             at = whitespace(body, at);
             let Some(&object) = open.last() else {
-                return (at == body.len()).then_some(found);
+                return (at == body.len()).then_some((found, logprobs));
             };
             match (*body.get(at)?, object) {
                 (b',', true) => {
-                    at = key(body, whitespace(body, at + 1))?;
+                    at = key(body, whitespace(body, at + 1), &mut logprobs)?;
                     continue 'value;
                 }
                 (b',', false) => {
@@ -96,11 +104,13 @@ fn whitespace(body: &[u8], mut at: usize) -> usize {
 }
 
 /// A key, its colon and the whitespace after them, from `at`: where its value starts.
-fn key(body: &[u8], at: usize) -> Option<usize> {
+/// `logprobs` is set when the key names token log probabilities.
+fn key(body: &[u8], at: usize, logprobs: &mut bool) -> Option<usize> {
     if body.get(at) != Some(&b'"') {
         return None;
     }
     let (close, _) = string(body, at)?;
+    *logprobs |= matches!(&body[at + 1..close], b"logprobs" | b"logprobsResult");
     let colon = whitespace(body, close + 1);
     (body.get(colon) == Some(&b':')).then(|| whitespace(body, colon + 1))
 }

@@ -26,6 +26,10 @@ use super::{
 /// Longest SSE line buffered; past it the rest of the body is masked as plain text.
 pub const MAX_LINE: usize = 1 << 20;
 
+/// Said in the session when [`strip_token_logprobs`] removed anything.
+pub const LOGPROBS_NOTE: &str =
+    "token logprobs removed: their tokens would repeat the masked text unmasked";
+
 /// Whether a content type's essence (lower-case, no parameters) is newline-delimited JSON,
 /// read by [`SseMasker::ndjson`].
 pub fn is_ndjson_type(essence: &str) -> bool {
@@ -58,6 +62,8 @@ pub struct SseMasker {
     streams: Vec<TextStream>,
     /// Past an over-long line everything goes through this text masker.
     overflow: Option<StreamMasker>,
+    /// Short strings masking left unchanged (see [`mask_strings`]).
+    clean: Vec<Box<str>>,
 }
 
 impl SseMasker {
@@ -74,6 +80,7 @@ impl SseMasker {
             has_data: false,
             streams: Vec::new(),
             overflow: None,
+            clean: Vec::new(),
         }
     }
 
@@ -210,53 +217,70 @@ impl SseMasker {
             return;
         };
         let event_name = event_name(&fields, &value);
-        for key in ends(&event_name, &value) {
-            self.flush(&key, ctx, out);
-        }
+        let ends = ends(&event_name, &value);
         let deltas = deltas(&event_name, &value);
-        if deltas.is_empty() {
-            self.mask_whole_json(&mut value, ctx);
+        if self.masks() && strip_token_logprobs(&mut value) {
+            ctx.note(LOGPROBS_NOTE);
         }
-        // An Ollama line carries whole values beside its text (a tool call's arguments):
-        // they are masked as JSON, the text streams as text. Its last line (`"done": true`)
-        // ends its streams in itself: a client stops reading there.
-        let ollama = self.ndjson && !deltas.is_empty();
+        // The texts are taken out first; everything else in the event (a tool call's
+        // arguments beside the text, citations, whole function calls) is masked as JSON.
         let texts: Vec<Option<Value>> = deltas
             .iter()
             .map(|(_, pointer)| {
-                value
-                    .pointer_mut(pointer)
+                slot_mut(&mut value, pointer)
                     .map(|slot| std::mem::replace(slot, Value::String(String::new())))
             })
             .collect();
-        if ollama {
-            self.mask_whole_json(&mut value, ctx);
-        }
-        let last = ollama && value["done"] == Value::Bool(true);
-        for ((key, pointer), text) in deltas.into_iter().zip(texts) {
+        self.mask_whole_json(&mut value, ctx);
+        let ending = |key: &str| ends.iter().any(|end| key.starts_with(end.as_str()));
+        let mut settled: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (at, ((key, pointer), text)) in deltas.iter().zip(texts).enumerate() {
             let Some(Value::String(text)) = text else {
                 continue;
             };
-            let index = self.stream(&key, &pointer);
+            let index = self.stream(key, pointer);
             let stream = &mut self.streams[index];
-            let mut settled = stream.masker.push(text.as_bytes(), ctx);
-            if last {
-                let mut stream = self.streams.remove(index);
-                settled.extend(stream.masker.finish(ctx));
-            } else {
-                let mut template = value.clone();
-                strip_ends(&mut template);
-                stream.template = Some((fields.clone(), template, pointer.clone()));
-            }
-            if let Some(slot) = value.pointer_mut(&pointer) {
-                *slot = Value::String(String::from_utf8_lossy(&settled).into_owned());
+            settled.push((at, stream.masker.push(text.as_bytes(), ctx)));
+            if !ending(key) {
+                let (template, at) = flush_template(&value, pointer, self.ndjson);
+                stream.template = Some((fields.clone(), template, at));
             }
         }
-        if last {
-            self.flush("o.", ctx, out);
+        // A stream that ends in an event carrying its text (Gemini's last chunk, Ollama's
+        // `"done": true` line, a server that sends the last token with `finish_reason`)
+        // ends in that event: its held text joins the event's last piece of it, so a value
+        // split over the end is masked whole, and nothing of it comes after the end.
+        for (key, _) in &deltas {
+            if !ending(key) {
+                continue;
+            }
+            let Some(index) = self.streams.iter().position(|s| s.key == *key) else {
+                continue; // finished by an earlier delta of this event
+            };
+            let mut stream = self.streams.remove(index);
+            let rest = stream.masker.finish(ctx);
+            let last = deltas.iter().rposition(|(k, _)| k == key);
+            if let Some((_, text)) = settled.iter_mut().rev().find(|(at, _)| Some(*at) == last) {
+                text.extend(rest);
+            }
+        }
+        // Streams this event ends that carry no text in it: their rest goes out just
+        // before it.
+        for key in &ends {
+            self.flush(key, ctx, out);
+        }
+        for (at, text) in settled {
+            if let Some(slot) = slot_mut(&mut value, &deltas[at].1) {
+                *slot = Value::String(String::from_utf8_lossy(&text).into_owned());
+            }
         }
         let json = serde_json::to_vec(&value).unwrap_or(data);
         self.emit(out, &fields, Some(&json));
+    }
+
+    /// Whether any step masks (a session's `Restore` alone changes no value of the model's).
+    fn masks(&self) -> bool {
+        self.steps.iter().any(|step| matches!(step, Step::Mask(_)))
     }
 
     fn stream(&mut self, key: &str, pointer: &str) -> usize {
@@ -289,7 +313,7 @@ impl SseMasker {
             if let (false, Some((fields, mut template, pointer))) =
                 (rest.is_empty(), stream.template)
             {
-                if let Some(slot) = template.pointer_mut(&pointer) {
+                if let Some(slot) = slot_mut(&mut template, &pointer) {
                     *slot = Value::String(String::from_utf8_lossy(&rest).into_owned());
                 }
                 let fields: Vec<Vec<u8>> = fields
@@ -316,7 +340,15 @@ impl SseMasker {
         self.flush("", ctx, out);
     }
 
-    fn mask_whole_json(&self, value: &mut Value, ctx: &mut MaskContext) {
+    fn mask_whole_json(&mut self, value: &mut Value, ctx: &mut MaskContext) {
+        let plain = self
+            .steps
+            .iter()
+            .all(|step| matches!(step, Step::Mask(masker) if masker.json_paths.is_empty()));
+        if plain {
+            mask_strings(&self.steps, &mut self.clean, value, ctx);
+            return;
+        }
         for step in &self.steps {
             match step {
                 Step::Mask(masker) => masker.mask_json(value, ctx),
@@ -330,6 +362,57 @@ impl SseMasker {
         let mut out = text.push(data, ctx);
         out.extend(text.finish(ctx));
         out
+    }
+}
+
+/// Longest string [`mask_strings`] remembers as clean, and how many it remembers (a stream
+/// repeats a handful; a short list is searched faster than a hash is computed).
+const CLEAN_LEN: usize = 64;
+const CLEAN_MAX: usize = 16;
+
+/// Masks every string of `value` with `steps` (masks without `json_paths`). A short string
+/// they left as it was is remembered in `clean` and not looked at again: the events of a
+/// stream repeat their ids, model names and roles, each a trigger pass per event otherwise,
+/// and masking gives a string the same result every time.
+fn mask_strings(
+    steps: &[Step],
+    clean: &mut Vec<Box<str>>,
+    value: &mut Value,
+    ctx: &mut MaskContext,
+) {
+    match value {
+        Value::String(text) => {
+            let short = text.len() <= CLEAN_LEN;
+            if short && clean.iter().any(|c| **c == **text) {
+                return;
+            }
+            let mut changed = false;
+            for step in steps {
+                if let Step::Mask(masker) = step
+                    && let std::borrow::Cow::Owned(masked) = masker.mask_text(text, ctx)
+                {
+                    *text = masked;
+                    changed = true;
+                }
+            }
+            if short && !changed {
+                if clean.len() >= CLEAN_MAX {
+                    clean.remove(0);
+                }
+                clean.push(text.as_str().into());
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                mask_strings(steps, clean, item, ctx);
+            }
+        }
+        Value::Object(fields) => {
+            for inner in fields.values_mut() {
+                mask_strings(steps, clean, inner, ctx);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -388,8 +471,37 @@ fn deltas(name: &str, value: &Value) -> Vec<(String, String)> {
                     }
                 }
             }
+            if delta["audio"]["transcript"].is_string() {
+                found.push((
+                    format!("c{c}.audio"),
+                    format!("/choices/{i}/delta/audio/transcript"),
+                ));
+            }
             if choice["text"].is_string() {
                 found.push((format!("c{c}.text"), format!("/choices/{i}/text")));
+            }
+        }
+        return found;
+    }
+    // Gemini (`streamGenerateContent?alt=sse`, Vertex AI too): every chunk is a whole
+    // response whose candidates carry the next parts; a part's `text` is the answer, or
+    // with `"thought": true` the model's thinking. Function calls come whole.
+    if let Some(candidates) = value["candidates"].as_array() {
+        for (i, candidate) in candidates.iter().enumerate() {
+            let c = index_of(candidate, "index", i);
+            let parts = candidate["content"]["parts"].as_array();
+            for (j, part) in parts.into_iter().flatten().enumerate() {
+                if part["text"].is_string() {
+                    let stream = if part["thought"] == true {
+                        "thought"
+                    } else {
+                        "text"
+                    };
+                    found.push((
+                        format!("g{c}.{stream}"),
+                        format!("/candidates/{i}/content/parts/{j}/text"),
+                    ));
+                }
             }
         }
         return found;
@@ -449,19 +561,150 @@ fn ends(name: &str, value: &Value) -> Vec<String> {
         keys.push(String::new());
     } else if name == "content_block_stop" {
         keys.push(format!("a{}", index_of(value, "index", 0)));
+    } else if let Some(candidates) = value["candidates"].as_array() {
+        for (i, candidate) in candidates.iter().enumerate() {
+            if !candidate["finishReason"].is_null() {
+                keys.push(format!("g{}.", index_of(candidate, "index", i)));
+            }
+        }
+    } else if value["done"] == Value::Bool(true) {
+        keys.push("o.".to_string()); // Ollama's last line
     }
     keys
 }
 
-/// A flush event must not end its choice again.
-fn strip_ends(template: &mut Value) {
-    if let Some(choices) = template["choices"].as_array_mut() {
-        for choice in choices {
-            if let Some(reason) = choice.get_mut("finish_reason") {
-                *reason = Value::Null;
+/// The shape of a flush event for the text at `pointer` of `value`: the event's own scalar
+/// fields (`id`, `model`, `type`…), and on the way to the text only what places it (`index`,
+/// `type`, Gemini's `thought`), each array cut to the one element on the way. Nothing that a
+/// client accumulates is sent twice: SDKs concatenate every string of a delta (OpenAI's
+/// `accumulate_delta`), so a repeated `role`, tool call `id` or function `name` would come
+/// out doubled, and a repeated `finish_reason`, usage or whole tool call would count twice.
+/// Returns the template and the pointer of its text.
+///
+/// Ollama's clients read each line on its own and want a message's `role` (`keep_role`).
+fn flush_template(value: &Value, pointer: &str, keep_role: bool) -> (Value, String) {
+    let steps: Vec<&str> = pointer.split('/').skip(1).collect();
+    let mut at = String::new();
+    let template = match value {
+        Value::Object(fields) => {
+            let mut kept: serde_json::Map<String, Value> = fields
+                .iter()
+                .filter(|(_, v)| !v.is_object() && !v.is_array())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if let Some((first, rest)) = steps.split_first() {
+                if let Some(inner) = fields.get(*first) {
+                    at.push('/');
+                    at.push_str(first);
+                    kept.insert(
+                        (*first).to_string(),
+                        path_only(inner, rest, keep_role, &mut at),
+                    );
+                }
             }
+            Value::Object(kept)
         }
+        other => other.clone(),
+    };
+    (template, at)
+}
+
+/// [`flush_template`] below the top: the way down `steps` and what places it.
+fn path_only(value: &Value, steps: &[&str], keep_role: bool, at: &mut String) -> Value {
+    let Some((step, rest)) = steps.split_first() else {
+        return Value::String(String::new()); // the text itself, filled in at the flush
+    };
+    match value {
+        Value::Array(items) => {
+            let item = step.parse::<usize>().ok().and_then(|i| items.get(i));
+            at.push_str("/0");
+            Value::Array(
+                item.map(|v| path_only(v, rest, keep_role, at))
+                    .into_iter()
+                    .collect(),
+            )
+        }
+        Value::Object(fields) => {
+            // Picked in one pass over the fields (a lookup hashes its key).
+            let places = |key: &str| match key {
+                "index" | "type" | "thought" => true,
+                "role" => keep_role,
+                _ => false,
+            };
+            let mut kept: serde_json::Map<String, Value> = fields
+                .iter()
+                .filter(|(k, v)| {
+                    places(k) && k.as_str() != *step && !v.is_object() && !v.is_array()
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if let Some(inner) = fields.get(*step) {
+                at.push('/');
+                at.push_str(step);
+                kept.insert((*step).to_string(), path_only(inner, rest, keep_role, at));
+            }
+            Value::Object(kept)
+        }
+        _ => Value::String(String::new()),
     }
+}
+
+/// Removes the per-token log probabilities of an LLM's answer (`logprobs`, `top_logprobs`,
+/// Gemini's `logprobsResult`), streamed or whole: their tokens are the model's text cut at
+/// token bounds, so a value masked in the text would go out beside it a token at a time,
+/// where no detector can see it. Only log probabilities that hold tokens (a `token` or
+/// `tokens` key) go; arrays become empty and objects `null`, as the APIs send when none were
+/// asked for. Returns whether anything was removed.
+pub fn strip_token_logprobs(value: &mut Value) -> bool {
+    match value {
+        Value::Object(fields) => {
+            let mut removed = false;
+            for (key, inner) in fields.iter_mut() {
+                if matches!(key.as_str(), "logprobs" | "top_logprobs" | "logprobsResult") {
+                    if has_tokens(inner) {
+                        *inner = if inner.is_array() {
+                            Value::Array(Vec::new())
+                        } else {
+                            Value::Null
+                        };
+                        removed = true;
+                    }
+                } else {
+                    removed |= strip_token_logprobs(inner);
+                }
+            }
+            removed
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |removed, item| strip_token_logprobs(item) | removed),
+        _ => false,
+    }
+}
+
+/// Whether a log probabilities value names tokens anywhere inside.
+fn has_tokens(value: &Value) -> bool {
+    match value {
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(key, inner)| key == "token" || key == "tokens" || has_tokens(inner)),
+        Value::Array(items) => items.iter().any(has_tokens),
+        _ => false,
+    }
+}
+
+/// The value at a pointer of [`deltas`] (keys without `~` or `/`, so unescaped), without
+/// the allocations of `Value::pointer_mut`, which unescapes every step into a new string.
+fn slot_mut<'a>(value: &'a mut Value, pointer: &str) -> Option<&'a mut Value> {
+    let mut at = value;
+    for step in pointer.split('/').skip(1) {
+        at = match at {
+            Value::Object(fields) => fields.get_mut(step)?,
+            Value::Array(items) => items.get_mut(step.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(at)
 }
 
 fn pointer_steps(pointer: &str) -> Vec<PathStep> {
@@ -584,11 +827,12 @@ fn read_event(fields: &[Vec<u8>], data: &str, out: &mut Reassembled, keys: &mut 
             keys.push(key);
         }
     }
-    let finished: Vec<&str> = value["choices"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let finished: Vec<&str> = (value["choices"].as_array().into_iter().flatten())
         .filter_map(|choice| choice["finish_reason"].as_str())
+        .chain(
+            (value["candidates"].as_array().into_iter().flatten())
+                .filter_map(|candidate| candidate["finishReason"].as_str()),
+        )
         .collect();
     // A chunk that only ends its choice is said by its reason.
     if found.is_empty() && finished.is_empty() {
@@ -649,6 +893,7 @@ fn stream_label(key: &str) -> String {
         return match field {
             "content" | "text" => format!("choice {choice}"),
             "reasoning_content" => format!("choice {choice} reasoning"),
+            "audio" => format!("choice {choice} audio transcript"),
             _ => match field.strip_prefix("tool") {
                 Some(t) => format!("choice {choice} tool call {t} arguments"),
                 None => format!("choice {choice} {field}"),
@@ -659,6 +904,14 @@ fn stream_label(key: &str) -> String {
         && let Some((item, part)) = rest.rsplit_once('.')
     {
         return format!("output {item} part {part}");
+    }
+    if let Some(rest) = key.strip_prefix('g')
+        && let Some((candidate, stream)) = rest.split_once('.')
+    {
+        return match stream {
+            "thought" => format!("candidate {candidate} thoughts"),
+            _ => format!("candidate {candidate}"),
+        };
     }
     match key {
         "o.content" => return "message".to_string(),
@@ -844,6 +1097,235 @@ mod tests {
             outs.windows(2).all(|w| w[0] == w[1]),
             "chunking changed the output"
         );
+    }
+
+    /// Gemini's `streamGenerateContent?alt=sse`: thoughts and answer as parts of the
+    /// candidates, a whole function call beside the text, and the last chunk carrying text
+    /// and `finishReason` together, with a card number split over that end.
+    #[test]
+    fn gemini_value_split_over_chunks_and_over_the_end() {
+        let chunk = |parts: Value, finish: Option<&str>| {
+            let mut v = serde_json::json!({"candidates": [{"content": {"parts": parts,
+                "role": "model"}, "index": 0}], "modelVersion": "gemini-mock"});
+            if let Some(reason) = finish {
+                v["candidates"][0]["finishReason"] = reason.into();
+                v["usageMetadata"] = serde_json::json!({"totalTokenCount": 9});
+            }
+            format!("data: {v}\r\n\r\n")
+        };
+        let text = |t: &str| serde_json::json!([{"text": t}]);
+        let mut body = chunk(
+            serde_json::json!([{"text": "user wrote dave@example.net", "thought": true}]),
+            None,
+        );
+        for piece in ["Reach bob", "@example.", "com, "] {
+            body.push_str(&chunk(text(piece), None));
+        }
+        body.push_str(&chunk(
+            serde_json::json!([{"text": "calling"}, {"functionCall": {"name": "mail",
+                "args": {"to": "carol@example.org"}}, "thoughtSignature": "c2lnbmF0dXJl"}]),
+            None,
+        ));
+        body.push_str(&chunk(text(" or pay 4111 1111 1111 111"), None));
+        body.push_str(&chunk(text("1."), Some("STOP")));
+        let mut outs = Vec::new();
+        for size in [1, 7, 64, body.len()] {
+            let (out, c) = run(SseMasker::new(steps(Strategy::Redact)), &body, size);
+            let all = String::from_utf8(out.clone()).unwrap();
+            let events = events(&out);
+            let parts = |thought: bool| -> String {
+                let parts = events.iter().flat_map(|e| {
+                    e["candidates"][0]["content"]["parts"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                });
+                parts
+                    .filter(|p| (p["thought"] == true) == thought)
+                    .filter_map(|p| p["text"].as_str().map(str::to_string))
+                    .collect()
+            };
+            assert_eq!(
+                parts(false),
+                "Reach [REDACTED:EMAIL], calling or pay [REDACTED:CREDIT_CARD].",
+                "chunks of {size}: {all}"
+            );
+            assert_eq!(parts(true), "user wrote [REDACTED:EMAIL]", "{all}");
+            for value in ["carol@example.org", "4111", "dave@"] {
+                assert!(!all.contains(value), "{value} in {all}");
+            }
+            assert_eq!(all.matches("functionCall").count(), 1, "{all}");
+            assert_eq!(all.matches("c2lnbmF0dXJl").count(), 1, "{all}");
+            // The last chunk stays last and ends the answer in itself.
+            let last = events.last().unwrap();
+            assert_eq!(last["candidates"][0]["finishReason"], "STOP", "{all}");
+            assert_eq!(last["usageMetadata"]["totalTokenCount"], 9, "{all}");
+            assert_eq!(c.counts["credit_card"], 1);
+            outs.push(out);
+        }
+        assert!(
+            outs.windows(2).all(|w| w[0] == w[1]),
+            "chunking changed the output"
+        );
+        let text = reassemble(&String::from_utf8(outs.remove(0)).unwrap()).unwrap();
+        assert_eq!(text.streams[0].0, "candidate 0 thoughts");
+        assert_eq!(
+            text.streams[1],
+            (
+                "candidate 0".to_string(),
+                "Reach [REDACTED:EMAIL], calling or pay [REDACTED:CREDIT_CARD].".to_string()
+            )
+        );
+        assert!(text.other.contains(&("finish_reason STOP".to_string(), 1)));
+    }
+
+    /// Some OpenAI-compatible servers send the last token with `finish_reason`: a value split
+    /// over that end is masked whole, and nothing of the text comes after it.
+    #[test]
+    fn a_last_token_sent_with_finish_reason_ends_its_stream_in_its_event() {
+        let body = format!(
+            "{}{}data: [DONE]\n\n",
+            chat_chunk("pay 4111 1111 1111 111", None),
+            chat_chunk("1.", Some("stop"))
+        );
+        for size in [1, 9, body.len()] {
+            let (out, _) = run(SseMasker::new(steps(Strategy::Redact)), &body, size);
+            let events = events(&out);
+            let all = String::from_utf8(out).unwrap();
+            assert_eq!(text_of(&events), "pay [REDACTED:CREDIT_CARD].", "{all}");
+            assert_eq!(events.len(), 2, "{all}");
+            assert_eq!(events[1]["choices"][0]["finish_reason"], "stop", "{all}");
+        }
+    }
+
+    /// What an SDK builds from the deltas (OpenAI's `accumulate_delta`): strings are
+    /// concatenated, `index` and `type` replaced, lists of indexed objects merged.
+    fn accumulate(acc: &mut Value, delta: &Value) {
+        let (Some(acc), Some(delta)) = (acc.as_object_mut(), delta.as_object()) else {
+            return;
+        };
+        for (key, d) in delta {
+            let a = acc.entry(key.clone()).or_insert(Value::Null);
+            match (a, d) {
+                (a, d) if a.is_null() || key == "index" || key == "type" => *a = d.clone(),
+                (Value::String(a), Value::String(d)) => a.push_str(d),
+                (a @ Value::Object(_), d @ Value::Object(_)) => accumulate(a, d),
+                (Value::Array(a), Value::Array(d)) => {
+                    for entry in d {
+                        let i = entry["index"].as_u64().unwrap() as usize;
+                        match a.get_mut(i) {
+                            Some(found) => accumulate(found, entry),
+                            None => a.push(entry.clone()),
+                        }
+                    }
+                }
+                (a, d) => *a = d.clone(),
+            }
+        }
+    }
+
+    /// A flush event repeats nothing a client adds up: a role, a tool call's id and name
+    /// sent once (the whole call in one chunk, as many servers do) stay once.
+    #[test]
+    fn flush_events_repeat_nothing_a_client_accumulates() {
+        let chunk = |delta: Value, finish: Value| {
+            let v = serde_json::json!({"id": "c1", "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                "logprobs": null}]});
+            format!("data: {v}\n\n")
+        };
+        let body = [
+            chunk(
+                serde_json::json!({"role": "assistant", "content": "Hi bob@example.com"}),
+                Value::Null,
+            ),
+            chunk(
+                serde_json::json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                    "function": {"name": "mail", "arguments": "{\"to\":\"carol@example.org"}}]}),
+                Value::Null,
+            ),
+            chunk(serde_json::json!({}), "tool_calls".into()),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        let (out, _) = run(SseMasker::new(steps(Strategy::Redact)), &body, body.len());
+        let all = String::from_utf8(out.clone()).unwrap();
+        let mut choice = serde_json::json!({});
+        for event in events(&out) {
+            accumulate(&mut choice, &event["choices"][0]);
+        }
+        let delta = &choice["delta"];
+        assert_eq!(delta["role"], "assistant", "{all}");
+        assert_eq!(delta["content"], "Hi [REDACTED:EMAIL]", "{all}");
+        let call = &delta["tool_calls"][0];
+        assert_eq!(
+            (&call["id"], &call["function"]["name"]),
+            (&"call_1".into(), &"mail".into()),
+            "{all}"
+        );
+        assert_eq!(
+            call["function"]["arguments"], "{\"to\":\"[REDACTED:EMAIL]",
+            "{all}"
+        );
+        assert_eq!(choice["finish_reason"], "tool_calls", "{all}");
+    }
+
+    /// Token log probabilities repeat the text a token at a time: with masking they go, and
+    /// the session says so; restoring placeholders alone keeps them.
+    #[test]
+    fn token_logprobs_are_removed_from_a_masked_stream() {
+        let token = |t: &str| {
+            serde_json::json!({"token": t, "logprob": -0.1,
+            "bytes": t.as_bytes(), "top_logprobs": [{"token": t, "logprob": -0.1}]})
+        };
+        let mut body = String::new();
+        for piece in ["4111 1111", " 1111 1111"] {
+            let v = serde_json::json!({"choices": [{"index": 0, "delta": {"content": piece},
+                "logprobs": {"content": [token(piece)]}, "finish_reason": null}]});
+            body.push_str(&format!("data: {v}\n\n"));
+        }
+        let done = serde_json::json!({"type": "response.output_text.done", "text": "4111 1111 1111 1111",
+            "logprobs": [token("4111")]});
+        body.push_str(&format!(
+            "event: response.output_text.done\ndata: {done}\n\n"
+        ));
+        let (out, c) = run(SseMasker::new(steps(Strategy::Redact)), &body, body.len());
+        let all = String::from_utf8(out.clone()).unwrap();
+        assert!(!all.contains("4111") && !all.contains("1111"), "{all}");
+        assert_eq!(text_of(&events(&out)), "[REDACTED:CREDIT_CARD]", "{all}");
+        assert!(
+            all.contains(r#""logprobs":null"#) && all.contains(r#""logprobs":[]"#),
+            "{all}"
+        );
+        assert!(
+            c.notes.iter().any(|n| n.contains("logprobs")),
+            "{:?}",
+            c.notes
+        );
+
+        let (out, c) = run(SseMasker::new(vec![Step::Restore]), &body, body.len());
+        assert!(String::from_utf8(out).unwrap().contains("top_logprobs"));
+        assert!(c.notes.is_empty());
+    }
+
+    /// An audio answer's transcript streams like text.
+    #[test]
+    fn an_audio_transcript_is_a_text_stream() {
+        let body: String = ["mail bob@exa", "mple.com now"]
+            .iter()
+            .map(|t| {
+                let v = serde_json::json!({"choices": [{"index": 0,
+                    "delta": {"audio": {"id": "a1", "transcript": t}}}]});
+                format!("data: {v}\n\n")
+            })
+            .collect::<String>()
+            + "data: [DONE]\n\n";
+        let (out, _) = run(SseMasker::new(steps(Strategy::Redact)), &body, 5);
+        let transcript: String = events(&out)
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["audio"]["transcript"].as_str())
+            .collect();
+        assert_eq!(transcript, "mail [REDACTED:EMAIL] now");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! OpenAI-compatible API (SSE with `"stream": true`), checking `Authorization` against
 //! `MOCK_OPENAI_KEY` when set; a request with `Upgrade` gets `101` and an echo of its bytes;
 //! `/api/chat` streams `LEAK` like Ollama (a line of JSON per 3 characters);
+//! `…:streamGenerateContent` streams it like Gemini (SSE, 4 characters a chunk, the last
+//! chunk with `finishReason`); chat completions add token `logprobs` when asked;
 //! `/bomb.br` is 1 GiB of zeros as ~1 KiB of brotli; anything else gets a JSON echo (method,
 //! path, version, TLS, body length). Every request's headers are appended to
 //! `DIR/requests.jsonl`, so tests see what reached the upstream.
@@ -255,6 +257,41 @@ async fn serve(
             .body(StreamBody::new(Iter(frames.into_iter())).boxed_unsync())
             .expect("response");
     }
+    if path.ends_with(":streamGenerateContent") {
+        // Gemini's stream (`?alt=sse`): a thought, then `LEAK` 4 characters a chunk, each
+        // in its own frame; the last chunk carries the end of the card number with
+        // `finishReason`, as Gemini sends its last text.
+        let chunk = |parts: serde_json::Value, finish: bool| {
+            let mut v = serde_json::json!({"candidates": [{"content": {"parts": parts,
+                "role": "model"}, "index": 0}], "modelVersion": "mock"});
+            if finish {
+                v["candidates"][0]["finishReason"] = "STOP".into();
+                v["usageMetadata"] =
+                    serde_json::json!({"promptTokenCount": 1, "totalTokenCount": 2});
+            }
+            format!("data: {v}\r\n\r\n")
+        };
+        let chars: Vec<char> = LEAK.chars().collect();
+        let (text, last) = chars.split_at(chars.len() - 6);
+        let mut events = vec![chunk(
+            serde_json::json!([{"text": "The user wants carol.jones@example.org", "thought": true}]),
+            false,
+        )];
+        for piece in text.chunks(4) {
+            let piece: String = piece.iter().collect();
+            events.push(chunk(serde_json::json!([{"text": piece}]), false));
+        }
+        let last: String = last.iter().collect();
+        events.push(chunk(serde_json::json!([{"text": last}]), true));
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = events
+            .into_iter()
+            .map(|e| Ok(Frame::data(Bytes::from(e))))
+            .collect();
+        return Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(StreamBody::new(Iter(frames.into_iter())).boxed_unsync())
+            .expect("response");
+    }
     if path == "/v1/chat/completions" {
         if let Ok(key) = std::env::var("MOCK_OPENAI_KEY")
             && auth.as_deref() != Some(&format!("Bearer {key}"))
@@ -282,8 +319,13 @@ async fn serve(
             let chars: Vec<char> = answer.chars().collect();
             for piece in chars.chunks(5) {
                 let piece: String = piece.iter().collect();
-                let chunk = serde_json::json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": "mock",
+                let mut chunk = serde_json::json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": "mock",
                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+                if request["logprobs"] == true {
+                    // One token per piece, as a model's log probabilities repeat its text.
+                    chunk["choices"][0]["logprobs"] = serde_json::json!({"content": [{"token": piece,
+                        "logprob": -0.1, "bytes": piece.as_bytes(), "top_logprobs": []}]});
+                }
                 events.push_str(&format!("data: {chunk}\n\n"));
             }
             let end = serde_json::json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": "mock",
