@@ -297,6 +297,104 @@ print("BROKEN:" + str(r.status_code))
 /// response (1 GiB in ~1 KiB, from the mock) fails as a decompression bomb, and the daemon
 /// holds neither whole: its peak memory grows by far less than either body, and it goes on
 /// serving. An agent asking for zstd (decoded only whole) is not answered in it.
+/// Amazon Bedrock's streamed answers through the proxy, read by the real `boto3` client
+/// (which checks every frame's CRCs): `ConverseStream` and `InvokeModelWithResponseStream`
+/// (Anthropic's events, base64 in `chunk` frames), with the mock's values split over frames
+/// of 5 characters, reach the agent masked and in order.
+#[test]
+fn bedrock_event_streams_are_masked_frame_by_frame() {
+    if !privileged() {
+        return;
+    }
+    let port = free_port();
+    let mock = MockUpstream::start(MOCK, "bedrock", &[format!("https@127.0.0.2:{port}")]);
+    let gateway = Gateway::start_with_policy("bedrock", &[("llm.toml", &policy(&mock, port))], &[]);
+    let out = gateway.python(
+        "agent",
+        r#"
+import sys, json, boto3
+client = boto3.client("bedrock-runtime", region_name="us-east-1",
+    endpoint_url=f"https://127.0.0.2:{sys.argv[1]}",
+    aws_access_key_id="AKIDMOCK", aws_secret_access_key="mock-secret")
+r = client.converse_stream(modelId="mock", messages=[{"role": "user", "content": [{"text": "hi"}]}])
+text, stop, events = "", None, []
+for event in r["stream"]:
+    name = next(iter(event))
+    events.append(name)
+    if name == "contentBlockDelta":
+        text += event[name]["delta"]["text"]
+    if name == "messageStop":
+        stop = event[name]["stopReason"]
+print("CONVERSE:" + json.dumps(text) + f" {stop} {events[0]} {events[-1]}")
+r = client.invoke_model_with_response_stream(modelId="mock", body=json.dumps({"messages": []}))
+text, kinds = "", []
+for event in r["body"]:
+    chunk = json.loads(event["chunk"]["bytes"])
+    kinds.append(chunk["type"])
+    text += chunk.get("delta", {}).get("text", "")
+print("INVOKE:" + json.dumps(text) + f" {kinds[0]} {kinds[-1]}")
+"#,
+        &[&port.to_string()],
+    );
+    let line = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {out}"))
+            .to_string()
+    };
+    assert!(
+        line("CONVERSE:").ends_with(" end_turn messageStart metadata"),
+        "{out}"
+    );
+    assert!(
+        line("INVOKE:").ends_with(" message_start message_stop"),
+        "{out}"
+    );
+    for what in ["CONVERSE:", "INVOKE:"] {
+        let text = line(what);
+        assert!(
+            text.contains(
+                "Reach [REDACTED:EMAIL] or [REDACTED:PHONE], card [REDACTED:CREDIT_CARD]."
+            ),
+            "{what} {text}"
+        );
+        for value in MOCK_PII {
+            assert!(!text.contains(value), "{what} {value}: {text}");
+        }
+    }
+    let sessions = gateway.ended_sessions(1, Duration::from_secs(10));
+    assert!(
+        sessions
+            .iter()
+            .filter_map(|s| s["masked"]["email"].as_u64())
+            .sum::<u64>()
+            >= 2,
+        "{sessions:#?}"
+    );
+    // Recorded as the text of its frames: replay reads the answers as streams, as masked.
+    let replays: String = sessions
+        .iter()
+        .map(|s| {
+            let out = gateway
+                .cli()
+                .args(["sessions", "replay", s["id"].as_str().unwrap()])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    assert!(
+        replays.contains(" frames, the text of each stream joined")
+            && replays.contains("[content block 0]")
+            && replays.contains("Reach [REDACTED:EMAIL] or [REDACTED:PHONE]")
+            && replays.contains("messageStop"),
+        "{replays}"
+    );
+    for value in MOCK_PII {
+        assert!(!replays.contains(value), "{value}: {replays}");
+    }
+}
+
 #[test]
 fn decompression_bombs_are_refused_without_being_inflated() {
     if !privileged() {

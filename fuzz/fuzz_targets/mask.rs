@@ -1,6 +1,7 @@
 //! Arbitrary bytes → the streaming masker (whole catalogue, every strategy), the SSE and
-//! NDJSON maskers, the content decoders (gzip, deflate, br, zstd), and the replay's reading of a
-//! recorded stream: none may panic, whatever the bytes
+//! NDJSON maskers, the AWS event-stream masker and its recording's rendering, the content
+//! decoders (gzip, deflate, br, zstd), and the replay's reading of a recorded stream: none may
+//! panic, whatever the bytes
 //! (invalid UTF-8, unbounded lines, broken JSON), and the streaming masker must give the same
 //! output for two splits of the input.
 //! The same bytes → the JSON scanner, which must accept a document exactly when `serde_json`
@@ -11,7 +12,7 @@ use std::sync::{Arc, LazyLock};
 
 use gateway_user::http::masking::Decoder;
 use gateway_user::mask::{
-    MaskContext, Masker, Strategy, detectors, json,
+    MaskContext, Masker, Strategy, detectors, eventstream, json,
     sse::{self, SseMasker},
     stream::{Step, StreamMasker},
 };
@@ -56,6 +57,15 @@ fuzz_target!(|data: &[u8]| {
         let _ = ndjson.push(chunk, &mut ctx);
     }
     let _ = ndjson.finish(&mut ctx);
+    // Bedrock's frames: an error (a bad CRC or length) or output, never a panic.
+    let mut frames = eventstream::EventStreamMasker::new(steps.clone());
+    let pushed = data
+        .chunks(usize::from(split).max(1))
+        .try_for_each(|chunk| frames.push(chunk, &mut ctx).map(drop));
+    if pushed.is_ok() {
+        let _ = frames.finish(&mut ctx);
+    }
+    let _ = eventstream::render_sse(data);
 
     // The same bytes as a compressed body, in chunks: an error or output, never a panic.
     for coding in ["gzip", "deflate", "br", "zstd"] {

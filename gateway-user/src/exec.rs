@@ -74,6 +74,8 @@ fn prepare(state: &StateDir, sub: &str) -> Result<Vec<(&'static str, PathBuf)>, 
             "REQUESTS_CA_BUNDLE",
             "CURL_CA_BUNDLE",
             "NODE_EXTRA_CA_CERTS",
+            // boto3 and the AWS CLI (Bedrock).
+            "AWS_CA_BUNDLE",
         ] {
             env.push((key, bundle.clone()));
         }

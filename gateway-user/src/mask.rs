@@ -5,6 +5,7 @@
 //! code that runs on the data path.
 
 pub mod detectors;
+pub mod eventstream;
 pub mod json;
 pub mod sse;
 pub mod stream;

@@ -84,13 +84,16 @@ fn body_lines(
     line.push_str(indent(&shown, "      | ").trim_end());
 }
 
-/// A recorded body that is an LLM's stream (SSE, or Ollama's newline-delimited JSON) read
-/// back as the text of its streams, with what its events are called.
+/// A recorded body that is an LLM's stream (SSE, Ollama's newline-delimited JSON, Bedrock's
+/// event stream recorded as SSE text) read back as the text of its streams, with what its
+/// events are called.
 fn reassembled(content_type: Option<&str>, body: &str) -> Option<(sse::Reassembled, &'static str)> {
     let essence = content_type?.split(';').next()?.trim().to_ascii_lowercase();
     match essence.as_str() {
         "text/event-stream" => sse::reassemble(body).map(|t| (t, "events")),
         ndjson if sse::is_ndjson_type(ndjson) => sse::reassemble_lines(body).map(|t| (t, "lines")),
+        // Recorded as the SSE text of its frames (`body_rendered: "sse"`).
+        crate::mask::eventstream::CONTENT_TYPE => sse::reassemble(body).map(|t| (t, "frames")),
         _ => None,
     }
 }

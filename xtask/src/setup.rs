@@ -30,6 +30,8 @@ const PYTHON: &[(&str, &str)] = &[
     ("httpx", "httpx[http2]"),
     ("h2", "h2"),
     ("openai", "openai"),
+    // Amazon Bedrock's client (event-stream answers, checked frame by frame).
+    ("boto3", "boto3"),
 ];
 const BPF_LINKER: &str = "0.10.0";
 /// cargo-fuzz runs the fuzz targets (`cargo xtask fuzz`, part of `cargo xtask test`).

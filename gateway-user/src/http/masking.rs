@@ -16,7 +16,9 @@ use hyper::body::Incoming;
 
 use super::{BoxError, ahead::Ahead};
 use crate::mask::{
-    MaskContext, is_json_type, mask_body,
+    MaskContext,
+    eventstream::{self, EventStreamMasker},
+    is_json_type, mask_body,
     sse::{SseMasker, is_ndjson_type},
     stream::{Step, StreamMasker},
 };
@@ -281,6 +283,8 @@ pub fn is_binary_type(content_type: Option<&str>) -> bool {
 enum Transform {
     Text(StreamMasker),
     Sse(SseMasker),
+    /// Amazon Bedrock's streamed answers: binary frames with CRCs around JSON events.
+    EventStream(EventStreamMasker),
     Json(Vec<u8>),
 }
 
@@ -315,6 +319,9 @@ impl MaskedBody {
             Some(essence) if is_ndjson_type(essence) => {
                 Transform::Sse(SseMasker::ndjson(steps.clone()))
             }
+            Some(eventstream::CONTENT_TYPE) => {
+                Transform::EventStream(EventStreamMasker::new(steps.clone()))
+            }
             _ if content_type.as_deref().is_some_and(is_json_type) => Transform::Json(Vec::new()),
             _ => Transform::Text(StreamMasker::new(steps.iter().cloned())),
         };
@@ -344,6 +351,7 @@ impl MaskedBody {
         Ok(match &mut self.transform {
             Transform::Text(stream) => stream.push(chunk, &mut ctx),
             Transform::Sse(sse) => sse.push(chunk, &mut ctx),
+            Transform::EventStream(frames) => frames.push(chunk, &mut ctx)?,
             Transform::Json(buf) => {
                 if buf.len() + chunk.len() <= BODY_LIMIT {
                     buf.extend_from_slice(chunk);
@@ -373,6 +381,7 @@ impl MaskedBody {
         match &mut self.transform {
             Transform::Text(stream) => out.extend(stream.finish(&mut ctx)),
             Transform::Sse(sse) => out.extend(sse.finish(&mut ctx)),
+            Transform::EventStream(frames) => out.extend(frames.finish(&mut ctx)?),
             Transform::Json(buf) => {
                 let body = std::mem::take(buf);
                 match mask_body(&self.steps, self.content_type.as_deref(), &body, &mut ctx) {

@@ -189,6 +189,21 @@ impl Capture {
             return; // no body: the message goes as it is (`held` dropped)
         }
         let mut kept = std::mem::take(&mut self.kept);
+        // Bedrock's event stream (binary frames with CRCs) is kept as the SSE text of its
+        // events: replay and `sessions verify` read it as an LLM's stream, and its text is
+        // searchable; the hash and size stay the bytes'.
+        let mut cut = self.size > kept.len() as u64;
+        let rendered = self.content_type.as_deref().is_some_and(|t| {
+            t.split(';').next().is_some_and(|e| {
+                e.trim()
+                    .eq_ignore_ascii_case(crate::mask::eventstream::CONTENT_TYPE)
+            })
+        });
+        if rendered {
+            kept = crate::mask::eventstream::render_sse(&kept);
+        } else {
+            cut = false;
+        }
         let mut restored = false;
         if let Some(mask) = &self.mask {
             let ctx = crate::lock(mask);
@@ -199,6 +214,8 @@ impl Capture {
         }
         let truncated = if self.binary {
             self.size > self.limit as u64
+        } else if rendered {
+            cut || kept.len() > self.limit
         } else {
             kept.len() > self.limit || self.size > kept.len() as u64
         };
@@ -235,6 +252,9 @@ impl Capture {
                 Some(text) => data.field("body", text),
                 None => data.key(prefix, "binary").value(&true),
             };
+            if rendered && body.is_some() {
+                data.key(prefix, "rendered").value("sse");
+            }
         };
         let mut queue = crate::lock(&self.pending);
         let joined = match held {
@@ -346,6 +366,55 @@ mod tests {
         assert_eq!(e["truncated"], true);
         assert_eq!(e["body"], "aaaaaaaaaa");
         assert_eq!(e["sha256"].as_str().unwrap().len(), 64);
+    }
+
+    /// Bedrock's event stream is recorded as the SSE text of its frames (a `chunk`'s provider
+    /// event decoded), which replay reads as a stream; size and hash are the bytes'. Cut by
+    /// the limit, the frames that fit are kept and the body says it is truncated.
+    #[test]
+    fn an_aws_event_stream_is_recorded_as_the_text_of_its_events() {
+        use crate::mask::eventstream::{CONTENT_TYPE, event_frame};
+        use sha2::{Digest as _, Sha256};
+        let mut bytes = Vec::new();
+        for piece in ["Hel", "lo"] {
+            let v = serde_json::json!({"contentBlockIndex": 0, "delta": {"text": piece}});
+            bytes.extend(event_frame("contentBlockDelta", v.to_string().as_bytes()));
+        }
+        bytes.extend(event_frame("messageStop", br#"{"stopReason":"end_turn"}"#));
+        let pending = Pending::default();
+        for (limit, truncated) in [(4096, false), (100, true)] {
+            let mut c = Capture::new(
+                "response_body",
+                None,
+                limit,
+                Some(CONTENT_TYPE.into()),
+                Arc::clone(&pending),
+                None,
+            );
+            c.update(&bytes);
+            c.finish(true);
+            let events = pending.lock().unwrap().drain();
+            let e = &data(&events[0]);
+            assert_eq!(e["size"], bytes.len());
+            assert_eq!(e["truncated"], truncated, "limit {limit}");
+            assert_eq!(e["rendered"], "sse");
+            assert_eq!(e["sha256"], crate::hex(&Sha256::digest(&bytes)));
+            let body = e["body"].as_str().unwrap();
+            if truncated {
+                assert!(body.len() <= 100, "{body}");
+                continue;
+            }
+            assert!(
+                body.starts_with("event: contentBlockDelta\ndata: {"),
+                "{body}"
+            );
+            let text = crate::mask::sse::reassemble(body).unwrap();
+            assert_eq!(
+                text.streams,
+                [("content block 0".to_string(), "Hello".to_string())]
+            );
+            assert_eq!(text.other, [("messageStop".to_string(), 1)]);
+        }
     }
 
     #[test]

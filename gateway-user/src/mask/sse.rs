@@ -530,6 +530,21 @@ fn deltas(name: &str, value: &Value) -> Vec<(String, String)> {
         }
         return found;
     }
+    // Amazon Bedrock's `ConverseStream` (frames of an AWS event stream, see
+    // `eventstream.rs`): a content block's text, tool input or reasoning.
+    if name == "contentBlockDelta" {
+        let b = index_of(value, "contentBlockIndex", 0);
+        for pointer in [
+            "/delta/text",
+            "/delta/toolUse/input",
+            "/delta/reasoningContent/text",
+        ] {
+            if value.pointer(pointer).is_some_and(Value::is_string) {
+                found.push((format!("b{b}"), pointer.to_string()));
+            }
+        }
+        return found;
+    }
     // Anthropic messages.
     if name == "content_block_delta" {
         let b = index_of(value, "index", 0);
@@ -557,10 +572,15 @@ fn ends(name: &str, value: &Value) -> Vec<String> {
             str::to_string,
         );
         keys.push(format!("r{item}.{}", index_of(value, "content_index", 0)));
-    } else if name == "response.completed" || name == "message_stop" || name == "error" {
+    } else if matches!(
+        name,
+        "response.completed" | "message_stop" | "error" | "messageStop"
+    ) {
         keys.push(String::new());
     } else if name == "content_block_stop" {
         keys.push(format!("a{}", index_of(value, "index", 0)));
+    } else if name == "contentBlockStop" {
+        keys.push(format!("b{}", index_of(value, "contentBlockIndex", 0)));
     } else if let Some(candidates) = value["candidates"].as_array() {
         for (i, candidate) in candidates.iter().enumerate() {
             if !candidate["finishReason"].is_null() {
@@ -576,8 +596,8 @@ fn ends(name: &str, value: &Value) -> Vec<String> {
 /// The shape of a flush event for the text at `pointer` of `value`: the event's own scalar
 /// fields (`id`, `model`, `type`…), and on the way to the text only what places it (`index`,
 /// `type`, Gemini's `thought`), each array cut to the one element on the way. Nothing that a
-/// client accumulates is sent twice: SDKs concatenate every string of a delta (OpenAI's
-/// `accumulate_delta`), so a repeated `role`, tool call `id` or function `name` would come
+/// client accumulates is sent twice: SDKs concatenate every string of a delta (the `openai`
+/// package's `accumulate_delta`), so a repeated `role`, tool call `id` or function `name` would come
 /// out doubled, and a repeated `finish_reason`, usage or whole tool call would count twice.
 /// Returns the template and the pointer of its text.
 ///
@@ -592,15 +612,15 @@ fn flush_template(value: &Value, pointer: &str, keep_role: bool) -> (Value, Stri
                 .filter(|(_, v)| !v.is_object() && !v.is_array())
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            if let Some((first, rest)) = steps.split_first() {
-                if let Some(inner) = fields.get(*first) {
-                    at.push('/');
-                    at.push_str(first);
-                    kept.insert(
-                        (*first).to_string(),
-                        path_only(inner, rest, keep_role, &mut at),
-                    );
-                }
+            if let Some((first, rest)) = steps.split_first()
+                && let Some(inner) = fields.get(*first)
+            {
+                at.push('/');
+                at.push_str(first);
+                kept.insert(
+                    (*first).to_string(),
+                    path_only(inner, rest, keep_role, &mut at),
+                );
             }
             Value::Object(kept)
         }
@@ -920,7 +940,7 @@ fn stream_label(key: &str) -> String {
         "o.rthinking" => return "thinking".to_string(),
         _ => {}
     }
-    match key.strip_prefix('a') {
+    match key.strip_prefix('a').or_else(|| key.strip_prefix('b')) {
         Some(block) => format!("content block {block}"),
         None => key.to_string(),
     }
@@ -1198,7 +1218,7 @@ mod tests {
         }
     }
 
-    /// What an SDK builds from the deltas (OpenAI's `accumulate_delta`): strings are
+    /// What an SDK builds from the deltas (the `openai` package's `accumulate_delta`): strings are
     /// concatenated, `index` and `type` replaced, lists of indexed objects merged.
     fn accumulate(acc: &mut Value, delta: &Value) {
         let (Some(acc), Some(delta)) = (acc.as_object_mut(), delta.as_object()) else {
@@ -1212,7 +1232,7 @@ mod tests {
                 (a @ Value::Object(_), d @ Value::Object(_)) => accumulate(a, d),
                 (Value::Array(a), Value::Array(d)) => {
                     for entry in d {
-                        let i = entry["index"].as_u64().unwrap() as usize;
+                        let i = usize::try_from(entry["index"].as_u64().unwrap()).unwrap();
                         match a.get_mut(i) {
                             Some(found) => accumulate(found, entry),
                             None => a.push(entry.clone()),
@@ -1282,13 +1302,15 @@ mod tests {
         for piece in ["4111 1111", " 1111 1111"] {
             let v = serde_json::json!({"choices": [{"index": 0, "delta": {"content": piece},
                 "logprobs": {"content": [token(piece)]}, "finish_reason": null}]});
-            body.push_str(&format!("data: {v}\n\n"));
+            body.extend(["data: ", &v.to_string(), "\n\n"]);
         }
         let done = serde_json::json!({"type": "response.output_text.done", "text": "4111 1111 1111 1111",
             "logprobs": [token("4111")]});
-        body.push_str(&format!(
-            "event: response.output_text.done\ndata: {done}\n\n"
-        ));
+        body.extend([
+            "event: response.output_text.done\ndata: ",
+            &done.to_string(),
+            "\n\n",
+        ]);
         let (out, c) = run(SseMasker::new(steps(Strategy::Redact)), &body, body.len());
         let all = String::from_utf8(out.clone()).unwrap();
         assert!(!all.contains("4111") && !all.contains("1111"), "{all}");
@@ -1316,7 +1338,7 @@ mod tests {
             .map(|t| {
                 let v = serde_json::json!({"choices": [{"index": 0,
                     "delta": {"audio": {"id": "a1", "transcript": t}}}]});
-                format!("data: {v}\n\n")
+                ["data: ", &v.to_string(), "\n\n"].concat()
             })
             .collect::<String>()
             + "data: [DONE]\n\n";

@@ -12,7 +12,10 @@
 //! `MOCK_OPENAI_KEY` when set; a request with `Upgrade` gets `101` and an echo of its bytes;
 //! `/api/chat` streams `LEAK` like Ollama (a line of JSON per 3 characters);
 //! `…:streamGenerateContent` streams it like Gemini (SSE, 4 characters a chunk, the last
-//! chunk with `finishReason`); chat completions add token `logprobs` when asked;
+//! chunk with `finishReason`); `/model/ID/converse-stream` and
+//! `/model/ID/invoke-with-response-stream` stream it like Amazon Bedrock (AWS event-stream
+//! frames; Converse events, or Anthropic's base64 in `chunk` frames); chat completions add
+//! token `logprobs` when asked;
 //! `/bomb.br` is 1 GiB of zeros as ~1 KiB of brotli; anything else gets a JSON echo (method,
 //! path, version, TLS, body length). Every request's headers are appended to
 //! `DIR/requests.jsonl`, so tests see what reached the upstream.
@@ -28,7 +31,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use base64::Engine as _;
 use bytes::Bytes;
+use gateway_user::mask::eventstream::event_frame;
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::{Request, Response, body::Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -257,6 +262,60 @@ async fn serve(
             .body(StreamBody::new(Iter(frames.into_iter())).boxed_unsync())
             .expect("response");
     }
+    if path.starts_with("/model/") && path.ends_with("/converse-stream") {
+        // Amazon Bedrock's `ConverseStream`: AWS event-stream frames, `LEAK` 5 characters a
+        // `contentBlockDelta`, each frame in its own body frame.
+        let mut frames = vec![event_frame(
+            "messageStart",
+            br#"{"role":"assistant","p":"abcd"}"#,
+        )];
+        let chars: Vec<char> = LEAK.chars().collect();
+        for piece in chars.chunks(5) {
+            let piece: String = piece.iter().collect();
+            let v =
+                serde_json::json!({"contentBlockIndex": 0, "delta": {"text": piece}, "p": "xy"});
+            frames.push(event_frame("contentBlockDelta", v.to_string().as_bytes()));
+        }
+        frames.push(event_frame(
+            "contentBlockStop",
+            br#"{"contentBlockIndex":0,"p":"q"}"#,
+        ));
+        frames.push(event_frame(
+            "messageStop",
+            br#"{"stopReason":"end_turn","p":"r"}"#,
+        ));
+        frames.push(event_frame(
+            "metadata",
+            br#"{"usage":{"inputTokens":1,"outputTokens":2,"totalTokens":3},"metrics":{"latencyMs":9},"p":"s"}"#,
+        ));
+        return event_stream(frames);
+    }
+    if path.starts_with("/model/") && path.ends_with("/invoke-with-response-stream") {
+        // `InvokeModelWithResponseStream` of an Anthropic model: its events, base64 in
+        // `chunk` frames.
+        let chunk = |event: serde_json::Value| {
+            let bytes = base64::engine::general_purpose::STANDARD.encode(event.to_string());
+            event_frame(
+                "chunk",
+                serde_json::json!({"bytes": bytes}).to_string().as_bytes(),
+            )
+        };
+        let mut frames = vec![chunk(serde_json::json!({"type": "message_start",
+            "message": {"id": "msg_mock", "role": "assistant", "content": []}}))];
+        let chars: Vec<char> = LEAK.chars().collect();
+        for piece in chars.chunks(5) {
+            let piece: String = piece.iter().collect();
+            frames.push(chunk(
+                serde_json::json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": piece}}),
+            ));
+        }
+        frames.push(chunk(
+            serde_json::json!({"type": "content_block_stop", "index": 0}),
+        ));
+        frames.push(chunk(serde_json::json!({"type": "message_stop"})));
+        return event_stream(frames);
+    }
     if path.ends_with(":streamGenerateContent") {
         // Gemini's stream (`?alt=sse`): a thought, then `LEAK` 4 characters a chunk, each
         // in its own frame; the last chunk carries the end of the card number with
@@ -353,6 +412,18 @@ async fn serve(
     Response::builder()
         .header("content-type", "application/json")
         .body(full(echo.to_string()))
+        .expect("response")
+}
+
+/// An AWS event stream (Bedrock) of `frames`, each in its own body frame.
+fn event_stream(frames: Vec<Vec<u8>>) -> Response<Body> {
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = frames
+        .into_iter()
+        .map(|f| Ok(Frame::data(Bytes::from(f))))
+        .collect();
+    Response::builder()
+        .header("content-type", "application/vnd.amazon.eventstream")
+        .body(StreamBody::new(Iter(frames.into_iter())).boxed_unsync())
         .expect("response")
 }
 
