@@ -403,18 +403,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::mask::{Masker, Strategy, detectors};
+    use crate::mask::Strategy;
 
     fn steps() -> Vec<Step> {
-        let detectors = ["email", "credit_card"]
-            .iter()
-            .flat_map(|n| detectors::expand(n))
-            .collect();
-        vec![Step::Mask(Arc::new(Masker::new(
-            detectors,
-            Strategy::Redact,
-            Vec::new(),
-        )))]
+        crate::mask::sse::tests::steps(Strategy::Redact)
     }
 
     /// `body` through a masker in chunks of `size`: the output, or the first error.

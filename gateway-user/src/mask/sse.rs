@@ -947,13 +947,15 @@ fn stream_label(key: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
     use crate::mask::{Masker, Strategy, detectors};
 
-    fn steps(strategy: Strategy) -> Vec<Step> {
+    /// Masking e-mail addresses and card numbers with `strategy` (also the event-stream
+    /// masker's tests).
+    pub(crate) fn steps(strategy: Strategy) -> Vec<Step> {
         let detectors = ["email", "credit_card"]
             .iter()
             .flat_map(|n| detectors::expand(n))
