@@ -17,9 +17,9 @@
 //!
 //! What the SSE masker writes back (the event, and before it the flush events of streams it
 //! ended) is framed again, each frame with the headers of the frame it came from and new
-//! CRCs. Frames that are not events (`exception`, `error`) go through as they came. A frame
-//! whose length or CRC is wrong fails the body: it cannot be read, so it is not passed on
-//! unmasked.
+//! CRCs. A frame that is not an event (`exception`) is masked whole as JSON, one whose
+//! payload is not JSON as text. A frame whose length or CRC is wrong fails the body: it
+//! cannot be read, so it is not passed on unmasked.
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -129,13 +129,16 @@ impl EventStreamMasker {
             }
             return Ok(());
         }
-        // `chunk`: the provider's event, base64 in `bytes`.
-        let Ok(mut value) = serde_json::from_slice::<Value>(payload) else {
-            ctx.note("event stream frame without JSON: passed as it came");
-            out.extend_from_slice(frame);
+        let Ok(value) = serde_json::from_slice::<Value>(payload) else {
+            ctx.note("event stream frame without JSON: masked as text");
+            match super::mask_body(&self.steps, None, payload, ctx) {
+                Some(masked) => out.extend(encode_frame(&headers, &masked)),
+                None => out.extend_from_slice(frame),
+            }
             return Ok(());
         };
-        let (name, data, wrapped) = match value.get_mut("bytes").and_then(|b| b.as_str()) {
+        // `chunk`: the provider's event, base64 in `bytes`.
+        let (name, data, wrapped) = match value.get("bytes").and_then(Value::as_str) {
             Some(encoded) if event_type == "chunk" => {
                 let inner = base64::engine::general_purpose::STANDARD
                     .decode(encoded)
@@ -521,7 +524,8 @@ mod tests {
     }
 
     /// A frame that cannot be read fails the body (never passed on unmasked); an exception
-    /// frame is masked whole, a clean one goes through as it came.
+    /// frame is masked whole, a clean one goes through as it came; a payload that is not
+    /// JSON is masked as text.
     #[test]
     fn broken_frames_fail_and_exceptions_pass() {
         let body = converse();
@@ -558,5 +562,14 @@ mod tests {
             br#"{"message":"slow down"}"#,
         );
         assert_eq!(run(&clean, 3).unwrap(), clean);
+        // An event whose payload is not JSON is masked as text.
+        let text = event_frame("contentBlockDelta", b"plain bob@example.com");
+        assert_eq!(
+            read_frames(&run(&text, 3).unwrap()).unwrap(),
+            [(
+                "contentBlockDelta".to_string(),
+                b"plain [REDACTED:EMAIL]".to_vec()
+            )]
+        );
     }
 }

@@ -597,9 +597,9 @@ fn ends(name: &str, value: &Value) -> Vec<String> {
 /// fields (`id`, `model`, `type`…), and on the way to the text only what places it (`index`,
 /// `type`, Gemini's `thought`), each array cut to the one element on the way. Nothing that a
 /// client accumulates is sent twice: SDKs concatenate every string of a delta (the `openai`
-/// package's `accumulate_delta`), so a repeated `role`, tool call `id` or function `name` would come
-/// out doubled, and a repeated `finish_reason`, usage or whole tool call would count twice.
-/// Returns the template and the pointer of its text.
+/// package's `accumulate_delta`), so a repeated `role`, tool call `id` or function `name`
+/// would come out doubled, and a repeated `finish_reason`, usage or whole tool call would
+/// count twice. Returns the template and the pointer of its text.
 ///
 /// Ollama's clients read each line on its own and want a message's `role` (`keep_role`).
 fn flush_template(value: &Value, pointer: &str, keep_role: bool) -> (Value, String) {
