@@ -192,17 +192,16 @@ impl Capture {
         // Bedrock's event stream (binary frames with CRCs) is kept as the SSE text of its
         // events: replay and `sessions verify` read it as an LLM's stream, and its text is
         // searchable; the hash and size stay the bytes'.
-        let mut cut = self.size > kept.len() as u64;
         let rendered = self.content_type.as_deref().is_some_and(|t| {
             t.split(';').next().is_some_and(|e| {
                 e.trim()
                     .eq_ignore_ascii_case(crate::mask::eventstream::CONTENT_TYPE)
             })
         });
+        // Frames past the limit are not rendered: the bytes kept said so.
+        let cut = rendered && self.size > kept.len() as u64;
         if rendered {
             kept = crate::mask::eventstream::render_sse(&kept);
-        } else {
-            cut = false;
         }
         let mut restored = false;
         if let Some(mask) = &self.mask {
