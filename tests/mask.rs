@@ -395,6 +395,103 @@ print("INVOKE:" + json.dumps(text) + f" {kinds[0]} {kinds[-1]}")
     }
 }
 
+/// A WebSocket to a target with mask rules (the transport of the Realtime API of OpenAI), with the
+/// real `websockets` client: its messages are masked both ways, the text the mock streams
+/// over `response.output_text.delta` messages of 5 characters reaches the agent masked, the
+/// upstream never receives the agent's card number nor a compression offer, and the session
+/// lasts until the WebSocket closes, with its masking counted.
+#[test]
+fn websocket_messages_are_masked_both_ways() {
+    if !privileged() {
+        return;
+    }
+    let port = free_port();
+    let mock = MockUpstream::start(MOCK, "websocket", &[format!("https@127.0.0.2:{port}")]);
+    let gateway =
+        Gateway::start_with_policy("websocket", &[("llm.toml", &policy(&mock, port))], &[]);
+    let out = gateway.python(
+        "agent",
+        r#"
+import sys, json, time
+from websockets.sync.client import connect
+started = time.monotonic()
+with connect(f"wss://127.0.0.2:{sys.argv[1]}/v1/realtime?model=mock") as ws:
+    ws.send(json.dumps({"type": "conversation.item.create", "item": {"type": "message",
+        "role": "user", "content": [{"type": "input_text", "text": f"pay with {sys.argv[2]}"}]}}))
+    print("ECHO:" + json.dumps(json.loads(ws.recv())["text"]))
+    ws.send(json.dumps({"type": "response.create"}))
+    text, done = "", None
+    while done is None:
+        event = json.loads(ws.recv())
+        if event["type"] == "response.output_text.delta":
+            text += event["delta"]
+        if event["type"] == "response.output_text.done":
+            done = event["text"]
+    print("REALTIME:" + json.dumps(text))
+    print("DONE:" + json.dumps(done))
+print(f"SECONDS:{time.monotonic() - started:.1f}")
+"#,
+        &[&port.to_string(), AGENT_CARD],
+    );
+    let line = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {out}"))
+            .to_string()
+    };
+    for what in ["REALTIME:", "DONE:"] {
+        let text = line(what);
+        assert!(
+            text.contains(
+                "Reach [REDACTED:EMAIL] or [REDACTED:PHONE], card [REDACTED:CREDIT_CARD]."
+            ),
+            "{what} {text}"
+        );
+        for value in MOCK_PII {
+            assert!(!text.contains(value), "{what} {value}: {text}");
+        }
+    }
+    // The close handshake ends both legs at once (the client waits for the server's side).
+    let seconds: f64 = line("SECONDS:").parse().unwrap();
+    assert!(seconds < 5.0, "the WebSocket took {seconds} s");
+    // What the upstream received: the card redacted, no compression offered.
+    let received: Vec<Value> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r["ws_message"].is_string())
+        .collect();
+    assert_eq!(received.len(), 2, "{received:#?}");
+    assert!(
+        received[0]["ws_message"]
+            .as_str()
+            .unwrap()
+            .contains("pay with [REDACTED:CREDIT_CARD]"),
+        "{received:#?}"
+    );
+    assert!(received[0]["extensions"].is_null(), "{received:#?}");
+    assert!(
+        line("ECHO:").contains("pay with [REDACTED:CREDIT_CARD]"),
+        "{out}"
+    );
+    assert!(
+        !serde_json::to_string(&received)
+            .unwrap()
+            .contains(AGENT_CARD)
+    );
+    // The session ended with the WebSocket, its masking counted.
+    let sessions = gateway.ended_sessions(1, Duration::from_secs(10));
+    let session = &sessions[0];
+    assert!(
+        session["masked"]["credit_card"].as_u64() >= Some(3),
+        "{session:#}"
+    );
+    assert!(
+        session["masked"]["email"].as_u64() >= Some(2),
+        "{session:#}"
+    );
+    assert!(session["bytes_down"].as_u64() > Some(1000), "{session:#}");
+}
+
 #[test]
 fn decompression_bombs_are_refused_without_being_inflated() {
     if !privileged() {

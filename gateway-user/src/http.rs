@@ -9,12 +9,15 @@
 //! buffers; a request matching `body` conditions or mask rules is read first, up to
 //! [`INSPECT_LIMIT`] (past that it is refused with 413, never passed unchecked), and masked
 //! whole; responses are masked as they stream ([`masking`]).
-//! Upgrades (WebSocket) are relayed byte for byte after the `101`.
+//! Upgrades are relayed after the `101`, byte for byte, except a WebSocket to a target with
+//! mask rules, whose text messages are masked both ways ([`websocket`]); the session lasts
+//! until the upgraded connection ends.
 
 pub mod ahead;
 pub mod masking;
 pub mod pool;
 pub mod tap;
+pub mod websocket;
 
 use std::{
     borrow::Cow,
@@ -69,6 +72,12 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+/// Whether a masking step puts tokens in the session's vault (then what comes back is
+/// restored).
+fn tokenizes(step: &Step) -> bool {
+    matches!(step, Step::Mask(masker) if masker.strategy == crate::mask::Strategy::Tokenize)
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if let Some(connection) = headers.get(header::CONNECTION).cloned()
         && let Ok(list) = connection.to_str()
@@ -717,6 +726,8 @@ pub struct HttpSession {
     /// The maskers of recorded request lines and headers (requests, responses), fixed once
     /// the session is bound to its target.
     metadata_masks: std::sync::OnceLock<[Vec<Arc<crate::mask::Masker>>; 2]>,
+    /// The relay of an upgraded connection (a WebSocket): the session lasts until it ends.
+    upgraded: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl HttpSession {
@@ -745,6 +756,7 @@ impl HttpSession {
             metadata_masks: std::sync::OnceLock::new(),
             outcome: Mutex::new(Outcome::default()),
             credential: Mutex::new(None),
+            upgraded: Mutex::new(None),
             ctx,
         }
     }
@@ -898,14 +910,27 @@ impl HttpSession {
         }
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
-        tokio::select! {
+        let served = tokio::select! {
             result = conn.as_mut() => result.map_err(|e| e.to_string()),
             () = crate::proxy::relay::wait_true(cut) => {
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
                 Err("daemon shutting down: session cut after the grace period".into())
             }
+        };
+        // An upgraded connection goes on after hyper hands it over: the session (its bytes,
+        // masking counts and end) lasts until the relay ends.
+        let relay = crate::lock(&self.upgraded).take();
+        if let Some(mut relay) = relay {
+            tokio::select! {
+                _ = &mut relay => {}
+                () = crate::proxy::relay::wait_true(cut) => {
+                    relay.abort();
+                    return Err("daemon shutting down: upgraded connection cut".into());
+                }
+            }
         }
+        served
     }
 
     async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
@@ -1075,6 +1100,12 @@ impl HttpSession {
             false,
         );
 
+        // A WebSocket to a target with mask rules: its text messages are masked both ways
+        // (`websocket.rs`), uncompressed.
+        let websocket_steps = self.websocket_steps(target, upgrade, &parts.headers, &steps);
+        if websocket_steps.is_some() {
+            parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        }
         strip_hop_by_hop(&mut parts.headers, upgrade);
         if let (Some(t), Some(credentials)) = (target, credentials) {
             match self.credential(t, credentials) {
@@ -1118,17 +1149,40 @@ impl HttpSession {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
+            if websocket_steps.is_some()
+                && response
+                    .headers()
+                    .contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+            {
+                // Compressed frames cannot be masked; none were offered, so fail closed.
+                let reason = "upstream WebSocket turned on an extension that was not offered: \
+                              its frames cannot be masked"
+                    .to_string();
+                self.lock().errors.push(reason.clone());
+                return self.error_response(StatusCode::BAD_GATEWAY, &reason);
+            }
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
+            let (mask, errors) = (Arc::clone(&self.mask), Arc::clone(&self.body_errors));
+            let relay = tokio::spawn(async move {
                 let (client, upstream) = tokio::join!(client_upgrade, upstream_upgrade);
-                if let (Ok(client), Ok(upstream)) = (client, upstream) {
-                    let _ = tokio::io::copy_bidirectional(
-                        &mut TokioIo::new(client),
-                        &mut TokioIo::new(upstream),
-                    )
-                    .await;
+                let (Ok(client), Ok(upstream)) = (client, upstream) else {
+                    return;
+                };
+                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                let result = match websocket_steps {
+                    Some((up, down)) => websocket::relay(client, upstream, up, down, mask)
+                        .await
+                        .map(drop),
+                    None => tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                };
+                if let Err(error) = result {
+                    crate::lock(&errors).push(error);
                 }
             });
+            *crate::lock(&self.upgraded) = Some(relay);
             let (parts, _) = response.into_parts();
             return Response::from_parts(parts, full(Bytes::new()));
         }
@@ -1159,6 +1213,44 @@ impl HttpSession {
             true,
         );
         Response::from_parts(parts, body)
+    }
+
+    /// The masking steps of an upgrade to a WebSocket (towards the upstream: the request's
+    /// `steps`; towards the client: the response rules' and the restoring of tokens), or
+    /// `None` when neither direction masks (the connection is then relayed as it is).
+    fn websocket_steps(
+        &self,
+        target: Option<usize>,
+        upgrade: bool,
+        headers: &HeaderMap,
+        steps: &[Step],
+    ) -> Option<(Vec<Step>, Vec<Step>)> {
+        let websocket = upgrade
+            && header_str(headers, header::UPGRADE)
+                .is_some_and(|u| u.trim().eq_ignore_ascii_case("websocket"));
+        if !websocket {
+            return None;
+        }
+        let tokens = crate::lock(&self.mask).has_tokens() || steps.iter().any(tokenizes);
+        let mut down = Vec::new();
+        if target.is_some_and(|t| self.policy.masks_target(t)) {
+            let decision = self.policy.evaluate(
+                self.ids,
+                target,
+                &Operation::HttpResponse {
+                    status: 101,
+                    body: &[],
+                },
+            );
+            self.lock()
+                .rules
+                .extend(self.policy.rule_names(&decision.acting));
+            down = self.policy.stream_steps(&decision);
+        }
+        if tokens {
+            down.push(Step::Restore);
+        }
+        (!steps.is_empty() || !down.is_empty()).then(|| (steps.to_vec(), down))
     }
 
     /// Whether and how a response is masked: the steps of the response-direction mask rules

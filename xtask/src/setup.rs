@@ -32,6 +32,8 @@ const PYTHON: &[(&str, &str)] = &[
     ("openai", "openai"),
     // Amazon Bedrock's client (event-stream answers, checked frame by frame).
     ("boto3", "boto3"),
+    // A WebSocket client (the OpenAI Realtime API's transport).
+    ("websockets", "websockets"),
 ];
 const BPF_LINKER: &str = "0.10.0";
 /// cargo-fuzz runs the fuzz targets (`cargo xtask fuzz`, part of `cargo xtask test`).

@@ -24,7 +24,11 @@
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::{MaskContext, sse::SseMasker, stream::Step};
+use super::{
+    MaskContext,
+    sse::{self, SseMasker},
+    stream::Step,
+};
 
 /// The content type of an AWS event stream.
 pub const CONTENT_TYPE: &str = "application/vnd.amazon.eventstream";
@@ -97,7 +101,7 @@ impl EventStreamMasker {
         // held goes out as frames of the last shape seen.
         let rest = self.events.finish(ctx);
         let mut out = Vec::new();
-        for (name, data) in sse_events(&rest) {
+        for (name, data) in sse::written_events(&rest) {
             out.extend(if self.wrapped {
                 event_frame("chunk", &wrap(&data))
             } else {
@@ -167,7 +171,7 @@ impl EventStreamMasker {
         }
         event.extend_from_slice(b"\n\n");
         let masked = self.events.push(&event, ctx);
-        for (out_name, out_data) in sse_events(&masked) {
+        for (out_name, out_data) in sse::written_events(&masked) {
             let mut headers = headers.clone();
             let payload = if wrapped {
                 wrap(&out_data)
@@ -296,34 +300,6 @@ fn set_header(headers: &mut Vec<Header>, name: &str, value: &str) {
         Some(header) => *header = string_header(name, value),
         None => headers.push(string_header(name, value)),
     }
-}
-
-/// The events the SSE masker wrote (its own output: `event:` and one `data:` line each).
-fn sse_events(out: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut events = Vec::new();
-    for event in out
-        .split(|&b| b == b'\n')
-        .collect::<Vec<_>>()
-        .split(|line| line.is_empty())
-    {
-        let mut name = String::new();
-        let mut data: Option<Vec<u8>> = None;
-        for line in event {
-            if let Some(value) = line.strip_prefix(b"event: ") {
-                name = String::from_utf8_lossy(value).into_owned();
-            } else if let Some(value) = line.strip_prefix(b"data: ") {
-                let data = data.get_or_insert_with(Vec::new);
-                if !data.is_empty() {
-                    data.push(b'\n');
-                }
-                data.extend_from_slice(value);
-            }
-        }
-        if let Some(data) = data {
-            events.push((name, data));
-        }
-    }
-    events
 }
 
 /// A recorded event stream as the text of its events, in SSE form (`event:` its type, `data:`

@@ -753,6 +753,36 @@ fn write_event(out: &mut Vec<u8>, fields: &[Vec<u8>], data: Option<&[u8]>) {
     out.push(b'\n');
 }
 
+/// The events an [`SseMasker`] wrote, as `(event name, data)`: its own output (`event:` and
+/// `data:` lines), for framings that hand their messages to it as events (AWS event
+/// streams, WebSocket messages).
+pub fn written_events(out: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut events = Vec::new();
+    for event in out
+        .split(|&b| b == b'\n')
+        .collect::<Vec<_>>()
+        .split(|line| line.is_empty())
+    {
+        let mut name = String::new();
+        let mut data: Option<Vec<u8>> = None;
+        for line in event {
+            if let Some(value) = line.strip_prefix(b"event: ") {
+                name = String::from_utf8_lossy(value).into_owned();
+            } else if let Some(value) = line.strip_prefix(b"data: ") {
+                let data = data.get_or_insert_with(Vec::new);
+                if !data.is_empty() {
+                    data.push(b'\n');
+                }
+                data.extend_from_slice(value);
+            }
+        }
+        if let Some(data) = data {
+            events.push((name, data));
+        }
+    }
+    events
+}
+
 /// A recorded SSE body read back for `sessions replay`: the text of each stream the
 /// masker would follow (the same [`deltas`]), put back together.
 #[derive(Debug, Default, PartialEq, Eq)]

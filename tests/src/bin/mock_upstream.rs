@@ -9,7 +9,8 @@
 //!
 //! Endpoints: `/bytes/N` streams N bytes; `/v1/chat/completions` answers like an
 //! OpenAI-compatible API (SSE with `"stream": true`), checking `Authorization` against
-//! `MOCK_OPENAI_KEY` when set; a request with `Upgrade` gets `101` and an echo of its bytes;
+//! `MOCK_OPENAI_KEY` when set; a WebSocket upgrade gets a server like the Realtime API of OpenAI
+//! (see `realtime`); a request with another `Upgrade` gets `101` and an echo of its bytes;
 //! `/api/chat` streams `LEAK` like Ollama (a line of JSON per 3 characters);
 //! `…:streamGenerateContent` streams it like Gemini (SSE, 4 characters a chunk, the last
 //! chunk with `finishReason`); `/model/ID/converse-stream` and
@@ -141,6 +142,31 @@ async fn serve(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let websocket = request
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if let (true, Some(key)) = (websocket, request.headers().get("sec-websocket-key")) {
+        // RFC 6455's handshake, then a Realtime-API-like server (see `websocket`).
+        let mut accepted = key.as_bytes().to_vec();
+        accepted.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+        let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &accepted);
+        let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+        let upgrade = hyper::upgrade::on(&mut request);
+        let extensions = headers.get("sec-websocket-extensions").cloned();
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                realtime(TokioIo::new(upgraded), &path, extensions, &server.log).await;
+            }
+        });
+        return Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(full(Bytes::new()))
+            .expect("response");
+    }
     if request.headers().contains_key(hyper::header::UPGRADE) {
         let upgrade = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {
@@ -413,6 +439,73 @@ async fn serve(
         .header("content-type", "application/json")
         .body(full(echo.to_string()))
         .expect("response")
+}
+
+/// A WebSocket server like the Realtime API of OpenAI: each text message received is logged
+/// (`path`, `ws_message`, and the extensions offered); `{"type": "response.create"}` is
+/// answered with `LEAK` in `response.output_text.delta` events of 5 characters, each in its
+/// own frame, then `.done` events; any other message is echoed back in
+/// `{"type": "echo", "text": …}`. A close is answered with a close.
+async fn realtime<S>(
+    io: S,
+    path: &str,
+    extensions: Option<serde_json::Value>,
+    log: &Mutex<std::fs::File>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use gateway_user::http::websocket::{CLOSE, TEXT, encode, parse};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut r, mut w) = tokio::io::split(io);
+    let mut buf = Vec::new();
+    loop {
+        match r.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        while let Ok(Some(frame)) = parse(&buf) {
+            buf.drain(..frame.len);
+            let mut out = Vec::new();
+            if frame.opcode == CLOSE {
+                let _ = w.write_all(&encode(CLOSE, &frame.payload, None)).await;
+                return;
+            }
+            if frame.opcode != TEXT {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&frame.payload).into_owned();
+            {
+                let record = serde_json::json!({"path": path, "ws_message": text,
+                    "extensions": extensions});
+                let _ = writeln!(log.lock().expect("log"), "{record}");
+            }
+            let request: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if request["type"] == "response.create" {
+                let chars: Vec<char> = LEAK.chars().collect();
+                for piece in chars.chunks(5) {
+                    let piece: String = piece.iter().collect();
+                    let event = serde_json::json!({"type": "response.output_text.delta",
+                        "item_id": "item_1", "output_index": 0, "content_index": 0, "delta": piece});
+                    out.push(encode(TEXT, event.to_string().as_bytes(), None));
+                }
+                for event in [
+                    serde_json::json!({"type": "response.output_text.done", "item_id": "item_1",
+                        "output_index": 0, "content_index": 0, "text": LEAK}),
+                    serde_json::json!({"type": "response.done", "response": {"status": "completed"}}),
+                ] {
+                    out.push(encode(TEXT, event.to_string().as_bytes(), None));
+                }
+            } else {
+                let echo = serde_json::json!({"type": "echo", "text": text});
+                out.push(encode(TEXT, echo.to_string().as_bytes(), None));
+            }
+            for frame in out {
+                if w.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// An AWS event stream (Bedrock) of `frames`, each in its own body frame.
