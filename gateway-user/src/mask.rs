@@ -983,7 +983,7 @@ pub fn mask_body(
 /// Whether a JSON body is Gemini's `streamGenerateContent` answer without `alt=sse`: one
 /// array of response chunks (`[{"candidates": …`), the text spread over its elements as over
 /// the events of a stream. Looks at the first key only, so other documents pay nothing.
-fn is_chunk_array(body: &[u8]) -> bool {
+pub fn is_chunk_array(body: &[u8]) -> bool {
     let Some(rest) = body.trim_ascii_start().strip_prefix(b"[") else {
         return false;
     };

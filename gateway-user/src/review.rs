@@ -85,8 +85,8 @@ fn body_lines(
 }
 
 /// A recorded body that is an LLM's stream (SSE, Ollama's newline-delimited JSON, Bedrock's
-/// event stream recorded as SSE text) read back as the text of its streams, with what its
-/// events are called.
+/// event stream recorded as SSE text, Gemini's array of chunks) read back as the text of its
+/// streams, with what its events are called.
 fn reassembled(content_type: Option<&str>, body: &str) -> Option<(sse::Reassembled, &'static str)> {
     let essence = content_type?.split(';').next()?.trim().to_ascii_lowercase();
     match essence.as_str() {
@@ -94,6 +94,12 @@ fn reassembled(content_type: Option<&str>, body: &str) -> Option<(sse::Reassembl
         ndjson if sse::is_ndjson_type(ndjson) => sse::reassemble_lines(body).map(|t| (t, "lines")),
         // Recorded as the SSE text of its frames (`body_rendered: "sse"`).
         crate::mask::eventstream::CONTENT_TYPE => sse::reassemble(body).map(|t| (t, "frames")),
+        // Gemini's stream without `alt=sse`: one JSON array of chunks, read as their lines.
+        json if crate::mask::is_json_type(json) && crate::mask::is_chunk_array(body.as_bytes()) => {
+            let chunks: Vec<Value> = serde_json::from_str(body).ok()?;
+            let lines: String = chunks.iter().map(|c| format!("{c}\n")).collect();
+            sse::reassemble_lines(&lines).map(|t| (t, "chunks"))
+        }
         _ => None,
     }
 }
@@ -547,6 +553,29 @@ mod tests {
         let mut plain = events[0].clone();
         plain.data["body_content_type"] = "text/plain".into();
         assert!(!replay(&session(), &[plain], false).contains("event stream:"));
+    }
+
+    /// Gemini's stream without `alt=sse` (one JSON array of chunks) replays as its text too.
+    #[test]
+    fn replay_reads_a_json_array_of_chunks_as_a_stream() {
+        let chunk = |text: &str| {
+            serde_json::json!({"candidates": [{"content": {"parts": [{"text": text}],
+                "role": "model"}, "index": 0}]})
+        };
+        let body = serde_json::to_string_pretty(&[chunk("Reach [REDACTED:"), chunk("EMAIL] now")])
+            .unwrap();
+        let events = [event(
+            "2026-11-21T17:00:00.300Z",
+            "http_response",
+            serde_json::json!({"status": 200, "body": body, "body_size": body.len(),
+                "body_content_type": "application/json; charset=UTF-8"}),
+        )];
+        let text = replay(&session(), &events, false);
+        assert!(
+            text.contains("event stream: 2 chunks")
+                && text.contains("[candidate 0]\n      |   Reach [REDACTED:EMAIL] now"),
+            "{text}"
+        );
     }
 
     #[test]
