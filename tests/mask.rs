@@ -395,11 +395,12 @@ print("INVOKE:" + json.dumps(text) + f" {kinds[0]} {kinds[-1]}")
     }
 }
 
-/// A WebSocket to a target with mask rules (the transport of the Realtime API of OpenAI), with the
-/// real `websockets` client: its messages are masked both ways, the text the mock streams
+/// A WebSocket to a target with mask rules (the transport of realtime LLM APIs), with the real
+/// `websockets` client: its messages are masked both ways, the text the mock streams
 /// over `response.output_text.delta` messages of 5 characters reaches the agent masked, the
 /// upstream never receives the agent's card number nor a compression offer, and the session
-/// lasts until the WebSocket closes, with its masking counted.
+/// lasts until the WebSocket closes, with its masking counted and every message recorded as
+/// it crossed.
 #[test]
 fn websocket_messages_are_masked_both_ways() {
     if !privileged() {
@@ -490,6 +491,36 @@ print(f"SECONDS:{time.monotonic() - started:.1f}")
         "{session:#}"
     );
     assert!(session["bytes_down"].as_u64() > Some(1000), "{session:#}");
+    websocket_recorded_as_masked(&gateway, session["id"].as_str().unwrap());
+}
+
+/// Every message of the WebSocket session `id` is recorded as it crossed, after the `101`:
+/// replay shows them, and no raw value is in the replay or anywhere in the store.
+fn websocket_recorded_as_masked(gateway: &Gateway, id: &str) {
+    let out = gateway
+        .cli()
+        .args(["sessions", "replay", id])
+        .output()
+        .expect("sessions replay");
+    let replay = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        replay.find("< 101") < replay.find("> ws message")
+            && replay.contains("pay with [REDACTED:CREDIT_CARD]")
+            && replay.matches("< ws message").count() >= 16
+            && replay.contains("response.output_text.done"),
+        "{replay}"
+    );
+    let db = std::fs::read(gateway.state.join("gateway.db")).unwrap_or_default();
+    let wal = std::fs::read(gateway.state.join("gateway.db-wal")).unwrap_or_default();
+    for value in MOCK_PII.iter().chain(&[AGENT_CARD]) {
+        assert!(!replay.contains(value), "{value}: {replay}");
+        for bytes in [&db, &wal] {
+            assert!(
+                !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+                "{value} is in the store"
+            );
+        }
+    }
 }
 
 #[test]

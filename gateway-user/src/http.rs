@@ -72,6 +72,64 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+/// Writes a session's events that are ready (none of their predecessors waits for a body).
+async fn write_ready(ctx: &ProxyContext, session: &str, queue: &tap::Pending) {
+    let ready = crate::lock(queue).ready();
+    for event in ready {
+        ctx.recorder
+            .write(Write::Event {
+                session: session.to_string(),
+                event,
+            })
+            .await;
+    }
+}
+
+/// The recording of a WebSocket's text messages, as they crossed (after masking).
+struct WsMessages {
+    ctx: Arc<ProxyContext>,
+    session: String,
+    queue: tap::Pending,
+    /// Restored placeholders are put back before a message towards the agent is recorded.
+    mask: Arc<Mutex<MaskContext>>,
+    limit: usize,
+    /// `record = "full"`: the text (up to `limit`); else the size only.
+    full: bool,
+}
+
+impl WsMessages {
+    /// Records each message received on `rx`, until the relay ends.
+    async fn record(self, mut rx: tokio::sync::mpsc::Receiver<websocket::Sent>) {
+        while let Some((up, text)) = rx.recv().await {
+            let mut data = JsonObject::new();
+            data.field("direction", if up { "request" } else { "response" });
+            data.field("size", &text.len());
+            if self.full {
+                let text = {
+                    let mask = crate::lock(&self.mask);
+                    if !up && mask.has_tokens() {
+                        mask.retokenize(&text)
+                    } else {
+                        text
+                    }
+                };
+                let kept = &text[..text.len().min(self.limit)];
+                let kept = match std::str::from_utf8(kept) {
+                    Ok(kept) => kept,
+                    // Cut inside a character at the limit: the valid prefix.
+                    Err(e) => std::str::from_utf8(&kept[..e.valid_up_to()]).unwrap_or_default(),
+                };
+                data.field("text", kept);
+                if kept.len() < text.len() {
+                    data.field("truncated", &true);
+                }
+            }
+            crate::lock(&self.queue).push(Record::encoded("ws_message", data.finish()));
+            write_ready(&self.ctx, &self.session, &self.queue).await;
+        }
+    }
+}
+
 /// Whether a masking step puts tokens in the session's vault (then what comes back is
 /// restored).
 fn tokenizes(step: &Step) -> bool {
@@ -841,10 +899,7 @@ impl HttpSession {
 
     /// Writes the events that are ready (none of their predecessors waits for a body).
     pub async fn flush(&self) {
-        let ready = crate::lock(&self.queue).ready();
-        for event in ready {
-            self.write(event).await;
-        }
+        write_ready(&self.ctx, &self.session_id, &self.queue).await;
     }
 
     /// Writes every event left (the session ends).
@@ -1163,28 +1218,65 @@ impl HttpSession {
             }
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let (mask, errors) = (Arc::clone(&self.mask), Arc::clone(&self.body_errors));
+            // The messages read are recorded as `ws_message` events, in order after the
+            // `101`, by a task beside the relay.
+            let level = self.record_level();
+            let (record, recorded) = match (&websocket_steps, level) {
+                (Some(_), RecordLevel::Full | RecordLevel::Metadata) => {
+                    let (tx, rx) = tokio::sync::mpsc::channel(64);
+                    let messages = WsMessages {
+                        ctx: Arc::clone(&self.ctx),
+                        session: self.session_id.clone(),
+                        queue: Arc::clone(&self.queue),
+                        mask: Arc::clone(&self.mask),
+                        limit: usize::try_from(self.policy.defaults.record_body_limit)
+                            .unwrap_or(usize::MAX),
+                        full: level == RecordLevel::Full,
+                    };
+                    (Some(tx), Some(messages.record(rx)))
+                }
+                _ => (None, None),
+            };
             let relay = tokio::spawn(async move {
                 let (client, upstream) = tokio::join!(client_upgrade, upstream_upgrade);
                 let (Ok(client), Ok(upstream)) = (client, upstream) else {
                     return;
                 };
                 let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                let result = match websocket_steps {
-                    Some((up, down)) => websocket::relay(client, upstream, up, down, mask)
-                        .await
-                        .map(drop),
-                    None => tokio::io::copy_bidirectional(&mut client, &mut upstream)
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string()),
+                let relayed = async {
+                    match websocket_steps {
+                        Some((up, down)) => {
+                            websocket::relay(client, upstream, up, down, mask, record)
+                                .await
+                                .map(drop)
+                        }
+                        None => tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                            .await
+                            .map(drop)
+                            .map_err(|e| e.to_string()),
+                    }
                 };
+                let recording = async {
+                    if let Some(recorded) = recorded {
+                        recorded.await;
+                    }
+                };
+                let (result, ()) = tokio::join!(relayed, recording);
                 if let Err(error) = result {
                     crate::lock(&errors).push(error);
                 }
             });
             *crate::lock(&self.upgraded) = Some(relay);
             let (parts, _) = response.into_parts();
-            return Response::from_parts(parts, full(Bytes::new()));
+            // The `101` has no body: its event is released now, ahead of the messages.
+            let body = self.tap(
+                full(Bytes::new()),
+                response_held,
+                "response_body",
+                None,
+                false,
+            );
+            return Response::from_parts(parts, body);
         }
         let (mut parts, incoming) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
@@ -1217,7 +1309,8 @@ impl HttpSession {
 
     /// The masking steps of an upgrade to a WebSocket (towards the upstream: the request's
     /// `steps`; towards the client: the response rules' and the restoring of tokens), or
-    /// `None` when neither direction masks (the connection is then relayed as it is).
+    /// `None` when neither direction masks and the session is not recorded in full (the
+    /// connection is then relayed as it is).
     fn websocket_steps(
         &self,
         target: Option<usize>,
@@ -1250,7 +1343,9 @@ impl HttpSession {
         if tokens {
             down.push(Step::Restore);
         }
-        (!steps.is_empty() || !down.is_empty()).then(|| (steps.to_vec(), down))
+        // `record = "full"` keeps every message, so the frames are read (uncompressed) too.
+        let full = self.record_level() == RecordLevel::Full;
+        (full || !steps.is_empty() || !down.is_empty()).then(|| (steps.to_vec(), down))
     }
 
     /// Whether and how a response is masked: the steps of the response-direction mask rules

@@ -97,7 +97,7 @@ fn reassembled(content_type: Option<&str>, body: &str) -> Option<(sse::Reassembl
         // Gemini's stream without `alt=sse`: one JSON array of chunks, read as their lines.
         json if crate::mask::is_json_type(json) && crate::mask::is_chunk_array(body.as_bytes()) => {
             let chunks: Vec<Value> = serde_json::from_str(body).ok()?;
-            let lines: String = chunks.iter().map(|c| format!("{c}\n")).collect();
+            let lines: String = chunks.iter().map(|c| c.to_string() + "\n").collect();
             sse::reassemble_lines(&lines).map(|t| (t, "chunks"))
         }
         _ => None,
@@ -195,6 +195,7 @@ pub fn replay(session: &Session, events: &[Event], raw: bool) -> String {
                 body_lines(&mut line, arrow, d, "", raw);
                 line
             }
+            "ws_message" => ws_message(d, raw),
             "blocked" => format!("! blocked by {} {} {}", s("rule"), s("method"), s("path")),
             "denied" => format!("! denied: {}", s("reason")),
             "sql" => format!("> sql {}", s("text")),
@@ -238,6 +239,34 @@ pub fn replay(session: &Session, events: &[Event], raw: bool) -> String {
         session.bytes_down
     );
     out
+}
+
+/// A WebSocket message as it crossed (after masking), its text shown as a body is.
+fn ws_message(d: &serde_json::Map<String, Value>, raw: bool) -> String {
+    let arrow = if d.get("direction").and_then(Value::as_str) == Some("request") {
+        '>'
+    } else {
+        '<'
+    };
+    let mut line = format!(
+        "{arrow} ws message {} bytes{}",
+        d.get("size").map_or_else(String::new, ToString::to_string),
+        if d.get("truncated") == Some(&Value::Bool(true)) {
+            ", truncated"
+        } else {
+            ""
+        }
+    );
+    if let Some(text) = d.get("text").and_then(Value::as_str) {
+        let shown = if raw {
+            text.to_string()
+        } else {
+            pretty_body(text)
+        };
+        line.push('\n');
+        line.push_str(indent(&shown, "      | ").trim_end());
+    }
+    line
 }
 
 /// What a client offered in its `ClientHello`, in a line (the whole offer is in `sessions show`).
@@ -574,6 +603,30 @@ mod tests {
         assert!(
             text.contains("event stream: 2 chunks")
                 && text.contains("[candidate 0]\n      |   Reach [REDACTED:EMAIL] now"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn replay_shows_websocket_messages_as_they_crossed() {
+        let events = [
+            event(
+                "2026-11-21T17:00:00.100Z",
+                "ws_message",
+                serde_json::json!({"direction": "request", "size": 27,
+                    "text": r#"{"type":"response.create"}"#}),
+            ),
+            event(
+                "2026-11-21T17:00:00.200Z",
+                "ws_message",
+                serde_json::json!({"direction": "response", "size": 9000}),
+            ),
+        ];
+        let text = replay(&session(), &events, false);
+        assert!(
+            text.contains(
+                "> ws message 27 bytes\n      | {\n      |   \"type\": \"response.create\""
+            ) && text.contains("< ws message 9000 bytes\n"),
             "{text}"
         );
     }

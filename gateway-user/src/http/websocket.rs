@@ -1,6 +1,6 @@
 //! WebSocket messages masked in both directions (RFC 6455), for upgraded connections to a
-//! target with mask rules: the Realtime API of OpenAI and other tool APIs speak JSON events over
-//! a WebSocket, and relaying its bytes as they are would pass every value unmasked.
+//! target with mask rules: realtime LLM APIs and other tool APIs speak JSON events over a
+//! WebSocket, and relaying its bytes as they are would pass every value unmasked.
 //!
 //! Frames are read as they come. A text message (a text frame and its continuations, at most
 //! [`MESSAGE_LIMIT`] bytes) is handed to an SSE masker as one event, so JSON events are masked
@@ -135,6 +135,8 @@ pub struct MessageMasker {
     /// Frames towards the upstream are masked with a key (RFC 6455, section 5.3).
     to_upstream: bool,
     rng: SystemRandom,
+    /// The text messages sent, as sent, kept for the recording when it wants them.
+    sent: Option<Vec<Vec<u8>>>,
 }
 
 impl MessageMasker {
@@ -145,7 +147,20 @@ impl MessageMasker {
             text: None,
             to_upstream,
             rng: SystemRandom::new(),
+            sent: None,
         }
+    }
+
+    /// Keeps the text messages sent for [`Self::take_sent`].
+    #[must_use]
+    pub fn recording(mut self) -> Self {
+        self.sent = Some(Vec::new());
+        self
+    }
+
+    /// The text messages sent since the last call (after masking: what crossed).
+    pub fn take_sent(&mut self) -> Vec<Vec<u8>> {
+        self.sent.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// What to send for the frames completed in `buf` (consumed from it).
@@ -215,7 +230,11 @@ impl MessageMasker {
         // The SSE masker reads `\r` as a line end; such a message is masked on its own.
         if text.contains(&b'\r') {
             let masked = crate::mask::mask_body(&self.steps, None, text, ctx);
-            out.extend(self.encode_text(masked.as_deref().unwrap_or(text)));
+            let masked = masked.as_deref().unwrap_or(text);
+            out.extend(self.encode_text(masked));
+            if let Some(sent) = &mut self.sent {
+                sent.push(masked.to_vec());
+            }
             return;
         }
         let mut event = Vec::with_capacity(text.len() + 16);
@@ -237,9 +256,12 @@ impl MessageMasker {
         out
     }
 
-    fn send(&self, written: &[u8], out: &mut Vec<u8>) {
+    fn send(&mut self, written: &[u8], out: &mut Vec<u8>) {
         for (_, data) in sse::written_events(written) {
             out.extend(self.encode_text(&data));
+            if let Some(sent) = &mut self.sent {
+                sent.push(data);
+            }
         }
     }
 
@@ -254,15 +276,20 @@ impl MessageMasker {
     }
 }
 
+/// A text message as it crossed: towards the upstream (`true`) or the client, and its text.
+pub type Sent = (bool, Vec<u8>);
+
 /// Relays an upgraded WebSocket connection, masking text messages with `up` (towards the
 /// upstream) and `down` (towards the client) steps; a direction without steps is copied as
-/// it is. Returns the bytes sent each way, or why the connection was ended.
+/// it is, unless `record` wants every text message sent (then it is read as frames too).
+/// Returns the bytes sent each way, or why the connection was ended.
 pub async fn relay<C, U>(
     client: C,
     upstream: U,
     up: Vec<Step>,
     down: Vec<Step>,
     ctx: Arc<Mutex<MaskContext>>,
+    record: Option<tokio::sync::mpsc::Sender<Sent>>,
 ) -> Result<(u64, u64), String>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -270,8 +297,15 @@ where
 {
     let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
-    let ups = pump(client_read, upstream_write, up, true, Arc::clone(&ctx));
-    let downs = pump(upstream_read, client_write, down, false, ctx);
+    let ups = pump(
+        client_read,
+        upstream_write,
+        up,
+        true,
+        Arc::clone(&ctx),
+        record.clone(),
+    );
+    let downs = pump(upstream_read, client_write, down, false, ctx, record);
     let (ups, downs) = tokio::join!(ups, downs);
     Ok((ups?, downs?))
 }
@@ -283,15 +317,20 @@ async fn pump<R, W>(
     steps: Vec<Step>,
     to_upstream: bool,
     ctx: Arc<Mutex<MaskContext>>,
+    record: Option<tokio::sync::mpsc::Sender<Sent>>,
 ) -> Result<u64, String>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let result = if steps.is_empty() {
+    let result = if steps.is_empty() && record.is_none() {
         tokio::io::copy(&mut from, &mut to).await
     } else {
-        masked_copy(&mut from, &mut to, steps, to_upstream, &ctx).await
+        let mut masker = MessageMasker::new(steps, to_upstream);
+        if record.is_some() {
+            masker = masker.recording();
+        }
+        masked_copy(&mut from, &mut to, masker, &ctx, record.as_ref()).await
     };
     // Whichever way this direction ended, the other side learns it (else a client waiting
     // for the server to close would wait for its own timeout).
@@ -307,15 +346,14 @@ where
 async fn masked_copy<R, W>(
     from: &mut R,
     to: &mut W,
-    steps: Vec<Step>,
-    to_upstream: bool,
+    mut masker: MessageMasker,
     ctx: &Mutex<MaskContext>,
+    record: Option<&tokio::sync::mpsc::Sender<Sent>>,
 ) -> std::io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut masker = MessageMasker::new(steps, to_upstream);
     let mut buf = Vec::with_capacity(16 << 10);
     let mut sent = 0u64;
     loop {
@@ -328,6 +366,12 @@ where
         };
         to.write_all(&out).await?;
         sent += out.len() as u64;
+        if let Some(record) = record {
+            for text in masker.take_sent() {
+                // A recording that went away (the session ended) takes nothing more.
+                let _ = record.send((masker.to_upstream, text)).await;
+            }
+        }
         if read == 0 {
             return Ok(sent);
         }
@@ -433,6 +477,28 @@ mod tests {
         let out = masker.push(&mut buf, &mut ctx()).unwrap();
         assert_eq!(out[1] & 0x80, 0x80, "masked");
         assert_eq!(messages(&out), [(TEXT, b"hello [REDACTED:EMAIL]".to_vec())]);
+    }
+
+    /// Without masking steps (a direction read only to be recorded), messages go through
+    /// unchanged and are kept as sent.
+    #[test]
+    fn a_direction_without_steps_is_passed_and_kept() {
+        let mut masker = MessageMasker::new(Vec::new(), false).recording();
+        let mut buf = encode(TEXT, delta("mail bob@example.com").as_bytes(), None);
+        buf.extend(encode(TEXT, b"plain", None));
+        let out = masker.push(&mut buf, &mut ctx()).unwrap();
+        let sent = masker.take_sent();
+        assert_eq!(
+            sent,
+            [
+                delta("mail bob@example.com").into_bytes(),
+                b"plain".to_vec()
+            ]
+        );
+        assert_eq!(
+            messages(&out),
+            sent.into_iter().map(|t| (TEXT, t)).collect::<Vec<_>>()
+        );
     }
 
     /// A reserved bit (compression nobody agreed on), an unknown opcode, a text message
