@@ -494,6 +494,71 @@ print(f"SECONDS:{time.monotonic() - started:.1f}")
     websocket_recorded_as_masked(&gateway, session["id"].as_str().unwrap());
 }
 
+/// At `record = "full"` a WebSocket is read as messages even without mask rules, so that
+/// each is recorded; nothing is changed in it.
+#[test]
+fn websocket_messages_are_recorded_at_full_without_mask_rules() {
+    if !privileged() {
+        return;
+    }
+    let port = free_port();
+    let mock = MockUpstream::start(MOCK, "ws-record", &[format!("https@127.0.0.2:{port}")]);
+    let policy = format!(
+        r#"
+version = 1
+[defaults]
+unmatched = "deny"
+record = "full"
+
+[[target]]
+name = "tools"
+addresses = ["127.0.0.2/32"]
+ports = [{port}]
+protocol = "https"
+[target.tls]
+mode = "intercept"
+upstream_ca = "{ca}"
+"#,
+        ca = mock.ca().display()
+    );
+    let gateway = Gateway::start_with_policy("ws-record", &[("tools.toml", &policy)], &[]);
+    let out = gateway.python(
+        "agent",
+        r#"
+import sys
+from websockets.sync.client import connect
+with connect(f"wss://127.0.0.2:{sys.argv[1]}/tools") as ws:
+    ws.send("order 42 shipped")
+    print("ECHO:" + ws.recv())
+"#,
+        &[&port.to_string()],
+    );
+    assert!(
+        out.contains(r#"ECHO:{"type": "echo", "text": "order 42 shipped"}"#)
+            || out.contains(r#"ECHO:{"type":"echo","text":"order 42 shipped"}"#),
+        "{out}"
+    );
+    let sessions = gateway.ended_sessions(1, Duration::from_secs(10));
+    let out = gateway
+        .cli()
+        .args(["sessions", "replay", sessions[0]["id"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    let replay = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        replay.contains("> ws message 16 bytes\n      | order 42 shipped")
+            && replay.contains("< ws message"),
+        "{replay}"
+    );
+    let received = mock.requests();
+    assert!(
+        received
+            .iter()
+            .any(|r| r["ws_message"] == "order 42 shipped" && r["extensions"].is_null()),
+        "{received:#?}"
+    );
+}
+
 /// Every message of the WebSocket session `id` is recorded as it crossed, after the `101`:
 /// replay shows them, and no raw value is in the replay or anywhere in the store.
 fn websocket_recorded_as_masked(gateway: &Gateway, id: &str) {
