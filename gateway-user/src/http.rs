@@ -71,7 +71,6 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
     response
 }
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
 /// Writes a session's events that are ready (none of their predecessors waits for a body).
 async fn write_ready(ctx: &ProxyContext, session: &str, queue: &tap::Pending) {
     let ready = crate::lock(queue).ready();
@@ -136,6 +135,7 @@ fn tokenizes(step: &Step) -> bool {
     matches!(step, Step::Mask(masker) if masker.strategy == crate::mask::Strategy::Tokenize)
 }
 
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if let Some(connection) = headers.get(header::CONNECTION).cloned()
         && let Ok(list) = connection.to_str()
@@ -1155,8 +1155,8 @@ impl HttpSession {
             false,
         );
 
-        // A WebSocket to a target with mask rules: its text messages are masked both ways
-        // (`websocket.rs`), uncompressed.
+        // A WebSocket to a target with mask rules (or recorded in full): its text messages
+        // are masked both ways and recorded (`websocket.rs`), so none is compressed.
         let websocket_steps = self.websocket_steps(target, upgrade, &parts.headers, &steps);
         if websocket_steps.is_some() {
             parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
