@@ -1,6 +1,8 @@
 //! WebSocket messages masked in both directions (RFC 6455), for upgraded connections to a
-//! target with mask rules: realtime LLM APIs and other tool APIs speak JSON events over a
-//! WebSocket, and relaying its bytes as they are would pass every value unmasked.
+//! target with mask rules (or recorded in full): realtime LLM APIs and other tool APIs speak
+//! JSON events over a WebSocket, and relaying its bytes as they are would pass every value
+//! unmasked and record none. The text messages sent are handed to the session's recording
+//! ([`relay`]'s `record`).
 //!
 //! Frames are read as they come. A text message (a text frame and its continuations, at most
 //! [`MESSAGE_LIMIT`] bytes) is handed to an SSE masker as one event, so JSON events are masked
