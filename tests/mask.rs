@@ -280,23 +280,10 @@ print("BROKEN:" + str(r.status_code))
             .any(|m| m["notes"].to_string().contains("did not parse")),
         "{masking:#?}"
     );
-    let db = std::fs::read(gateway.state.join("gateway.db")).unwrap_or_default();
-    let wal = std::fs::read(gateway.state.join("gateway.db-wal")).unwrap_or_default();
-    for value in [AGENT_EMAIL, AGENT_CARD].iter().chain(MOCK_PII) {
-        for bytes in [&db, &wal] {
-            assert!(
-                !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
-                "{value} is in the store"
-            );
-        }
-    }
+    gateway.assert_not_in_store(&[AGENT_EMAIL, AGENT_CARD]);
+    gateway.assert_not_in_store(MOCK_PII);
 }
 
-/// Compressed bodies that inflate to gigabytes: a gzip request body (256 MiB of zeros in
-/// 255 KiB) is refused with 413 once it decodes past the inspection limit, and a brotli
-/// response (1 GiB in ~1 KiB, from the mock) fails as a decompression bomb, and the daemon
-/// holds neither whole: its peak memory grows by far less than either body, and it goes on
-/// serving. An agent asking for zstd (decoded only whole) is not answered in it.
 /// Amazon Bedrock's streamed answers through the proxy, read by the real `boto3` client
 /// (which checks every frame's CRCs): `ConverseStream` and `InvokeModelWithResponseStream`
 /// (Anthropic's events, base64 in `chunk` frames), with the mock's values split over frames
@@ -575,19 +562,18 @@ fn websocket_recorded_as_masked(gateway: &Gateway, id: &str) {
             && replay.contains("response.output_text.done"),
         "{replay}"
     );
-    let db = std::fs::read(gateway.state.join("gateway.db")).unwrap_or_default();
-    let wal = std::fs::read(gateway.state.join("gateway.db-wal")).unwrap_or_default();
     for value in MOCK_PII.iter().chain(&[AGENT_CARD]) {
         assert!(!replay.contains(value), "{value}: {replay}");
-        for bytes in [&db, &wal] {
-            assert!(
-                !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
-                "{value} is in the store"
-            );
-        }
     }
+    gateway.assert_not_in_store(&[AGENT_CARD]);
+    gateway.assert_not_in_store(MOCK_PII);
 }
 
+/// Compressed bodies that inflate to gigabytes: a gzip request body (256 MiB of zeros in
+/// 255 KiB) is refused with 413 once it decodes past the inspection limit, and a brotli
+/// response (1 GiB in ~1 KiB, from the mock) fails as a decompression bomb, and the daemon
+/// holds neither whole: its peak memory grows by far less than either body, and it goes on
+/// serving. An agent asking for zstd (decoded only whole) is not answered in it.
 #[test]
 fn decompression_bombs_are_refused_without_being_inflated() {
     if !privileged() {

@@ -357,6 +357,21 @@ impl Gateway {
     }
 
     /// Waits until at least `n` sessions have ended (recording is asynchronous).
+    /// Asserts that none of `values` is anywhere in the SQLite store's files (the database
+    /// and its write-ahead log), byte for byte: what the gateway masked or injected is in no
+    /// recording.
+    pub fn assert_not_in_store(&self, values: &[&str]) {
+        for file in ["gateway.db", "gateway.db-wal"] {
+            let bytes = std::fs::read(self.state.join(file)).unwrap_or_default();
+            for value in values {
+                assert!(
+                    !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+                    "{value} is in the store ({file})"
+                );
+            }
+        }
+    }
+
     pub fn ended_sessions(&self, n: usize, timeout: Duration) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {

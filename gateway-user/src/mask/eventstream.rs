@@ -360,7 +360,7 @@ pub fn event_frame(event_type: &str, payload: &[u8]) -> Vec<u8> {
     )
 }
 
-/// The `(event type, payload)` of every frame of a body, CRCs checked (for tests and replay).
+/// The `(event type, payload)` of every frame of a body, CRCs checked (for tests).
 pub fn read_frames(mut body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut frames = Vec::new();
     while !body.is_empty() {
