@@ -16,6 +16,7 @@
 //! * [`sql`] — SQL statement classification (pure).
 //! * [`tls`] — node CA, ClientHello parsing, rustls configurations of both legs.
 //! * [`http`] — the HTTP/1.1 and HTTP/2 data path (hyper): rules, credentials, events.
+//! * [`postgres`] — the `PostgreSQL` data path: statements evaluated, rows masked, recorded.
 //! * [`session`] — the session model (`sessions list --json` contract).
 //! * [`store`] / [`record`] — the sqlx store and the batched recorder in front of it.
 //! * [`control`] — the control socket (`status`, `attach`, `detach`).
@@ -33,6 +34,7 @@ pub mod host;
 pub mod http;
 pub mod mask;
 pub mod policy;
+pub mod postgres;
 pub mod proxy;
 pub mod record;
 pub mod redirect;

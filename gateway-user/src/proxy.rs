@@ -4,8 +4,8 @@
 //!
 //! Each connection is sniffed (bounded in bytes and time) and handed to its protocol handler:
 //! TLS is refused, passed through or intercepted as the target's settings say, HTTP goes
-//! through [`crate::http`], everything else (`PostgreSQL` until its handler lands) is relayed
-//! as raw TCP.
+//! through [`crate::http`], `PostgreSQL` through [`crate::postgres`] (unless its target says
+//! `protocol = "tcp"`), everything else is relayed as raw TCP.
 
 pub mod relay;
 pub mod sniff;
@@ -36,6 +36,7 @@ use crate::{
         ConnVerdict, IdSet, OnRecordFailure, Policy, RecordLevel, Resolution, TargetProtocol,
         TlsMode, Who, live::LivePolicy,
     },
+    postgres::{self, PgSession, Startup, UpstreamTls},
     record::Recorder,
     redirect::{OrigDstTable, ip_of},
     session::{self, Identity, Outcome, Protocol, Record, Session},
@@ -316,6 +317,12 @@ async fn handle(
                 }
             }
             session.target = resolution.target.map(|t| policy.targets[t].name.clone());
+            if matches!(sniffed, Sniffed::Kind(Kind::Postgres))
+                && protocol != Some(TargetProtocol::Tcp)
+            {
+                Box::pin(conn.postgres(client, prefix, resolution.target, session, &mut cut)).await;
+                return;
+            }
             let settings = tls::config::settings(&policy, resolution.target);
             if settings.requires_tls && !matches!(sniffed, Sniffed::Kind(Kind::BadTls(_))) {
                 let reason = "target requires TLS but the client spoke clear text (tls.mode does not originate TLS for it)".to_string();
@@ -481,6 +488,245 @@ impl Conn<'_> {
             transfer.down,
         )
         .await;
+    }
+
+    /// A `PostgreSQL` client: statements evaluated, rows masked, both recorded
+    /// ([`crate::postgres`]); TLS on either leg as [`UpstreamTls`] says.
+    async fn postgres(
+        &mut self,
+        client: TcpStream,
+        prefix: Vec<u8>,
+        target: Option<usize>,
+        mut session: Session,
+        cut: &mut watch::Receiver<bool>,
+    ) {
+        session.protocol = Protocol::Postgres;
+        self.started(&session).await;
+        let mut io = ClientIo::new(client, prefix);
+        let counters = Arc::clone(&io.counters);
+        let bytes = || {
+            (
+                counters.up.load(Ordering::Relaxed),
+                counters.down.load(Ordering::Relaxed),
+            )
+        };
+        let first = match postgres::startup(&mut io).await {
+            Ok(Startup::Cancel(packet)) => {
+                // A cancel goes to the server the agent meant, as it came.
+                let sent = async {
+                    let mut upstream =
+                        connect_upstream(self.destination, self.ctx.connect_timeout).await?;
+                    upstream.write_all(&packet).await?;
+                    upstream.shutdown().await
+                }
+                .await;
+                let (outcome, error) = match sent {
+                    Ok(()) => (Outcome::Ok, None),
+                    Err(e) => (Outcome::Error, Some(format!("cancel request: {e}"))),
+                };
+                let (up, down) = bytes();
+                self.close(&mut session, outcome, error, up, down).await;
+                return;
+            }
+            Ok(Startup::End) => {
+                let (up, down) = bytes();
+                self.close(&mut session, Outcome::Ok, None, up, down).await;
+                return;
+            }
+            Err(reason) => {
+                let (up, down) = bytes();
+                self.close(&mut session, Outcome::Error, Some(reason), up, down)
+                    .await;
+                return;
+            }
+            Ok(first) => first,
+        };
+        let mode = UpstreamTls::of(self.policy, target);
+        let settings = tls::config::settings(self.policy, target);
+        let addr = match mode {
+            UpstreamTls::Require => SocketAddr::new(
+                self.destination.ip(),
+                settings.upstream_port.unwrap_or(self.destination.port()),
+            ),
+            _ => self.destination,
+        };
+        let early = self.early.take().filter(|_| addr == self.destination);
+        let mut tcp = match early {
+            Some(tcp) => tcp,
+            None => match connect_upstream(addr, self.ctx.connect_timeout).await {
+                Ok(tcp) => tcp,
+                Err(error) => {
+                    postgres::refuse(
+                        &mut io,
+                        format!("the server {addr} is unreachable: {error}"),
+                    )
+                    .await;
+                    let (up, _) = bytes();
+                    self.unreachable(&mut session, &error, up).await;
+                    return;
+                }
+            },
+        };
+        let agent_tls = matches!(first, Startup::Tls);
+        // The upstream leg.
+        let upstream: Box<dyn http::Io> = match mode {
+            UpstreamTls::Passthrough if agent_tls => {
+                match postgres::request_tls(&mut tcp).await {
+                    Ok(true) => {
+                        // The agent's TLS goes end to end, unread, as TLS to a destination
+                        // no target names does.
+                        session.protocol = Protocol::TlsPassthrough;
+                        let (client, rest) = io.into_parts();
+                        let mut client = client;
+                        let sent = async {
+                            client.write_all(b"S").await?;
+                            tcp.write_all(&rest).await
+                        }
+                        .await;
+                        let transfer = relay::relay(&client, &tcp, cut).await;
+                        let error = sent.err().map(|e| e.to_string()).or(transfer.error);
+                        let outcome = if error.is_some() {
+                            Outcome::Error
+                        } else {
+                            Outcome::Ok
+                        };
+                        let up = counters.up.load(Ordering::Relaxed) + transfer.up;
+                        self.close(&mut session, outcome, error, up, transfer.down + 1)
+                            .await;
+                        return;
+                    }
+                    Ok(false) => Box::new(tcp),
+                    Err(e) => {
+                        let reason =
+                            postgres::refuse(&mut io, format!("PostgreSQL server {addr}: {e}"))
+                                .await;
+                        self.close(&mut session, Outcome::Error, Some(reason), 0, 0)
+                            .await;
+                        return;
+                    }
+                }
+            }
+            UpstreamTls::Passthrough | UpstreamTls::Never => Box::new(tcp),
+            UpstreamTls::Require | UpstreamTls::Prefer => {
+                match postgres::request_tls(&mut tcp).await {
+                    Ok(true) => match postgres_tls(
+                        tcp,
+                        addr,
+                        &settings.leg,
+                        &self.ctx.tls,
+                        self.ctx.connect_timeout,
+                    )
+                    .await
+                    {
+                        Ok((stream, negotiated)) => {
+                            session.tls = Some(session::Tls {
+                                client: None,
+                                upstream: Some(negotiated),
+                            });
+                            Box::new(stream)
+                        }
+                        Err(reason) => {
+                            let reason = postgres::refuse(&mut io, reason).await;
+                            self.close(&mut session, Outcome::Error, Some(reason), 0, 0)
+                                .await;
+                            return;
+                        }
+                    },
+                    Ok(false) if mode == UpstreamTls::Prefer => Box::new(tcp),
+                    Ok(false) => {
+                        let reason = postgres::refuse(&mut io, format!(
+                            "PostgreSQL server {addr} does not offer TLS, which the target requires"
+                        ))
+                        .await;
+                        self.close(&mut session, Outcome::Error, Some(reason), 0, 0)
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let reason =
+                            postgres::refuse(&mut io, format!("PostgreSQL server {addr}: {e}"))
+                                .await;
+                        self.close(&mut session, Outcome::Error, Some(reason), 0, 0)
+                            .await;
+                        return;
+                    }
+                }
+            }
+        };
+        // The agent's leg: TLS with a leaf of the node CA when it asked and the upstream
+        // leg is TLS too; else clear text on the node (`N`).
+        let terminate = agent_tls && session.tls.is_some();
+        let answered = if agent_tls {
+            io.write_all(if terminate { b"S" } else { b"N" }).await
+        } else {
+            Ok(())
+        };
+        let mut client: Box<dyn http::Io> = if terminate && answered.is_ok() {
+            let config =
+                self.ctx
+                    .tls
+                    .server(&settings.leg, None, Some(self.destination.ip().to_string()));
+            let accepted = match config {
+                Ok(config) => tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    tokio_rustls::TlsAcceptor::from(config).accept(io),
+                )
+                .await
+                .map_err(|_| "agent TLS handshake timed out".to_string())
+                .and_then(|r| r.map_err(|e| format!("agent TLS handshake failed: {e}"))),
+                Err(e) => Err(e.to_string()),
+            };
+            match accepted {
+                Ok(stream) => {
+                    if let Some(tls) = &mut session.tls {
+                        tls.client = Some(tls::config::negotiated(stream.get_ref().1));
+                    }
+                    Box::new(stream)
+                }
+                Err(reason) => {
+                    let (up, down) = bytes();
+                    self.close(&mut session, Outcome::TlsRejected, Some(reason), up, down)
+                        .await;
+                    return;
+                }
+            }
+        } else {
+            Box::new(io)
+        };
+        let startup = if agent_tls {
+            postgres::startup(&mut client).await
+        } else {
+            Ok(first)
+        };
+        let Ok(Startup::Session { packet, params }) = startup else {
+            let reason = match startup {
+                Err(reason) => reason,
+                _ => "PostgreSQL startup: no startup packet after the TLS request".into(),
+            };
+            let (up, down) = bytes();
+            self.close(&mut session, Outcome::Error, Some(reason), up, down)
+                .await;
+            return;
+        };
+        let pg = PgSession::new(
+            Arc::clone(self.ctx),
+            Arc::clone(self.policy),
+            self.ids,
+            target,
+            session.id.clone(),
+        );
+        let outcome = pg.serve(client, upstream, &packet, &params, cut).await;
+        session.rules = outcome.rules.into_iter().collect();
+        session.masked = outcome.masked;
+        let (result, error) = if outcome.blocked {
+            (Outcome::Blocked, None)
+        } else if let Some(error) = outcome.error {
+            (Outcome::Error, Some(error))
+        } else {
+            (Outcome::Ok, None)
+        };
+        let (up, down) = bytes();
+        self.close(&mut session, result, error, up, down).await;
     }
 
     /// A TLS client: refused, passed through or intercepted, as the target's settings say.
@@ -880,6 +1126,28 @@ fn nat_original_dst(ctx: &ProxyContext, client: &TcpStream) -> Option<SocketAddr
     ));
     // Without a NAT rule the "original" destination is simply our own listener.
     (Some(dst) != client.local_addr().ok()).then_some(dst)
+}
+
+/// TLS on a `PostgreSQL` server connection that agreed to it (`S`): a rustls handshake
+/// under the target's upstream policy, the server's certificate verified for its address.
+async fn postgres_tls(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    leg: &tls::config::LegPolicy,
+    tls: &TlsContext,
+    timeout: Duration,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, session::TlsLeg), String> {
+    let config = tls.client(leg, &[]).map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::from(addr.ip());
+    let stream = tokio::time::timeout(
+        timeout,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| format!("TLS handshake with PostgreSQL server {addr} timed out"))?
+    .map_err(|e| format!("TLS with PostgreSQL server {addr} failed: {e}"))?;
+    let negotiated = tls::config::negotiated(stream.get_ref().1);
+    Ok((stream, negotiated))
 }
 
 /// Connects to the real destination from a socket carrying [`BYPASS_MARK`], which connect4/6

@@ -196,7 +196,22 @@ pub fn replay(session: &Session, events: &[Event], raw: bool) -> String {
                 line
             }
             "ws_message" => ws_message(d, raw),
+            "blocked" if d.contains_key("sql") => {
+                format!(
+                    "! blocked by {} ({}): sql {}",
+                    s("rule"),
+                    s("reason"),
+                    s("sql")
+                )
+            }
             "blocked" => format!("! blocked by {} {} {}", s("rule"), s("method"), s("path")),
+            "pg_startup" => format!(
+                "> postgres startup user {} database {}",
+                s("user"),
+                s("database")
+            ),
+            "sql_result" => sql_result(d),
+            "sql_error" => format!("< sql error {} {}", s("code"), s("message")),
             "denied" => format!("! denied: {}", s("reason")),
             "sql" => format!("> sql {}", s("text")),
             "masking" => {
@@ -239,6 +254,34 @@ pub fn replay(session: &Session, events: &[Event], raw: bool) -> String {
         session.bytes_down
     );
     out
+}
+
+/// A `PostgreSQL` result: its command tag, and the rows as the agent got them (`record =
+/// "full"`), one line each, columns separated by `|` as `psql -A` prints them.
+fn sql_result(d: &serde_json::Map<String, Value>) -> String {
+    let mut line = format!(
+        "< {} ({} rows)",
+        d.get("command").and_then(Value::as_str).unwrap_or(""),
+        d.get("rows").map_or_else(String::new, ToString::to_string)
+    );
+    let cell = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    if let Some(columns) = d.get("columns").and_then(Value::as_array) {
+        let names: Vec<String> = columns.iter().map(cell).collect();
+        let _ = write!(line, "\n          < {}", names.join("|"));
+    }
+    for row in d
+        .get("data")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let cells: Vec<String> = row.as_array().into_iter().flatten().map(cell).collect();
+        let _ = write!(line, "\n          < {}", cells.join("|"));
+    }
+    if d.get("data_complete") == Some(&Value::Bool(false)) {
+        line.push_str("\n          < … (more rows than the recording keeps)");
+    }
+    line
 }
 
 /// A WebSocket message as it crossed (after masking), its text shown as a body is.
@@ -335,7 +378,7 @@ pub struct LeakScanner {
 fn direction_of(kind: &str) -> Option<usize> {
     match kind {
         "http_request" | "request_body" | "sql" | "blocked" | "denied" => Some(0),
-        "http_response" | "response_body" => Some(1),
+        "http_response" | "response_body" | "sql_result" | "sql_error" => Some(1),
         _ => None,
     }
 }

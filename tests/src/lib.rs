@@ -722,6 +722,16 @@ impl Postgres {
         }
     }
 
+    /// Makes a file the server's own (owner `postgres`, mode 0600), as its TLS key must be.
+    pub fn give(&self, path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: chown(2) and chmod(2) on a file the test created.
+        unsafe {
+            libc::chown(c.as_ptr(), self.uid, self.gid);
+            libc::chmod(c.as_ptr(), 0o600);
+        }
+    }
+
     /// A client program of this server's installation, connected as `gateway` to `db`.
     fn client(&self, program: &str, db: &str) -> Command {
         let mut cmd = Command::new(self.bin.join(program));

@@ -34,6 +34,8 @@ const PYTHON: &[(&str, &str)] = &[
     ("boto3", "boto3"),
     // A WebSocket client (the OpenAI Realtime API's transport).
     ("websockets", "websockets"),
+    // A PostgreSQL driver speaking the extended protocol (`psql` speaks the simple one).
+    ("psycopg", "psycopg[binary]"),
 ];
 const BPF_LINKER: &str = "0.10.0";
 /// cargo-fuzz runs the fuzz targets (`cargo xtask fuzz`, part of `cargo xtask test`).

@@ -166,6 +166,13 @@ impl ClientIo {
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
+
+    /// The socket, and the sniffed bytes not read yet (for a handler that relays raw after
+    /// all).
+    pub fn into_parts(mut self) -> (TcpStream, Vec<u8>) {
+        let rest = self.prefix.split_off(self.consumed);
+        (self.stream, rest)
+    }
 }
 
 impl AsyncRead for ClientIo {

@@ -1,0 +1,900 @@
+//! The `PostgreSQL` data path: a connection sniffed as `PostgreSQL` (not a `tcp` target) is read
+//! message by message in both directions instead of being relayed as bytes.
+//!
+//! * Every statement (`Query`, and `Parse` of the extended protocol) is evaluated against the
+//!   rules of its target (`sql_statement`, `sql`): a `block` (or, until approvals run,
+//!   `approve`) rule refuses it with an `ErrorResponse` (SQLSTATE `42501`) in the place the
+//!   server's answer would have taken, the connection stays usable, and the statement never
+//!   reaches the server. Request `mask` rules mask the SQL text and the text parameters bound
+//!   to it before they leave.
+//! * Result rows (`DataRow`) are masked by response `mask` rules: `columns` named whole,
+//!   detectors in every text value (text format, or text-like types in binary format);
+//!   server errors, notices and `COPY … TO STDOUT` data are masked by the detectors too.
+//! * The session records `pg_startup`, each statement (`sql`, masked as the server got it),
+//!   each result (`sql_result`: command tag, row count, and at `record = "full"` the rows as
+//!   the agent got them, up to `record_body_limit` bytes), server errors (`sql_error`) and
+//!   refusals (`blocked`).
+//!
+//! The ordering rule that keeps the connection usable: every `Query`, `Sync` and
+//! `FunctionCall` the server gets yields one `ReadyForQuery`; the handler queues what each of
+//! them expects. A refused `Query` is sent as an empty query, and the server's
+//! `EmptyQueryResponse` is replaced by the refusal; a refused `Parse` makes the handler drop
+//! the client's messages up to its `Sync` (as the server does after an error), and the
+//! refusal goes out before that `Sync`'s `ReadyForQuery`.
+//!
+//! TLS ([`UpstreamTls`]): the upstream leg asks the server for TLS (`SSLRequest`, then rustls
+//! under the target's TLS policy, the server's certificate verified), required or preferred
+//! as the target says, whatever the agent does; an agent that asks for TLS gets it too,
+//! terminated with a leaf of the node CA, so its statements can be read. In passthrough (the
+//! default for destinations no target names) an agent's TLS goes end to end, unread.
+
+pub mod wire;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    io,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader, BufWriter},
+    sync::watch,
+};
+
+use self::wire::{Frame, Malformed};
+use crate::{
+    mask::{MaskContext, Masker},
+    policy::{Decision, IdSet, Operation, Policy, RecordLevel, TargetProtocol, TlsMode, Verdict},
+    proxy::ProxyContext,
+    session::Record,
+    store::Write,
+};
+
+/// Largest message read whole; a larger statement is refused, a larger result row is refused
+/// only when rows are masked (else it is copied through without being held).
+pub const MAX_MESSAGE: usize = 16 << 20;
+/// How long the server may take to finish after the agent has gone.
+const DRAIN: Duration = Duration::from_secs(5);
+/// SQLSTATE of a refusal (`insufficient_privilege`).
+const REFUSED: &str = "42501";
+/// SQLSTATE of a connection the gateway could not make.
+const CONNECTION_FAILURE: &str = "08006";
+/// SQLSTATE of a protocol violation.
+const PROTOCOL_VIOLATION: &str = "08P01";
+
+/// What the agent's startup asked for.
+pub enum Startup {
+    /// A session: the startup packet to forward (length included) and its parameters.
+    Session {
+        packet: Vec<u8>,
+        params: Vec<(String, String)>,
+    },
+    /// An `SSLRequest`, for the caller to answer (`S` or `N`).
+    Tls,
+    /// A `CancelRequest` for another connection: forwarded as it is.
+    Cancel(Vec<u8>),
+    /// The agent left before a startup packet.
+    End,
+}
+
+/// Reads the agent's next startup packet (a `GSSENCRequest` is answered `N`: the gateway
+/// does not speak GSSAPI encryption, and libpq then goes on with TLS or clear text).
+pub async fn startup<C: AsyncRead + AsyncWrite + Unpin>(client: &mut C) -> Result<Startup, String> {
+    for _ in 0..2 {
+        let Some(body) = wire::read_startup(client)
+            .await
+            .map_err(|e| format!("PostgreSQL startup: {e}"))?
+        else {
+            return Ok(Startup::End);
+        };
+        let mut packet = u32::try_from(body.len() + 4)
+            .unwrap_or(u32::MAX)
+            .to_be_bytes()
+            .to_vec();
+        packet.extend_from_slice(&body);
+        match wire::startup_code(&body) {
+            Some(wire::GSSENC_REQUEST) if body.len() == 4 => {
+                client
+                    .write_all(b"N")
+                    .await
+                    .map_err(|e| format!("PostgreSQL startup: {e}"))?;
+            }
+            Some(wire::SSL_REQUEST) if body.len() == 4 => return Ok(Startup::Tls),
+            Some(wire::CANCEL_REQUEST) if body.len() == 12 => return Ok(Startup::Cancel(packet)),
+            Some(code) if code >> 16 == 3 => {
+                let params = wire::startup_params(&body).map_err(|e| e.to_string())?;
+                return Ok(Startup::Session { packet, params });
+            }
+            _ => {
+                let _ = client
+                    .write_all(&wire::fatal_response(
+                        PROTOCOL_VIOLATION,
+                        "react-gateway: unsupported PostgreSQL frontend protocol",
+                    ))
+                    .await;
+                return Err("unsupported PostgreSQL startup packet".into());
+            }
+        }
+    }
+    Err("PostgreSQL startup: too many encryption requests".into())
+}
+
+/// What a `PostgreSQL` target's upstream leg does about TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// TLS or nothing (`[target.tls] mode = "intercept"` or `"originate"`).
+    Require,
+    /// TLS when the server offers it (a `postgres` target without `[target.tls]`).
+    Prefer,
+    /// Clear text (`mode = "none"`).
+    Never,
+    /// The agent's own TLS goes end to end, unread, when the server takes it (`mode =
+    /// "passthrough"`, and destinations no target names); clear-text agents are read.
+    Passthrough,
+}
+
+impl UpstreamTls {
+    pub fn of(policy: &Policy, target: Option<usize>) -> Self {
+        let Some(target) = target.map(|t| &policy.targets[t]) else {
+            return Self::Passthrough;
+        };
+        match target.tls.as_ref().map(|t| t.mode) {
+            Some(TlsMode::Intercept | TlsMode::Originate) => Self::Require,
+            Some(TlsMode::None) => Self::Never,
+            None if target.protocol == TargetProtocol::Postgres => Self::Prefer,
+            Some(TlsMode::Passthrough) | None => Self::Passthrough,
+        }
+    }
+}
+
+/// Tells the agent why its session ends (`FATAL`, SQLSTATE `08006`); returns the reason.
+pub async fn refuse<C: AsyncWrite + Unpin>(client: &mut C, reason: String) -> String {
+    let _ = client
+        .write_all(&wire::fatal_response(
+            CONNECTION_FAILURE,
+            &format!("react-gateway: {reason}"),
+        ))
+        .await;
+    reason
+}
+
+/// Asks a server for TLS (`SSLRequest`): whether it agreed (`S`) or not (`N`).
+pub async fn request_tls<S: AsyncRead + AsyncWrite + Unpin>(server: &mut S) -> io::Result<bool> {
+    let mut request = [0u8; 8];
+    request[..4].copy_from_slice(&8u32.to_be_bytes());
+    request[4..].copy_from_slice(&wire::SSL_REQUEST.to_be_bytes());
+    server.write_all(&request).await?;
+    let mut answer = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(server, &mut answer).await?;
+    match answer[0] {
+        b'S' => Ok(true),
+        b'N' => Ok(false),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected answer {other:#04x} to a TLS request"),
+        )),
+    }
+}
+
+/// What the server's next `ReadyForQuery` (or the `EmptyQueryResponse` before it) carries.
+enum Expect {
+    /// As the server says.
+    Plain,
+    /// A refused `Query`, sent as an empty one: its `EmptyQueryResponse` becomes this error.
+    Refused(Vec<u8>),
+    /// A refused `Parse`: this error goes out before the `ReadyForQuery`.
+    Inject(Vec<u8>),
+}
+
+/// What one `PostgreSQL` session did, for its record.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub rules: BTreeSet<String>,
+    pub blocked: bool,
+    pub error: Option<String>,
+    pub masked: BTreeMap<String, u64>,
+}
+
+struct State {
+    expect: VecDeque<Expect>,
+    /// The server's first `ReadyForQuery` (after authentication) answers the startup.
+    ready: bool,
+    /// A refused `Parse`: the client's messages are dropped up to its `Sync`.
+    skipping: Option<Vec<u8>>,
+    /// Prepared statements' request decisions (statement name → decision), for `Bind`.
+    statements: HashMap<Vec<u8>, Decision>,
+    columns: Vec<wire::Column>,
+    result: Rows,
+    mask: MaskContext,
+    outcome: Outcome,
+    /// What the session has to tell the agent as it ends (a `FATAL` error).
+    fatal: Option<Vec<u8>>,
+}
+
+/// The rows of the current result, for its `sql_result` event.
+#[derive(Default)]
+struct Rows {
+    count: u64,
+    data: Vec<serde_json::Value>,
+    bytes: usize,
+    complete: bool,
+}
+
+/// One `PostgreSQL` session between an agent and its server.
+pub struct PgSession {
+    pub ctx: Arc<ProxyContext>,
+    pub policy: Arc<Policy>,
+    pub ids: IdSet,
+    pub target: Option<usize>,
+    pub session_id: String,
+    record: RecordLevel,
+    /// The maskers of the recorded SQL text (every request mask rule of the target).
+    sql_masks: Vec<Arc<Masker>>,
+    /// The response rules acting on result rows, errors and `COPY` data.
+    rows: Decision,
+    state: Mutex<State>,
+}
+
+impl PgSession {
+    pub fn new(
+        ctx: Arc<ProxyContext>,
+        policy: Arc<Policy>,
+        ids: IdSet,
+        target: Option<usize>,
+        session_id: String,
+    ) -> Self {
+        let rows = policy.evaluate(
+            ids,
+            target,
+            &Operation::Row {
+                columns: &[],
+                values: &[],
+            },
+        );
+        let state = State {
+            expect: VecDeque::new(),
+            ready: false,
+            skipping: None,
+            statements: HashMap::new(),
+            columns: Vec::new(),
+            result: Rows {
+                complete: true,
+                ..Rows::default()
+            },
+            mask: MaskContext::new(Arc::clone(&ctx.mask_key)),
+            outcome: Outcome::default(),
+            fatal: None,
+        };
+        Self {
+            record: policy.record_level(ids, target),
+            sql_masks: policy.metadata_masks(ids, target, true),
+            rows,
+            ctx,
+            policy,
+            ids,
+            target,
+            session_id,
+            state: Mutex::new(state),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        crate::lock(&self.state)
+    }
+
+    async fn event(&self, kind: &'static str, data: serde_json::Value) {
+        if self.record == RecordLevel::Off {
+            return;
+        }
+        self.ctx
+            .recorder
+            .write(Write::Event {
+                session: self.session_id.clone(),
+                event: Record::new(kind, &data),
+            })
+            .await;
+    }
+
+    /// Relays the session after its startup packet: returns what it did. `cut` ends it
+    /// (daemon shutdown).
+    pub async fn serve<C, U>(
+        &self,
+        client: C,
+        upstream: U,
+        startup: &[u8],
+        params: &[(String, String)],
+        cut: &mut watch::Receiver<bool>,
+    ) -> Outcome
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        self.event(
+            "pg_startup",
+            serde_json::json!({
+                "user": param("user"),
+                "database": param("database"),
+                "application_name": param("application_name"),
+            }),
+        )
+        .await;
+        let (cr, cw) = tokio::io::split(client);
+        let (ur, uw) = tokio::io::split(upstream);
+        let mut cr = BufReader::with_capacity(16 << 10, cr);
+        let mut ur = BufReader::with_capacity(16 << 10, ur);
+        let mut cw = BufWriter::with_capacity(16 << 10, cw);
+        let mut uw = BufWriter::with_capacity(16 << 10, uw);
+        let result = async {
+            uw.write_all(startup).await?;
+            uw.flush().await
+        }
+        .await
+        .map_err(|e| format!("PostgreSQL server: {e}"));
+        let result = if let Err(e) = result {
+            Err(e)
+        } else {
+            let front = self.frontend(&mut cr, &mut uw);
+            let back = self.backend(&mut ur, &mut cw);
+            tokio::pin!(front, back);
+            tokio::select! {
+                r = &mut front => match r {
+                    // The agent has finished: the server's last words still reach it.
+                    Ok(()) => tokio::time::timeout(DRAIN, &mut back).await.unwrap_or(Ok(())),
+                    Err(e) => Err(e),
+                },
+                r = &mut back => r,
+                _ = async { cut.wait_for(|c| *c).await.is_ok() } => {
+                    Err("daemon shutting down".into())
+                }
+            }
+        };
+        let fatal = self.lock().fatal.take();
+        if let Some(fatal) = fatal {
+            let _ = cw.write_all(&fatal).await;
+            let _ = cw.flush().await;
+            let _ = cw.shutdown().await;
+        }
+        let (summary, outcome) = {
+            let mut state = self.lock();
+            let mask = &state.mask;
+            let summary = (!mask.counts.is_empty() || !mask.notes.is_empty()).then(|| {
+                serde_json::json!({
+                    "masked": mask.counts,
+                    "by_rule": mask.by_rule,
+                    "notes": mask.notes,
+                })
+            });
+            let masked = mask.counts.clone();
+            let mut outcome = std::mem::take(&mut state.outcome);
+            outcome.masked = masked;
+            if outcome.error.is_none() {
+                outcome.error = result.err();
+            }
+            (summary, outcome)
+        };
+        if let Some(summary) = summary {
+            self.event("masking", summary).await;
+        }
+        outcome
+    }
+
+    /// Agent → server.
+    async fn frontend<R, W>(&self, cr: &mut BufReader<R>, uw: &mut W) -> Result<(), String>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let agent = |e: io::Error| format!("agent: {e}");
+        loop {
+            let Some(frame) = wire::read_frame(cr, MAX_MESSAGE).await.map_err(|e| {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    self.fatal(&e.to_string())
+                } else {
+                    agent(e)
+                }
+            })?
+            else {
+                let _ = uw.flush().await;
+                let _ = uw.shutdown().await;
+                return Ok(());
+            };
+            match frame {
+                Frame::Large { tag, len } => {
+                    if matches!(tag, b'Q' | b'P' | b'B') {
+                        return Err(self.fatal(&format!(
+                            "a statement of {len} bytes is over the gateway's limit of {MAX_MESSAGE} bytes; refused"
+                        )));
+                    }
+                    if self.lock().skipping.is_some() {
+                        tokio::io::copy(
+                            &mut tokio::io::AsyncReadExt::take(&mut *cr, len as u64),
+                            &mut tokio::io::sink(),
+                        )
+                        .await
+                        .map_err(agent)?;
+                    } else {
+                        wire::copy_body(cr, uw, tag, len)
+                            .await
+                            .map_err(|e| format!("relaying to the server: {e}"))?;
+                    }
+                }
+                Frame::Whole { tag, body } => {
+                    let out = self
+                        .agent_message(tag, &body)
+                        .await
+                        .map_err(|e| self.fatal(&e.to_string()))?;
+                    if let Some(out) = out {
+                        uw.write_all(&out)
+                            .await
+                            .map_err(|e| format!("PostgreSQL server: {e}"))?;
+                    }
+                    if tag == b'X' {
+                        let _ = uw.flush().await;
+                        let _ = uw.shutdown().await;
+                        return Ok(());
+                    }
+                }
+            }
+            if cr.buffer().is_empty() {
+                uw.flush()
+                    .await
+                    .map_err(|e| format!("PostgreSQL server: {e}"))?;
+            }
+        }
+    }
+
+    /// Notes a `FATAL` error for the agent and returns the session's error.
+    fn fatal(&self, reason: &str) -> String {
+        self.lock().fatal = Some(wire::fatal_response(
+            PROTOCOL_VIOLATION,
+            &format!("react-gateway: {reason}"),
+        ));
+        reason.to_string()
+    }
+
+    /// One message of the agent: what goes to the server (`None`: nothing).
+    async fn agent_message(&self, tag: u8, body: &[u8]) -> Result<Option<Vec<u8>>, Malformed> {
+        let mut out = Vec::with_capacity(body.len() + 5);
+        match tag {
+            b'Q' => {
+                let text = wire::query(body)?;
+                let (sent, refusal) = self.statement(text, "simple", None).await;
+                let mut state = self.lock();
+                match refusal {
+                    Some(error) => {
+                        state.expect.push_back(Expect::Refused(error));
+                        wire::put(&mut out, b'Q', &wire::encode_query(b""));
+                    }
+                    None => {
+                        state.expect.push_back(Expect::Plain);
+                        match sent {
+                            Some(masked) => wire::put(&mut out, b'Q', &wire::encode_query(&masked)),
+                            None => wire::put(&mut out, b'Q', body),
+                        }
+                    }
+                }
+            }
+            b'P' => {
+                if self.lock().skipping.is_some() {
+                    return Ok(None);
+                }
+                let parse = wire::parse(body)?;
+                let (sent, refusal) = self
+                    .statement(parse.query, "extended", Some(parse.name))
+                    .await;
+                if let Some(error) = refusal {
+                    self.lock().skipping = Some(error);
+                    return Ok(None);
+                }
+                match sent {
+                    Some(masked) => wire::put(&mut out, b'P', &parse.encode(&masked)),
+                    None => wire::put(&mut out, b'P', body),
+                }
+            }
+            b'B' => {
+                let mut state = self.lock();
+                if state.skipping.is_some() {
+                    return Ok(None);
+                }
+                let bind = wire::bind(body)?;
+                let masked = match state.statements.get(bind.statement) {
+                    Some(decision) if !decision.masks.is_empty() => {
+                        let decision = decision.clone();
+                        self.mask_params(&bind, &decision, &mut state.mask)
+                    }
+                    _ => None,
+                };
+                match masked {
+                    Some(params) => wire::put(&mut out, b'B', &bind.encode(&params)),
+                    None => wire::put(&mut out, b'B', body),
+                }
+            }
+            b'S' => {
+                let mut state = self.lock();
+                let expect = match state.skipping.take() {
+                    Some(error) => Expect::Inject(error),
+                    None => Expect::Plain,
+                };
+                state.expect.push_back(expect);
+                wire::put(&mut out, b'S', body);
+            }
+            b'X' => wire::put(&mut out, b'X', body),
+            _ => {
+                let mut state = self.lock();
+                if state.skipping.is_some() {
+                    return Ok(None);
+                }
+                if tag == b'F' {
+                    state.expect.push_back(Expect::Plain);
+                }
+                wire::put(&mut out, tag, body);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Evaluates and records one statement. Returns the text to send if masking changed it,
+    /// and the refusal to answer with if a rule refused it.
+    async fn statement(
+        &self,
+        text: &[u8],
+        protocol: &str,
+        name: Option<&[u8]>,
+    ) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        let sql = String::from_utf8_lossy(text);
+        let decision = self
+            .policy
+            .evaluate(self.ids, self.target, &Operation::Sql { text: &sql });
+        let names = self.policy.rule_names(&decision.acting);
+        let refused = match decision.verdict {
+            Verdict::Block(rule) => Some((rule, "blocked by policy")),
+            // Held operations need the approval service; until it runs, fail closed.
+            Verdict::Approve(rule) => Some((rule, "approval required")),
+            Verdict::Allow => None,
+        };
+        let (sent, recorded) = {
+            let mut state = self.lock();
+            state.outcome.rules.extend(names);
+            let sent = if refused.is_none() && !decision.masks.is_empty() {
+                self.policy
+                    .mask_body(&decision, Some("text/plain"), text, &mut state.mask)
+            } else {
+                None
+            };
+            // The record never holds what a request rule of this target masks.
+            let shown = String::from_utf8_lossy(sent.as_deref().unwrap_or(text)).into_owned();
+            let mut recorded = shown;
+            for masker in &self.sql_masks {
+                let mut scratch = MaskContext::new(Arc::clone(&self.ctx.mask_key));
+                if let std::borrow::Cow::Owned(m) = masker.mask_text(&recorded, &mut scratch) {
+                    recorded = m;
+                }
+            }
+            if refused.is_some() {
+                state.outcome.blocked = true;
+            } else if let Some(name) = name {
+                state.statements.insert(name.to_vec(), decision.clone());
+            }
+            (sent, recorded)
+        };
+        let statement = name.map(|n| String::from_utf8_lossy(n).into_owned());
+        match refused {
+            Some((rule, reason)) => {
+                let rule = &self.policy.rules[rule].name;
+                self.event(
+                    "blocked",
+                    serde_json::json!({"rule": rule, "sql": recorded, "reason": reason}),
+                )
+                .await;
+                let message = format!("react-gateway: {reason} (rule {rule})");
+                let detail = format!("session {}", self.session_id);
+                (
+                    None,
+                    Some(wire::error_response(REFUSED, &message, Some(&detail))),
+                )
+            }
+            None => {
+                let mut data = serde_json::json!({"text": recorded, "protocol": protocol});
+                if let Some(statement) = statement.filter(|s| !s.is_empty()) {
+                    data["statement"] = statement.into();
+                }
+                self.event("sql", data).await;
+                (sent, None)
+            }
+        }
+    }
+
+    /// Masks the text parameters of a `Bind` as its statement's request rules say; `None`
+    /// when nothing changed.
+    fn mask_params(
+        &self,
+        bind: &wire::Bind<'_>,
+        decision: &Decision,
+        ctx: &mut MaskContext,
+    ) -> Option<Vec<Option<Vec<u8>>>> {
+        let mut changed = false;
+        let params = bind
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let p = (*p)?;
+                if bind.is_text(i)
+                    && let Some(masked) =
+                        self.policy.mask_body(decision, Some("text/plain"), p, ctx)
+                {
+                    changed = true;
+                    return Some(masked);
+                }
+                Some(p.to_vec())
+            })
+            .collect();
+        changed.then_some(params)
+    }
+
+    /// Server → agent.
+    async fn backend<R, W>(&self, ur: &mut BufReader<R>, cw: &mut W) -> Result<(), String>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let agent = |e: io::Error| format!("agent: {e}");
+        let masks_rows = !self.rows.masks.is_empty();
+        loop {
+            let Some(frame) = wire::read_frame(ur, MAX_MESSAGE)
+                .await
+                .map_err(|e| format!("PostgreSQL server: {e}"))?
+            else {
+                let _ = cw.flush().await;
+                let _ = cw.shutdown().await;
+                return Ok(());
+            };
+            match frame {
+                Frame::Large { tag, len } => {
+                    if tag == b'D' && masks_rows {
+                        return Err(self.fatal(&format!(
+                            "a result row of {len} bytes is over the gateway's limit of {MAX_MESSAGE} bytes for masked rows; the result was cut"
+                        )));
+                    }
+                    if tag == b'D' {
+                        let mut state = self.lock();
+                        state.result.count += 1;
+                        state.result.complete = false;
+                    }
+                    wire::copy_body(ur, cw, tag, len).await.map_err(agent)?;
+                }
+                Frame::Whole { tag, body } => {
+                    let out = self
+                        .server_message(tag, &body)
+                        .await
+                        .map_err(|e| format!("PostgreSQL server: {e}"))?;
+                    cw.write_all(&out).await.map_err(agent)?;
+                }
+            }
+            if ur.buffer().is_empty() {
+                cw.flush().await.map_err(agent)?;
+            }
+        }
+    }
+
+    /// One message of the server: what goes to the agent.
+    async fn server_message(&self, tag: u8, body: &[u8]) -> Result<Vec<u8>, Malformed> {
+        let mut out = Vec::with_capacity(body.len() + 5);
+        match tag {
+            b'T' => {
+                let columns = wire::row_description(body)?;
+                let mut state = self.lock();
+                state.columns = columns;
+                state.result = Rows {
+                    complete: true,
+                    ..Rows::default()
+                };
+                wire::put(&mut out, tag, body);
+            }
+            b'D' => {
+                let values = wire::data_row(body)?;
+                let mut state = self.lock();
+                let state = &mut *state;
+                let masked = if self.rows.masks.is_empty() {
+                    None
+                } else {
+                    self.mask_row(&state.columns, &values, &mut state.mask)
+                };
+                let shown: Vec<Option<&[u8]>> = match &masked {
+                    Some(m) => m.iter().map(|v| v.as_deref()).collect(),
+                    None => values,
+                };
+                state.result.count += 1;
+                if self.record == RecordLevel::Full {
+                    self.keep_row(&mut state.result, &state.columns, &shown);
+                }
+                if masked.is_some() {
+                    wire::put(&mut out, b'D', &wire::encode_data_row(shown.into_iter()));
+                } else {
+                    wire::put(&mut out, b'D', body);
+                }
+            }
+            b'C' => {
+                let command = String::from_utf8_lossy(wire::command_tag(body)?).into_owned();
+                let data = {
+                    let mut state = self.lock();
+                    let rows = std::mem::replace(
+                        &mut state.result,
+                        Rows {
+                            complete: true,
+                            ..Rows::default()
+                        },
+                    );
+                    let mut data = serde_json::json!({"command": command, "rows": rows.count});
+                    if self.record == RecordLevel::Full && rows.count > 0 {
+                        data["columns"] = state
+                            .columns
+                            .iter()
+                            .map(|c| c.name.clone())
+                            .collect::<Vec<_>>()
+                            .into();
+                        data["data"] = rows.data.into();
+                        data["data_complete"] = rows.complete.into();
+                    }
+                    data
+                };
+                self.event("sql_result", data).await;
+                wire::put(&mut out, tag, body);
+            }
+            b'E' | b'N' => {
+                let fields = wire::fields(body)?;
+                let masked: Vec<(u8, Vec<u8>)> = {
+                    let mut state = self.lock();
+                    fields
+                        .iter()
+                        .map(|&(code, value)| {
+                            let masked = if matches!(code, b'S' | b'V' | b'C') {
+                                None
+                            } else {
+                                self.mask_text(value, &mut state.mask)
+                            };
+                            (code, masked.unwrap_or_else(|| value.to_vec()))
+                        })
+                        .collect()
+                };
+                if tag == b'E' {
+                    let field = |c: u8| {
+                        masked
+                            .iter()
+                            .find(|(code, _)| *code == c)
+                            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                    };
+                    self.event(
+                        "sql_error",
+                        serde_json::json!({"code": field(b'C'), "message": field(b'M'), "detail": field(b'D')}),
+                    )
+                    .await;
+                }
+                wire::put(
+                    &mut out,
+                    tag,
+                    &wire::encode_fields(masked.iter().map(|(c, v)| (*c, v.as_slice()))),
+                );
+            }
+            b'd' => {
+                let masked = self.mask_text(body, &mut self.lock().mask);
+                wire::put(&mut out, tag, masked.as_deref().unwrap_or(body));
+            }
+            b'I' => {
+                let mut state = self.lock();
+                match state.expect.front_mut() {
+                    Some(expect @ Expect::Refused(_)) => {
+                        let Expect::Refused(error) = std::mem::replace(expect, Expect::Plain)
+                        else {
+                            unreachable!()
+                        };
+                        out = error;
+                    }
+                    _ => wire::put(&mut out, tag, body),
+                }
+            }
+            b'Z' => {
+                let mut state = self.lock();
+                if state.ready {
+                    if let Some(Expect::Inject(error) | Expect::Refused(error)) =
+                        state.expect.pop_front()
+                    {
+                        out.extend_from_slice(&error);
+                    }
+                } else {
+                    state.ready = true;
+                }
+                wire::put(&mut out, tag, body);
+            }
+            _ => wire::put(&mut out, tag, body),
+        }
+        Ok(out)
+    }
+
+    /// Masks one text value with the detectors of the response rules; `None` if unchanged.
+    fn mask_text(&self, value: &[u8], ctx: &mut MaskContext) -> Option<Vec<u8>> {
+        if self.rows.masks.is_empty() {
+            return None;
+        }
+        self.policy
+            .mask_body(&self.rows, Some("text/plain"), value, ctx)
+    }
+
+    /// Masks a result row (named columns whole, detectors in text values); `None` if
+    /// unchanged. Binary values of types that are not text are left as they are.
+    fn mask_row(
+        &self,
+        columns: &[wire::Column],
+        values: &[Option<&[u8]>],
+        ctx: &mut MaskContext,
+    ) -> Option<Vec<Option<Vec<u8>>>> {
+        let mut names = Vec::new();
+        let mut texts = Vec::new();
+        let mut at = Vec::new();
+        for (i, value) in values.iter().enumerate() {
+            let (Some(value), Some(column)) = (value, columns.get(i)) else {
+                continue;
+            };
+            let text = match (column.format, column.type_oid) {
+                (0, _) => Some(*value),
+                (_, oid) if wire::text_like(oid) => Some(*value),
+                (_, wire::JSONB) => value.strip_prefix(&[1]),
+                _ => None,
+            };
+            if let Some(text) = text.and_then(|t| std::str::from_utf8(t).ok()) {
+                names.push(column.name.clone());
+                texts.push(text.to_string());
+                at.push(i);
+            }
+        }
+        let masked = self.policy.mask_row(&self.rows, &names, &texts, ctx);
+        let mut out: Option<Vec<Option<Vec<u8>>>> = None;
+        for ((i, before), after) in at.into_iter().zip(&texts).zip(masked) {
+            if *before == after {
+                continue;
+            }
+            let row =
+                out.get_or_insert_with(|| values.iter().map(|v| v.map(<[u8]>::to_vec)).collect());
+            let binary_jsonb = columns[i].format != 0 && columns[i].type_oid == wire::JSONB;
+            row[i] = Some(if binary_jsonb {
+                [&[1u8][..], after.as_bytes()].concat()
+            } else {
+                after.into_bytes()
+            });
+        }
+        out
+    }
+
+    /// Keeps a row for the record (`record = "full"`), up to `record_body_limit` bytes.
+    fn keep_row(&self, rows: &mut Rows, columns: &[wire::Column], values: &[Option<&[u8]>]) {
+        if !rows.complete {
+            return;
+        }
+        let size: usize = values.iter().map(|v| v.map_or(4, <[u8]>::len) + 4).sum();
+        let limit = usize::try_from(self.policy.defaults.record_body_limit).unwrap_or(usize::MAX);
+        if rows.bytes + size > limit {
+            rows.complete = false;
+            return;
+        }
+        rows.bytes += size;
+        let row: Vec<serde_json::Value> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                None => serde_json::Value::Null,
+                Some(v) => {
+                    let text = columns
+                        .get(i)
+                        .is_none_or(|c| c.format == 0 || wire::text_like(c.type_oid));
+                    match std::str::from_utf8(v) {
+                        Ok(s) if text => s.into(),
+                        _ => format!("<{} bytes>", v.len()).into(),
+                    }
+                }
+            })
+            .collect();
+        rows.data.push(row.into());
+    }
+}
