@@ -568,90 +568,87 @@ impl Conn<'_> {
             },
         };
         let agent_tls = matches!(first, Startup::Tls);
-        // The upstream leg.
-        let upstream: Box<dyn http::Io> = match mode {
-            UpstreamTls::Passthrough if agent_tls => {
-                match postgres::request_tls(&mut tcp).await {
-                    Ok(true) => {
-                        // The agent's TLS goes end to end, unread, as TLS to a destination
-                        // no target names does.
-                        session.protocol = Protocol::TlsPassthrough;
-                        let (client, rest) = io.into_parts();
-                        let mut client = client;
-                        let sent = async {
-                            client.write_all(b"S").await?;
-                            tcp.write_all(&rest).await
-                        }
-                        .await;
-                        let transfer = relay::relay(&client, &tcp, cut).await;
-                        let error = sent.err().map(|e| e.to_string()).or(transfer.error);
-                        let outcome = if error.is_some() {
-                            Outcome::Error
-                        } else {
-                            Outcome::Ok
-                        };
-                        let up = counters.up.load(Ordering::Relaxed) + transfer.up;
-                        self.close(&mut session, outcome, error, up, transfer.down + 1)
-                            .await;
-                        return;
+        // The upstream leg: ask the server for TLS unless the mode says clear text (or
+        // passthrough for a clear-text agent).
+        let asked = match mode {
+            UpstreamTls::Never => Ok(false),
+            UpstreamTls::Passthrough if !agent_tls => Ok(false),
+            _ => postgres::request_tls(&mut tcp).await,
+        };
+        let server_tls = match asked {
+            Ok(server_tls) => server_tls,
+            Err(e) => {
+                let reason =
+                    postgres::refuse(&mut io, format!("PostgreSQL server {addr}: {e}")).await;
+                let (up, down) = bytes();
+                self.close(&mut session, Outcome::Error, Some(reason), up, down)
+                    .await;
+                return;
+            }
+        };
+        let upstream: Box<dyn http::Io> = match (mode, server_tls) {
+            (UpstreamTls::Passthrough, true) => {
+                // The agent's TLS goes end to end, unread, as TLS to a destination no target
+                // names does.
+                session.protocol = Protocol::TlsPassthrough;
+                let (mut client, rest) = io.into_parts();
+                let sent = async {
+                    client.write_all(b"S").await?;
+                    tcp.write_all(&rest).await
+                }
+                .await;
+                let transfer = relay::relay(&client, &tcp, cut).await;
+                let error = sent.err().map(|e| e.to_string()).or(transfer.error);
+                let outcome = if error.is_some() {
+                    Outcome::Error
+                } else {
+                    Outcome::Ok
+                };
+                let up = counters.up.load(Ordering::Relaxed) + transfer.up;
+                self.close(&mut session, outcome, error, up, transfer.down + 1)
+                    .await;
+                return;
+            }
+            (UpstreamTls::Require | UpstreamTls::Prefer, true) => {
+                let handshake = postgres_tls(
+                    tcp,
+                    addr,
+                    &settings.leg,
+                    &self.ctx.tls,
+                    self.ctx.connect_timeout,
+                )
+                .await;
+                match handshake {
+                    Ok((stream, negotiated)) => {
+                        session.tls = Some(session::Tls {
+                            client: None,
+                            upstream: Some(negotiated),
+                        });
+                        Box::new(stream)
                     }
-                    Ok(false) => Box::new(tcp),
-                    Err(e) => {
-                        let reason =
-                            postgres::refuse(&mut io, format!("PostgreSQL server {addr}: {e}"))
-                                .await;
-                        self.close(&mut session, Outcome::Error, Some(reason), 0, 0)
+                    Err(reason) => {
+                        let reason = postgres::refuse(&mut io, reason).await;
+                        let (up, down) = bytes();
+                        self.close(&mut session, Outcome::Error, Some(reason), up, down)
                             .await;
                         return;
                     }
                 }
             }
-            UpstreamTls::Passthrough | UpstreamTls::Never => Box::new(tcp),
-            UpstreamTls::Require | UpstreamTls::Prefer => {
-                match postgres::request_tls(&mut tcp).await {
-                    Ok(true) => match postgres_tls(
-                        tcp,
-                        addr,
-                        &settings.leg,
-                        &self.ctx.tls,
-                        self.ctx.connect_timeout,
-                    )
-                    .await
-                    {
-                        Ok((stream, negotiated)) => {
-                            session.tls = Some(session::Tls {
-                                client: None,
-                                upstream: Some(negotiated),
-                            });
-                            Box::new(stream)
-                        }
-                        Err(reason) => {
-                            let reason = postgres::refuse(&mut io, reason).await;
-                            self.close(&mut session, Outcome::Error, Some(reason), 0, 0)
-                                .await;
-                            return;
-                        }
-                    },
-                    Ok(false) if mode == UpstreamTls::Prefer => Box::new(tcp),
-                    Ok(false) => {
-                        let reason = postgres::refuse(&mut io, format!(
-                            "PostgreSQL server {addr} does not offer TLS, which the target requires"
-                        ))
-                        .await;
-                        self.close(&mut session, Outcome::Error, Some(reason), 0, 0)
-                            .await;
-                        return;
-                    }
-                    Err(e) => {
-                        let reason =
-                            postgres::refuse(&mut io, format!("PostgreSQL server {addr}: {e}"))
-                                .await;
-                        self.close(&mut session, Outcome::Error, Some(reason), 0, 0)
-                            .await;
-                        return;
-                    }
-                }
+            (UpstreamTls::Require, false) => {
+                let reason = postgres::refuse(
+                    &mut io,
+                    format!(
+                        "PostgreSQL server {addr} does not offer TLS, which the target requires"
+                    ),
+                )
+                .await;
+                let (up, down) = bytes();
+                self.close(&mut session, Outcome::Error, Some(reason), up, down)
+                    .await;
+                return;
             }
+            _ => Box::new(tcp),
         };
         // The agent's leg: TLS with a leaf of the node CA when it asked and the upstream
         // leg is TLS too; else clear text on the node (`N`).
