@@ -497,6 +497,26 @@ fn postgres_legs_are_encrypted_and_the_server_verified() {
         text(&out.stderr)
     );
 
+    // `passthrough`: an agent's TLS goes end to end, unread (the DROP is not seen, so it is
+    // not refused: the table it names does not exist and the server says so).
+    gateway.set_policy_file(
+        "db.toml",
+        Some(&tls_policy(pg.port, "[target.tls]\nmode = \"passthrough\"")),
+    );
+    let out = psql("require", SERVER_SIDE_TLS);
+    assert_eq!(text(&out.stdout), "t\n", "{}", text(&out.stderr));
+    let out = psql("require", "DROP TABLE IF EXISTS x");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sessions = gateway.ended_sessions(7, std::time::Duration::from_secs(10));
+    assert_eq!(
+        sessions
+            .iter()
+            .filter(|s| s["protocol"] == "tls-passthrough")
+            .count(),
+        2,
+        "{sessions:#?}"
+    );
+
     // A target that requires TLS never falls back to clear text.
     gateway.set_policy_file("db.toml", Some(&tls_policy(pg.port, &verified)));
     pg.psql("ALTER SYSTEM SET ssl = off");
@@ -513,4 +533,58 @@ fn postgres_legs_are_encrypted_and_the_server_verified() {
     gateway.set_policy_file("db.toml", Some(&tls_policy(pg.port, "")));
     let out = psql("prefer", SERVER_SIDE_TLS);
     assert_eq!(text(&out.stdout), "f\n", "{}", text(&out.stderr));
+}
+
+#[test]
+fn tokenized_values_come_back_to_their_own_session_only() {
+    if !privileged() {
+        return;
+    }
+    let pg = Postgres::start("pgtok");
+    pg.psql("CREATE TABLE notes (body text)");
+    let policy = format!(
+        r#"
+version = 1
+
+[defaults]
+record = "full"
+
+[[target]]
+name = "crm-db"
+addresses = ["127.0.0.1/32"]
+ports = [{port}]
+protocol = "postgres"
+
+[[rule]]
+name = "tokenize-outgoing-email"
+target = "crm-db"
+direction = "request"
+action = "mask"
+detectors = ["email"]
+strategy = "tokenize"
+"#,
+        port = pg.port
+    );
+    let gateway = Gateway::start_with_policy("pgtok", &[("db.toml", &policy)], &[]);
+    // The server stores a placeholder; the session that wrote it reads the original back.
+    let out = psql(
+        &gateway,
+        &pg,
+        &[
+            &format!("INSERT INTO notes VALUES ('reach {AGENT_EMAIL}')"),
+            "SELECT body FROM notes",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("INSERT 0 1\nreach {AGENT_EMAIL}\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(pg.psql("SELECT body FROM notes"), "reach [TOKEN:EMAIL:1]\n");
+    // Another session has no vault: it sees the placeholder.
+    let out = psql(&gateway, &pg, &["SELECT body FROM notes"]);
+    assert_eq!(text(&out.stdout), "reach [TOKEN:EMAIL:1]\n");
+    gateway.ended_sessions(2, std::time::Duration::from_secs(10));
+    gateway.assert_not_in_store(&[AGENT_EMAIL]);
 }

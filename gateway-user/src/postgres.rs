@@ -529,6 +529,13 @@ impl PgSession {
                 if tag == b'F' {
                     state.expect.push_back(Expect::Plain);
                 }
+                // `Close` of a prepared statement: its decision goes with it.
+                if tag == b'C'
+                    && let Some((b'S', name)) = body.split_first()
+                {
+                    let name = name.split(|&b| b == 0).next().unwrap_or_default();
+                    state.statements.remove(name);
+                }
                 wire::put(&mut out, tag, body);
             }
         }
@@ -707,10 +714,15 @@ impl PgSession {
                     None => values,
                 };
                 state.result.count += 1;
+                // The record keeps placeholders; the agent gets this session's originals.
                 if self.record == RecordLevel::Full {
                     self.keep_row(&mut state.result, &state.columns, &shown);
                 }
-                if masked.is_some() {
+                let restored = restore_row(&state.columns, &shown, &state.mask);
+                if let Some(row) = restored {
+                    let row = row.iter().map(Option::as_deref);
+                    wire::put(&mut out, b'D', &wire::encode_data_row(row));
+                } else if masked.is_some() {
                     wire::put(&mut out, b'D', &wire::encode_data_row(shown.into_iter()));
                 } else {
                     wire::put(&mut out, b'D', body);
@@ -812,7 +824,35 @@ impl PgSession {
         }
         Ok(out)
     }
+}
 
+/// Puts this session's `tokenize` originals back into a row's text values (text format, or
+/// text-like types in binary); `None` when nothing changed (or nothing was tokenized).
+fn restore_row(
+    columns: &[wire::Column],
+    values: &[Option<&[u8]>],
+    ctx: &MaskContext,
+) -> Option<Vec<Option<Vec<u8>>>> {
+    if !ctx.has_tokens() {
+        return None;
+    }
+    let mut out: Option<Vec<Option<Vec<u8>>>> = None;
+    for (i, value) in values.iter().enumerate() {
+        let (Some(value), Some(column)) = (value, columns.get(i)) else {
+            continue;
+        };
+        if column.format != 0 && !wire::text_like(column.type_oid) {
+            continue;
+        }
+        if let std::borrow::Cow::Owned(restored) = crate::mask::restore_bytes(value, ctx) {
+            out.get_or_insert_with(|| values.iter().map(|v| v.map(<[u8]>::to_vec)).collect())[i] =
+                Some(restored);
+        }
+    }
+    out
+}
+
+impl PgSession {
     /// Masks one text value with the detectors of the response rules; `None` if unchanged.
     fn mask_text(&self, value: &[u8], ctx: &mut MaskContext) -> Option<Vec<u8>> {
         if self.rows.masks.is_empty() {

@@ -259,10 +259,11 @@ pub fn replay(session: &Session, events: &[Event], raw: bool) -> String {
 /// A `PostgreSQL` result: its command tag, and the rows as the agent got them (`record =
 /// "full"`), one line each, columns separated by `|` as `psql -A` prints them.
 fn sql_result(d: &serde_json::Map<String, Value>) -> String {
+    let rows = d.get("rows").and_then(Value::as_u64).unwrap_or(0);
     let mut line = format!(
-        "< {} ({} rows)",
+        "< {} ({rows} row{})",
         d.get("command").and_then(Value::as_str).unwrap_or(""),
-        d.get("rows").map_or_else(String::new, ToString::to_string)
+        if rows == 1 { "" } else { "s" }
     );
     let cell = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
     if let Some(columns) = d.get("columns").and_then(Value::as_array) {

@@ -45,13 +45,14 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("redirect") => redirect(),
         Some("http") => crate::bench_http::run(),
         Some("mask") => crate::bench_mask::run(),
+        Some("pg") => crate::bench_pg::run(),
         Some("record") => crate::bench_record::run(&args[1..]),
         Some("policy") => crate::util::cargo(
             &["bench", "--package", "gateway-user", "--bench", "policy"],
             &[],
         ),
         _ => bail!(
-            "usage: cargo xtask bench redirect|http|policy|mask|record [--store-only|--throughput-only] [--seeded DIR]"
+            "usage: cargo xtask bench redirect|http|pg|policy|mask|record [--store-only|--throughput-only] [--seeded DIR]"
         ),
     }
 }

@@ -40,7 +40,7 @@ pub(crate) fn bin(name: &str) -> PathBuf {
     workspace_root().join("target/release").join(name)
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')

@@ -2,7 +2,8 @@
 //!
 //! Starts the daemon with a temporary state dir and its own governed cgroup, starts mock tool
 //! servers on 127.0.0.2 and [::1], runs unmodified `curl` and a Python agent inside the
-//! governed cgroup, prints what was intercepted and recorded, shows fail-closed behaviour with
+//! governed cgroup, prints what was intercepted and recorded, governs an `openai` agent's LLM
+//! calls and `psql`'s SQL (a PostgreSQL server of its own), shows fail-closed behaviour with
 //! the daemon killed, and stops and removes everything it started.
 
 use std::{
@@ -16,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{daemon_bin, free_port, mock_upstream, workspace_root};
+use crate::util::{Postgres, daemon_bin, free_port, mock_upstream, workspace_root};
 
 struct Demo {
     state: PathBuf,
@@ -217,7 +218,10 @@ pub fn run() -> Result<()> {
     section("5. encryption in transit: an unmodified openai agent, the key held by the gateway");
     llm_demo(&demo)?;
 
-    section("6. fail closed: kill -9 the daemon, then try again");
+    section("6. a database tool: unmodified psql, its SQL governed on the wire");
+    db_demo(&demo)?;
+
+    section("7. fail closed: kill -9 the daemon, then try again");
     demo.stop("-KILL");
     let out = demo.exec("agent-1", &["curl", "-sS", "--max-time", "3", &url])?;
     println!(
@@ -238,7 +242,7 @@ pub fn run() -> Result<()> {
         String::from_utf8_lossy(&out.stdout)
     );
 
-    section("7. the audit trail: replay a session, verify the chains, re-scan for leaks");
+    section("8. the audit trail: replay a session, verify the chains, re-scan for leaks");
     audit_demo(&demo)?;
 
     section("done: stopping the daemon and removing the demo cgroups, pins and state");
@@ -280,6 +284,126 @@ fn audit_demo(demo: &Demo) -> Result<()> {
     }
     let out = demo.cli().args(["audit", "public-key"]).output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
+const DB_EMAIL: &str = "ada.lovelace@analytical-engines.co.uk";
+const DB_CARD: &str = "4111 1111 1111 1111";
+
+/// A PostgreSQL server of the demo's own on 127.0.0.5 with a `customers` table, a policy for
+/// it (destructive SQL blocked, personal columns and values masked in results), and
+/// unmodified `psql` in the governed cgroup: a masked result, a refused `DROP` on the same
+/// connection, and the session's replay.
+fn db_demo(demo: &Demo) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("react-gateway-demo-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let shown = Postgres::start(&dir, "127.0.0.5").and_then(|pg| db_agent(demo, &pg));
+    let _ = std::fs::remove_dir_all(&dir);
+    shown
+}
+
+fn db_agent(demo: &Demo, pg: &Postgres) -> Result<()> {
+    pg.psql(&format!(
+        "CREATE TABLE customers (id int, name text, email text, ssn text, note text);
+         INSERT INTO customers VALUES
+           (1, 'Ada', '{DB_EMAIL}', '219-09-9999', 'card {DB_CARD} on file'),
+           (2, 'Alan', 'alan@bletchley.example.org', '078-05-1121', 'prefers phone')"
+    ))?;
+    let policy = format!(
+        r#"# Rendered by `cargo xtask demo`: the customer database, governed statement by statement.
+version = 1
+
+[[target]]
+name = "crm-db"
+addresses = ["127.0.0.5/32"]
+ports = [{port}]
+protocol = "postgres"
+
+[[rule]]
+name = "no-destructive-sql"
+target = "crm-db"
+action = "block"
+[rule.match]
+sql_statement = ["drop", "truncate", "delete_without_where", "update_without_where"]
+
+[[rule]]
+name = "record-db-results"
+target = "crm-db"
+action = "record"
+
+[[rule]]
+name = "mask-customer-pii"
+target = "crm-db"
+direction = "response"
+action = "mask"
+columns = ["ssn"]
+detectors = ["email", "credit_card"]
+"#,
+        port = pg.port
+    );
+    std::fs::write(demo.policy_dir().join("crm-db.toml"), policy)?;
+    println!(
+        "$ cat <policy dir>/crm-db.toml   (target crm-db: DROP/TRUNCATE blocked, ssn column and e-mails/cards masked)"
+    );
+    demo.wait_for_policy_with("crm-db")?;
+    let psql = pg.bin("psql");
+    let port = pg.port.to_string();
+    println!(
+        "$ react-gateway exec --cgroup agent-4 -- psql -h 127.0.0.5 -p {port} -U gateway -c 'SELECT * FROM customers' -c 'DROP TABLE customers' -c 'SELECT count(*) FROM customers'"
+    );
+    let out = demo.exec(
+        "agent-4",
+        &[
+            psql.to_str().unwrap_or_default(),
+            "-h",
+            "127.0.0.5",
+            "-p",
+            &port,
+            "-U",
+            "gateway",
+            "-d",
+            "postgres",
+            "-c",
+            "SELECT * FROM customers ORDER BY id",
+            "-c",
+            "DROP TABLE customers",
+            "-c",
+            "SELECT count(*) FROM customers",
+        ],
+    )?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    for line in stdout.lines().chain(stderr.lines()) {
+        println!("  {line}");
+    }
+    if stdout.contains(DB_EMAIL) || stdout.contains(DB_CARD) || stdout.contains("219-09-9999") {
+        bail!("the database's PII reached the agent");
+    }
+    if !stderr.contains("blocked by policy") || pg.psql("SELECT count(*) FROM customers")? != "2\n"
+    {
+        bail!("the DROP was not refused");
+    }
+    thread::sleep(Duration::from_millis(300));
+    let json = demo
+        .cli()
+        .args(["--json", "sessions", "list", "--target", "crm-db"])
+        .output()?;
+    let sessions: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout)?;
+    let Some(id) = sessions.last().and_then(|s| s["id"].as_str()) else {
+        bail!("no recorded session of the crm-db target");
+    };
+    println!("$ react-gateway sessions replay {id}");
+    let out = demo.cli().args(["sessions", "replay", id]).output()?;
+    let replay = String::from_utf8_lossy(&out.stdout);
+    print!("{replay}");
+    if !out.status.success() || !replay.contains("! blocked by no-destructive-sql") {
+        bail!(
+            "the database session's replay failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_http;
 mod bench_mask;
+mod bench_pg;
 mod bench_record;
 mod demo;
 mod install;

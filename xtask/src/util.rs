@@ -208,3 +208,131 @@ pub fn wait_drained(state: &std::path::Path) -> Result<f64> {
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A `PostgreSQL` server of the bench's or the demo's own (Debian `postgresql`, installed by
+/// `setup`): a fresh cluster in `dir`, run as user `postgres`, trust authentication for user
+/// `gateway`, listening on `addresses` (loopback) at a free port; stopped by PID on drop.
+pub struct Postgres {
+    pub port: u16,
+    /// The first of its addresses (where [`Self::psql`] connects).
+    pub host: String,
+    bin: PathBuf,
+    _server: Spawned,
+}
+
+impl Postgres {
+    pub fn start(dir: &std::path::Path, addresses: &str) -> Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .context("PostgreSQL is not installed: run `cargo xtask setup`")?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("postgres").exists())
+            .max()
+            .context("no /usr/lib/postgresql/*/bin/postgres")?;
+        let passwd = std::fs::read_to_string("/etc/passwd")?;
+        let (uid, gid) = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.first() == Some(&"postgres"))
+            .and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+            .context("no user postgres (Debian package postgresql)")?;
+        std::fs::create_dir_all(dir)?;
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+        let data = dir.join("data");
+        let init = Command::new(bin.join("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "gateway",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(&data)
+            .uid(uid)
+            .gid(gid)
+            .current_dir(dir)
+            .output()?;
+        if !init.status.success() {
+            bail!("initdb: {}", String::from_utf8_lossy(&init.stderr).trim());
+        }
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.join("postgres.log"))?;
+        let server = Spawned(
+            Command::new(bin.join("postgres"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-c"])
+                .arg(format!("listen_addresses={addresses}"))
+                .args(["-c", "fsync=off", "-k"])
+                .arg(dir)
+                .uid(uid)
+                .gid(gid)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("postgres")?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let host = addresses.split(',').next().unwrap_or("127.0.0.1");
+        while !quiet(
+            bin.join("pg_isready").to_str().unwrap_or_default(),
+            &["-q", "-h", host, "-p", &port.to_string()],
+        ) {
+            if Instant::now() > deadline {
+                bail!(
+                    "postgres did not start (see {})",
+                    dir.join("postgres.log").display()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Self {
+            port,
+            host: addresses
+                .split(',')
+                .next()
+                .unwrap_or("127.0.0.1")
+                .to_string(),
+            bin,
+            _server: server,
+        })
+    }
+
+    /// A program of this installation (`psql`, `pgbench`), with its connection arguments
+    /// for `host` (user `gateway`, database `postgres`).
+    pub fn client(&self, program: &str, host: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(program));
+        cmd.args([
+            "-h",
+            host,
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "gateway",
+            "-d",
+            "postgres",
+        ]);
+        cmd
+    }
+
+    /// Runs SQL directly (not governed); returns psql's unaligned, tuples-only output.
+    pub fn psql(&self, sql: &str) -> Result<String> {
+        let out = self
+            .client("psql", &self.host)
+            .args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()?;
+        if !out.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn bin(&self, program: &str) -> PathBuf {
+        self.bin.join(program)
+    }
+}
