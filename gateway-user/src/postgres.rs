@@ -47,7 +47,7 @@ use crate::{
     mask::{MaskContext, Masker},
     policy::{Decision, IdSet, Operation, Policy, RecordLevel, TargetProtocol, TlsMode, Verdict},
     proxy::ProxyContext,
-    session::Record,
+    session::{JsonObject, Record},
     store::Write,
 };
 
@@ -187,6 +187,29 @@ enum Expect {
     Inject(Vec<u8>),
 }
 
+/// What a message becomes on its way.
+enum Out {
+    /// Relayed as it came.
+    Same,
+    /// Dropped (the agent's messages after a refused `Parse`).
+    Nothing,
+    /// These bytes instead (whole messages).
+    Bytes(Vec<u8>),
+}
+
+impl Out {
+    async fn write<W: AsyncWrite + Unpin>(self, w: &mut W, tag: u8, body: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Same => {
+                w.write_all(&wire::header(tag, body.len())).await?;
+                w.write_all(body).await
+            }
+            Self::Nothing => Ok(()),
+            Self::Bytes(bytes) => w.write_all(&bytes).await,
+        }
+    }
+}
+
 /// What one `PostgreSQL` session did, for its record.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -283,7 +306,16 @@ impl PgSession {
         crate::lock(&self.state)
     }
 
+    /// Records an event written field by field.
+    async fn record(&self, kind: &'static str, data: JsonObject) {
+        self.write(|| Record::encoded(kind, data.finish())).await;
+    }
+
     async fn event(&self, kind: &'static str, data: serde_json::Value) {
+        self.write(|| Record::new(kind, &data)).await;
+    }
+
+    async fn write(&self, event: impl FnOnce() -> Record) {
         if self.record == RecordLevel::Off {
             return;
         }
@@ -291,7 +323,7 @@ impl PgSession {
             .recorder
             .write(Write::Event {
                 session: self.session_id.clone(),
-                event: Record::new(kind, &data),
+                event: event(),
             })
             .await;
     }
@@ -387,14 +419,18 @@ impl PgSession {
         W: AsyncWrite + Unpin,
     {
         let agent = |e: io::Error| format!("agent: {e}");
+        let server = |e: io::Error| format!("PostgreSQL server: {e}");
+        let mut body = Vec::new();
         loop {
-            let Some(frame) = wire::read_frame(cr, MAX_MESSAGE).await.map_err(|e| {
-                if e.kind() == io::ErrorKind::InvalidData {
-                    self.fatal(&e.to_string())
-                } else {
-                    agent(e)
-                }
-            })?
+            let Some(frame) = wire::read_frame(cr, MAX_MESSAGE, &mut body)
+                .await
+                .map_err(|e| {
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        self.fatal(&e.to_string())
+                    } else {
+                        agent(e)
+                    }
+                })?
             else {
                 let _ = uw.flush().await;
                 let _ = uw.shutdown().await;
@@ -420,16 +456,12 @@ impl PgSession {
                             .map_err(|e| format!("relaying to the server: {e}"))?;
                     }
                 }
-                Frame::Whole { tag, body } => {
+                Frame::Whole { tag } => {
                     let out = self
                         .agent_message(tag, &body)
                         .await
                         .map_err(|e| self.fatal(&e.to_string()))?;
-                    if let Some(out) = out {
-                        uw.write_all(&out)
-                            .await
-                            .map_err(|e| format!("PostgreSQL server: {e}"))?;
-                    }
+                    out.write(uw, tag, &body).await.map_err(server)?;
                     if tag == b'X' {
                         let _ = uw.flush().await;
                         let _ = uw.shutdown().await;
@@ -438,9 +470,7 @@ impl PgSession {
                 }
             }
             if cr.buffer().is_empty() {
-                uw.flush()
-                    .await
-                    .map_err(|e| format!("PostgreSQL server: {e}"))?;
+                uw.flush().await.map_err(server)?;
             }
         }
     }
@@ -454,9 +484,9 @@ impl PgSession {
         reason.to_string()
     }
 
-    /// One message of the agent: what goes to the server (`None`: nothing).
-    async fn agent_message(&self, tag: u8, body: &[u8]) -> Result<Option<Vec<u8>>, Malformed> {
-        let mut out = Vec::with_capacity(body.len() + 5);
+    /// One message of the agent: what goes to the server.
+    async fn agent_message(&self, tag: u8, body: &[u8]) -> Result<Out, Malformed> {
+        let mut out = Vec::new();
         match tag {
             b'Q' => {
                 let text = wire::query(body)?;
@@ -471,14 +501,14 @@ impl PgSession {
                         state.expect.push_back(Expect::Plain);
                         match sent {
                             Some(masked) => wire::put(&mut out, b'Q', &wire::encode_query(&masked)),
-                            None => wire::put(&mut out, b'Q', body),
+                            None => return Ok(Out::Same),
                         }
                     }
                 }
             }
             b'P' => {
                 if self.lock().skipping.is_some() {
-                    return Ok(None);
+                    return Ok(Out::Nothing);
                 }
                 let parse = wire::parse(body)?;
                 let (sent, refusal) = self
@@ -486,29 +516,28 @@ impl PgSession {
                     .await;
                 if let Some(error) = refusal {
                     self.lock().skipping = Some(error);
-                    return Ok(None);
+                    return Ok(Out::Nothing);
                 }
                 match sent {
                     Some(masked) => wire::put(&mut out, b'P', &parse.encode(&masked)),
-                    None => wire::put(&mut out, b'P', body),
+                    None => return Ok(Out::Same),
                 }
             }
             b'B' => {
                 let mut state = self.lock();
                 if state.skipping.is_some() {
-                    return Ok(None);
+                    return Ok(Out::Nothing);
                 }
-                let bind = wire::bind(body)?;
-                let masked = match state.statements.get(bind.statement) {
-                    Some(decision) if !decision.masks.is_empty() => {
-                        let decision = decision.clone();
-                        self.mask_params(&bind, &decision, &mut state.mask)
-                    }
-                    _ => None,
+                // Read whole only when its statement has request masks.
+                let mut fields = wire::Cursor::new(body);
+                let _portal = fields.cstr()?;
+                let Some(decision) = state.statements.get(fields.cstr()?).cloned() else {
+                    return Ok(Out::Same);
                 };
-                match masked {
+                let bind = wire::bind(body)?;
+                match self.mask_params(&bind, &decision, &mut state.mask) {
                     Some(params) => wire::put(&mut out, b'B', &bind.encode(&params)),
-                    None => wire::put(&mut out, b'B', body),
+                    None => return Ok(Out::Same),
                 }
             }
             b'S' => {
@@ -518,13 +547,13 @@ impl PgSession {
                     None => Expect::Plain,
                 };
                 state.expect.push_back(expect);
-                wire::put(&mut out, b'S', body);
+                return Ok(Out::Same);
             }
-            b'X' => wire::put(&mut out, b'X', body),
+            b'X' => return Ok(Out::Same),
             _ => {
                 let mut state = self.lock();
                 if state.skipping.is_some() {
-                    return Ok(None);
+                    return Ok(Out::Nothing);
                 }
                 if tag == b'F' {
                     state.expect.push_back(Expect::Plain);
@@ -536,10 +565,10 @@ impl PgSession {
                     let name = name.split(|&b| b == 0).next().unwrap_or_default();
                     state.statements.remove(name);
                 }
-                wire::put(&mut out, tag, body);
+                return Ok(Out::Same);
             }
         }
-        Ok(Some(out))
+        Ok(Out::Bytes(out))
     }
 
     /// Evaluates and records one statement. Returns the text to send if masking changed it,
@@ -582,7 +611,12 @@ impl PgSession {
             if refused.is_some() {
                 state.outcome.blocked = true;
             } else if let Some(name) = name {
-                state.statements.insert(name.to_vec(), decision.clone());
+                // Only what a `Bind` to it must mask is kept.
+                if decision.masks.is_empty() {
+                    state.statements.remove(name);
+                } else {
+                    state.statements.insert(name.to_vec(), decision.clone());
+                }
             }
             (sent, recorded)
         };
@@ -603,11 +637,12 @@ impl PgSession {
                 )
             }
             None => {
-                let mut data = serde_json::json!({"text": recorded, "protocol": protocol});
+                let mut data = JsonObject::new();
+                data.field("text", &recorded).field("protocol", protocol);
                 if let Some(statement) = statement.filter(|s| !s.is_empty()) {
-                    data["statement"] = statement.into();
+                    data.field("statement", &statement);
                 }
-                self.event("sql", data).await;
+                self.record("sql", data).await;
                 (sent, None)
             }
         }
@@ -649,8 +684,9 @@ impl PgSession {
     {
         let agent = |e: io::Error| format!("agent: {e}");
         let masks_rows = !self.rows.masks.is_empty();
+        let mut body = Vec::new();
         loop {
-            let Some(frame) = wire::read_frame(ur, MAX_MESSAGE)
+            let Some(frame) = wire::read_frame(ur, MAX_MESSAGE, &mut body)
                 .await
                 .map_err(|e| format!("PostgreSQL server: {e}"))?
             else {
@@ -672,12 +708,12 @@ impl PgSession {
                     }
                     wire::copy_body(ur, cw, tag, len).await.map_err(agent)?;
                 }
-                Frame::Whole { tag, body } => {
+                Frame::Whole { tag } => {
                     let out = self
                         .server_message(tag, &body)
                         .await
                         .map_err(|e| format!("PostgreSQL server: {e}"))?;
-                    cw.write_all(&out).await.map_err(agent)?;
+                    out.write(cw, tag, &body).await.map_err(agent)?;
                 }
             }
             if ur.buffer().is_empty() {
@@ -687,8 +723,8 @@ impl PgSession {
     }
 
     /// One message of the server: what goes to the agent.
-    async fn server_message(&self, tag: u8, body: &[u8]) -> Result<Vec<u8>, Malformed> {
-        let mut out = Vec::with_capacity(body.len() + 5);
+    async fn server_message(&self, tag: u8, body: &[u8]) -> Result<Out, Malformed> {
+        let mut out = Vec::new();
         match tag {
             b'T' => {
                 let columns = wire::row_description(body)?;
@@ -698,7 +734,7 @@ impl PgSession {
                     complete: true,
                     ..Rows::default()
                 };
-                wire::put(&mut out, tag, body);
+                return Ok(Out::Same);
             }
             b'D' => {
                 let values = wire::data_row(body)?;
@@ -725,11 +761,11 @@ impl PgSession {
                 } else if masked.is_some() {
                     wire::put(&mut out, b'D', &wire::encode_data_row(shown.into_iter()));
                 } else {
-                    wire::put(&mut out, b'D', body);
+                    return Ok(Out::Same);
                 }
             }
             b'C' => {
-                let command = String::from_utf8_lossy(wire::command_tag(body)?).into_owned();
+                let command = String::from_utf8_lossy(wire::command_tag(body)?);
                 let data = {
                     let mut state = self.lock();
                     let rows = std::mem::replace(
@@ -739,21 +775,19 @@ impl PgSession {
                             ..Rows::default()
                         },
                     );
-                    let mut data = serde_json::json!({"command": command, "rows": rows.count});
+                    let mut data = JsonObject::new();
+                    data.field("command", &command).field("rows", &rows.count);
                     if self.record == RecordLevel::Full && rows.count > 0 {
-                        data["columns"] = state
-                            .columns
-                            .iter()
-                            .map(|c| c.name.clone())
-                            .collect::<Vec<_>>()
-                            .into();
-                        data["data"] = rows.data.into();
-                        data["data_complete"] = rows.complete.into();
+                        let columns: Vec<&str> =
+                            state.columns.iter().map(|c| c.name.as_str()).collect();
+                        data.field("columns", &columns)
+                            .field("data", &rows.data)
+                            .field("data_complete", &rows.complete);
                     }
                     data
                 };
-                self.event("sql_result", data).await;
-                wire::put(&mut out, tag, body);
+                self.record("sql_result", data).await;
+                return Ok(Out::Same);
             }
             b'E' | b'N' => {
                 let fields = wire::fields(body)?;
@@ -804,7 +838,7 @@ impl PgSession {
                         };
                         out = error;
                     }
-                    _ => wire::put(&mut out, tag, body),
+                    _ => return Ok(Out::Same),
                 }
             }
             b'Z' => {
@@ -818,11 +852,14 @@ impl PgSession {
                 } else {
                     state.ready = true;
                 }
+                if out.is_empty() {
+                    return Ok(Out::Same);
+                }
                 wire::put(&mut out, tag, body);
             }
-            _ => wire::put(&mut out, tag, body),
+            _ => return Ok(Out::Same),
         }
-        Ok(out)
+        Ok(Out::Bytes(out))
     }
 }
 

@@ -28,11 +28,12 @@ impl From<Malformed> for io::Error {
     }
 }
 
-/// One message as read: its type and body, or only its header when the body is larger than
-/// the reader's limit (the caller copies such a body through with [`copy_body`] or refuses it).
+/// One message as read: its type, with its body in the reader's buffer, or only its header
+/// when the body is larger than the reader's limit (the caller copies such a body through
+/// with [`copy_body`] or refuses it).
 #[derive(Debug)]
 pub enum Frame {
-    Whole { tag: u8, body: Vec<u8> },
+    Whole { tag: u8 },
     Large { tag: u8, len: usize },
 }
 
@@ -53,11 +54,12 @@ pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<
     Ok(Some(body))
 }
 
-/// Reads one message; `None` at a clean end between messages. A body over `limit` bytes is
-/// left unread ([`Frame::Large`]).
+/// Reads one message, its body into `body` (reused from message to message); `None` at a
+/// clean end between messages. A body over `limit` bytes is left unread ([`Frame::Large`]).
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: usize,
+    body: &mut Vec<u8>,
 ) -> io::Result<Option<Frame>> {
     let mut header = [0u8; 5];
     match r.read_exact(&mut header[..1]).await {
@@ -75,9 +77,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if len > limit {
         return Ok(Some(Frame::Large { tag, len }));
     }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).await?;
-    Ok(Some(Frame::Whole { tag, body }))
+    body.clear();
+    body.resize(len, 0);
+    r.read_exact(body).await?;
+    // A buffer that once held a large message does not keep its size.
+    if body.capacity() > 1 << 20 && len < 1 << 16 {
+        body.shrink_to(1 << 16);
+    }
+    Ok(Some(Frame::Whole { tag }))
 }
 
 /// Copies a [`Frame::Large`] message through: its header, then `len` bytes of body.
@@ -95,7 +102,8 @@ where
     }
 }
 
-fn header(tag: u8, len: usize) -> [u8; 5] {
+/// A message's type byte and length field, for a body of `len` bytes.
+pub fn header(tag: u8, len: usize) -> [u8; 5] {
     let n = u32::try_from(len + 4).unwrap_or(u32::MAX).to_be_bytes();
     [tag, n[0], n[1], n[2], n[3]]
 }
