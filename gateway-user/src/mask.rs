@@ -275,6 +275,18 @@ impl MaskContext {
         self.notes.insert(note);
     }
 
+    /// The session's `masking` event: counts per detector and per rule, and the notes;
+    /// `None` when nothing was masked or noted.
+    pub fn summary(&self) -> Option<serde_json::Value> {
+        (!self.counts.is_empty() || !self.notes.is_empty()).then(|| {
+            serde_json::json!({
+                "masked": self.counts,
+                "by_rule": self.by_rule,
+                "notes": self.notes,
+            })
+        })
+    }
+
     /// Whether `tokenize` has put anything in the vault (then responses are restored).
     pub fn has_tokens(&self) -> bool {
         !self.vault.is_empty()

@@ -390,15 +390,8 @@ impl PgSession {
         }
         let (summary, outcome) = {
             let mut state = self.lock();
-            let mask = &state.mask;
-            let summary = (!mask.counts.is_empty() || !mask.notes.is_empty()).then(|| {
-                serde_json::json!({
-                    "masked": mask.counts,
-                    "by_rule": mask.by_rule,
-                    "notes": mask.notes,
-                })
-            });
-            let masked = mask.counts.clone();
+            let summary = state.mask.summary();
+            let masked = state.mask.counts.clone();
             let mut outcome = std::mem::take(&mut state.outcome);
             outcome.masked = masked;
             if outcome.error.is_none() {

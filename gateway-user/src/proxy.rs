@@ -1030,14 +1030,7 @@ impl Conn<'_> {
         http.flush_all().await;
         let (masked, summary) = {
             let mask = crate::lock(&http.mask);
-            let summary = (!mask.counts.is_empty() || !mask.notes.is_empty()).then(|| {
-                serde_json::json!({
-                    "masked": mask.counts,
-                    "by_rule": mask.by_rule,
-                    "notes": mask.notes,
-                })
-            });
-            (mask.counts.clone(), summary)
+            (mask.counts.clone(), mask.summary())
         };
         if let Some(summary) = summary {
             http.event("masking", summary).await;
