@@ -152,6 +152,19 @@ with psycopg.connect(host="127.0.0.1", port=port, user="gateway", dbname="audit"
     except psycopg.Error as e:
         print("refused", e.sqlstate, str(e).splitlines()[0])
     print("count", conn.execute("SELECT count(*) FROM customers WHERE id > %s", (0,)).fetchone()[0])
+    # Pipeline mode: the refusal must come back after a Flush, before any Sync (the alarm
+    # turns a wait for it into a failure instead of a hang).
+    import signal
+    signal.alarm(10)
+    try:
+        with conn.pipeline():
+            conn.execute("DROP TABLE customers")
+            conn.execute("SELECT 2").fetchone()
+        print("pipeline not refused")
+    except psycopg.Error as e:
+        print("pipeline refused", e.sqlstate)
+    signal.alarm(0)
+    print("after", conn.execute("SELECT 40 + %s", (2,)).fetchone()[0])
     conn.execute("INSERT INTO notes VALUES (%s)", (sys.argv[2],))
 "#,
         &[&pg.port.to_string(), &format!("write to {AGENT_EMAIL}")],
@@ -175,6 +188,8 @@ with psycopg.connect(host="127.0.0.1", port=port, user="gateway", dbname="audit"
         "refused 42501 react-gateway: blocked by policy (rule no-destructive-sql)"
     );
     assert_eq!(line("count"), "count 2");
+    assert_eq!(line("pipeline"), "pipeline refused 42501");
+    assert_eq!(line("after"), "after 42");
     assert_eq!(
         pg.psql("SELECT body FROM notes ORDER BY body"),
         "reach [REDACTED:EMAIL]\nwrite to [REDACTED:EMAIL]\n"

@@ -15,12 +15,12 @@
 //!   the agent got them, up to `record_body_limit` bytes), server errors (`sql_error`) and
 //!   refusals (`blocked`).
 //!
-//! The ordering rule that keeps the connection usable: every `Query`, `Sync` and
-//! `FunctionCall` the server gets yields one `ReadyForQuery`; the handler queues what each of
-//! them expects. A refused `Query` is sent as an empty query, and the server's
-//! `EmptyQueryResponse` is replaced by the refusal; a refused `Parse` makes the handler drop
-//! the client's messages up to its `Sync` (as the server does after an error), and the
-//! refusal goes out before that `Sync`'s `ReadyForQuery`.
+//! Refusals keep the connection usable and in order: a refused `Query` is sent to the server
+//! as an empty query, and its `EmptyQueryResponse` is replaced by the refusal; a refused
+//! `Parse` is sent as a statement the server fails to parse (an unterminated identifier
+//! holding a per-session marker), so the server answers where the agent expects an answer
+//! (also in pipeline mode, after a `Flush` without `Sync`), skips the rest up to `Sync` as
+//! after any error, and its error is replaced by the refusal on the way back.
 //!
 //! TLS ([`UpstreamTls`]): the upstream leg asks the server for TLS (`SSLRequest`, then rustls
 //! under the target's TLS policy, the server's certificate verified), required or preferred
@@ -58,6 +58,8 @@ pub const MAX_MESSAGE: usize = 16 << 20;
 const DRAIN: Duration = Duration::from_secs(5);
 /// SQLSTATE of a refusal (`insufficient_privilege`).
 const REFUSED: &str = "42501";
+/// Refused `Parse`s remembered until the server's error for them comes back.
+const MAX_REFUSALS: usize = 64;
 /// SQLSTATE of a connection the gateway could not make.
 const CONNECTION_FAILURE: &str = "08006";
 /// SQLSTATE of a protocol violation.
@@ -183,16 +185,12 @@ enum Expect {
     Plain,
     /// A refused `Query`, sent as an empty one: its `EmptyQueryResponse` becomes this error.
     Refused(Vec<u8>),
-    /// A refused `Parse`: this error goes out before the `ReadyForQuery`.
-    Inject(Vec<u8>),
 }
 
 /// What a message becomes on its way.
 enum Out {
     /// Relayed as it came.
     Same,
-    /// Dropped (the agent's messages after a refused `Parse`).
-    Nothing,
     /// These bytes instead (whole messages).
     Bytes(Vec<u8>),
 }
@@ -204,7 +202,6 @@ impl Out {
                 w.write_all(&wire::header(tag, body.len())).await?;
                 w.write_all(body).await
             }
-            Self::Nothing => Ok(()),
             Self::Bytes(bytes) => w.write_all(&bytes).await,
         }
     }
@@ -223,8 +220,11 @@ struct State {
     expect: VecDeque<Expect>,
     /// The server's first `ReadyForQuery` (after authentication) answers the startup.
     ready: bool,
-    /// A refused `Parse`: the client's messages are dropped up to its `Sync`.
-    skipping: Option<Vec<u8>>,
+    /// Refused `Parse`s sent as statements the server fails to parse: the marker in the
+    /// server's error, and the refusal that replaces that error (in order; at most
+    /// [`MAX_REFUSALS`] pending).
+    refusals: VecDeque<(String, Vec<u8>)>,
+    refused: u64,
     /// Prepared statements' request decisions (statement name → decision), for `Bind`.
     statements: HashMap<Vec<u8>, Decision>,
     columns: Vec<wire::Column>,
@@ -278,7 +278,8 @@ impl PgSession {
         let state = State {
             expect: VecDeque::new(),
             ready: false,
-            skipping: None,
+            refusals: VecDeque::new(),
+            refused: 0,
             statements: HashMap::new(),
             columns: Vec::new(),
             result: Rows {
@@ -436,18 +437,9 @@ impl PgSession {
                             "a statement of {len} bytes is over the gateway's limit of {MAX_MESSAGE} bytes; refused"
                         )));
                     }
-                    if self.lock().skipping.is_some() {
-                        tokio::io::copy(
-                            &mut tokio::io::AsyncReadExt::take(&mut *cr, len as u64),
-                            &mut tokio::io::sink(),
-                        )
+                    wire::copy_body(cr, uw, tag, len)
                         .await
-                        .map_err(agent)?;
-                    } else {
-                        wire::copy_body(cr, uw, tag, len)
-                            .await
-                            .map_err(|e| format!("relaying to the server: {e}"))?;
-                    }
+                        .map_err(|e| format!("relaying to the server: {e}"))?;
                 }
                 Frame::Whole { tag } => {
                     let out = self
@@ -466,6 +458,29 @@ impl PgSession {
                 uw.flush().await.map_err(server)?;
             }
         }
+    }
+
+    /// A per-session part of refusal markers, so no statement of the agent's can look like
+    /// one.
+    fn nonce(&self) -> &str {
+        let id = self.session_id.as_str();
+        &id[id.len().saturating_sub(10)..]
+    }
+
+    /// The refusal that replaces this server error, if it is the error of a refused `Parse`
+    /// (refusals before it were skipped by the server after an earlier error, and go).
+    fn refusal(&self, fields: &[(u8, &[u8])]) -> Option<Vec<u8>> {
+        let mut state = self.lock();
+        if state.refusals.is_empty() {
+            return None;
+        }
+        let message = fields.iter().find(|(code, _)| *code == b'M')?.1;
+        let at = state
+            .refusals
+            .iter()
+            .position(|(marker, _)| memchr::memmem::find(message, marker.as_bytes()).is_some())?;
+        state.refusals.drain(..at);
+        state.refusals.pop_front().map(|(_, refusal)| refusal)
     }
 
     /// Notes a `FATAL` error for the agent and returns the session's error.
@@ -500,16 +515,30 @@ impl PgSession {
                 }
             }
             b'P' => {
-                if self.lock().skipping.is_some() {
-                    return Ok(Out::Nothing);
-                }
                 let parse = wire::parse(body)?;
                 let (sent, refusal) = self
                     .statement(parse.query, "extended", Some(parse.name))
                     .await;
                 if let Some(error) = refusal {
-                    self.lock().skipping = Some(error);
-                    return Ok(Out::Nothing);
+                    // The server gets a statement it fails to parse, named as the refused one:
+                    // its own error comes where the agent waits for it (also after a `Flush`),
+                    // it skips the rest up to `Sync` as after any error, and that error is
+                    // replaced by the refusal on the way back.
+                    let mut state = self.lock();
+                    state.refused += 1;
+                    let marker = format!("rg_refused_{}_{}", state.refused, self.nonce());
+                    if state.refusals.len() == MAX_REFUSALS {
+                        state.refusals.pop_front();
+                    }
+                    state.refusals.push_back((marker.clone(), error));
+                    let poison = wire::Parse {
+                        name: parse.name,
+                        query: b"",
+                        types: &0i16.to_be_bytes(),
+                    }
+                    .encode(format!("\"{marker}").as_bytes());
+                    wire::put(&mut out, b'P', &poison);
+                    return Ok(Out::Bytes(out));
                 }
                 match sent {
                     Some(masked) => wire::put(&mut out, b'P', &parse.encode(&masked)),
@@ -518,9 +547,6 @@ impl PgSession {
             }
             b'B' => {
                 let mut state = self.lock();
-                if state.skipping.is_some() {
-                    return Ok(Out::Nothing);
-                }
                 // Read whole only when its statement has request masks.
                 let mut fields = wire::Cursor::new(body);
                 let _portal = fields.cstr()?;
@@ -534,20 +560,12 @@ impl PgSession {
                 }
             }
             b'S' => {
-                let mut state = self.lock();
-                let expect = match state.skipping.take() {
-                    Some(error) => Expect::Inject(error),
-                    None => Expect::Plain,
-                };
-                state.expect.push_back(expect);
+                self.lock().expect.push_back(Expect::Plain);
                 return Ok(Out::Same);
             }
             b'X' => return Ok(Out::Same),
             _ => {
                 let mut state = self.lock();
-                if state.skipping.is_some() {
-                    return Ok(Out::Nothing);
-                }
                 if tag == b'F' {
                     state.expect.push_back(Expect::Plain);
                 }
@@ -784,6 +802,11 @@ impl PgSession {
             }
             b'E' | b'N' => {
                 let fields = wire::fields(body)?;
+                if tag == b'E'
+                    && let Some(refusal) = self.refusal(&fields)
+                {
+                    return Ok(Out::Bytes(refusal));
+                }
                 let masked: Vec<(u8, Vec<u8>)> = {
                     let mut state = self.lock();
                     fields
@@ -837,9 +860,7 @@ impl PgSession {
             b'Z' => {
                 let mut state = self.lock();
                 if state.ready {
-                    if let Some(Expect::Inject(error) | Expect::Refused(error)) =
-                        state.expect.pop_front()
-                    {
+                    if let Some(Expect::Refused(error)) = state.expect.pop_front() {
                         out.extend_from_slice(&error);
                     }
                 } else {
