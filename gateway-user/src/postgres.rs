@@ -841,8 +841,10 @@ impl PgSession {
                 );
             }
             b'd' => {
-                let masked = self.mask_text(body, &mut self.lock().mask);
-                wire::put(&mut out, tag, masked.as_deref().unwrap_or(body));
+                let Some(masked) = self.mask_text(body, &mut self.lock().mask) else {
+                    return Ok(Out::Same);
+                };
+                wire::put(&mut out, tag, &masked);
             }
             b'I' => {
                 let mut state = self.lock();
@@ -877,6 +879,26 @@ impl PgSession {
     }
 }
 
+/// A value's text, if its column carries text: text format, or a text-like type in binary
+/// format (`jsonb`'s after its version byte).
+fn text_of<'a>(column: &wire::Column, value: &'a [u8]) -> Option<&'a [u8]> {
+    match (column.format, column.type_oid) {
+        (0, _) => Some(value),
+        (_, oid) if wire::text_like(oid) => Some(value),
+        (_, wire::JSONB) => value.strip_prefix(&[1]),
+        _ => None,
+    }
+}
+
+/// The inverse of [`text_of`] for a changed text.
+fn encode_text(column: &wire::Column, text: Vec<u8>) -> Vec<u8> {
+    if column.format != 0 && column.type_oid == wire::JSONB {
+        [&[1u8][..], &text].concat()
+    } else {
+        text
+    }
+}
+
 /// Puts this session's `tokenize` originals back into a row's text values (text format, or
 /// text-like types in binary); `None` when nothing changed (or nothing was tokenized).
 fn restore_row(
@@ -892,12 +914,12 @@ fn restore_row(
         let (Some(value), Some(column)) = (value, columns.get(i)) else {
             continue;
         };
-        if column.format != 0 && !wire::text_like(column.type_oid) {
+        let Some(text) = text_of(column, value) else {
             continue;
-        }
-        if let std::borrow::Cow::Owned(restored) = crate::mask::restore_bytes(value, ctx) {
+        };
+        if let std::borrow::Cow::Owned(restored) = crate::mask::restore_bytes(text, ctx) {
             out.get_or_insert_with(|| values.iter().map(|v| v.map(<[u8]>::to_vec)).collect())[i] =
-                Some(restored);
+                Some(encode_text(column, restored));
         }
     }
     out
@@ -928,13 +950,7 @@ impl PgSession {
             let (Some(value), Some(column)) = (value, columns.get(i)) else {
                 continue;
             };
-            let text = match (column.format, column.type_oid) {
-                (0, _) => Some(*value),
-                (_, oid) if wire::text_like(oid) => Some(*value),
-                (_, wire::JSONB) => value.strip_prefix(&[1]),
-                _ => None,
-            };
-            if let Some(text) = text.and_then(|t| std::str::from_utf8(t).ok()) {
+            if let Some(text) = text_of(column, value).and_then(|t| std::str::from_utf8(t).ok()) {
                 names.push(column.name.clone());
                 texts.push(text.to_string());
                 at.push(i);
@@ -948,12 +964,7 @@ impl PgSession {
             }
             let row =
                 out.get_or_insert_with(|| values.iter().map(|v| v.map(<[u8]>::to_vec)).collect());
-            let binary_jsonb = columns[i].format != 0 && columns[i].type_oid == wire::JSONB;
-            row[i] = Some(if binary_jsonb {
-                [&[1u8][..], after.as_bytes()].concat()
-            } else {
-                after.into_bytes()
-            });
+            row[i] = Some(encode_text(&columns[i], after.into_bytes()));
         }
         out
     }
@@ -976,11 +987,12 @@ impl PgSession {
             .map(|(i, v)| match v {
                 None => serde_json::Value::Null,
                 Some(v) => {
-                    let text = columns
-                        .get(i)
-                        .is_none_or(|c| c.format == 0 || wire::text_like(c.type_oid));
-                    match std::str::from_utf8(v) {
-                        Ok(s) if text => s.into(),
+                    let text = match columns.get(i) {
+                        Some(column) => text_of(column, v),
+                        None => Some(*v),
+                    };
+                    match text.map(std::str::from_utf8) {
+                        Some(Ok(s)) => s.into(),
                         _ => format!("<{} bytes>", v.len()).into(),
                     }
                 }
