@@ -20,7 +20,9 @@ const CARD: &str = "4111 1111 1111 1111";
 /// Sent by the agent in an INSERT: masked before the server stores it.
 const AGENT_EMAIL: &str = "bob.agent@northwind-traders.com";
 
-fn policy(port: u16) -> String {
+/// A policy for the test's server as target `crm-db` (with `tls`, a `[target.tls]` table or
+/// nothing), recorded in full, and `rules`.
+fn db_policy(port: u16, tls: &str, rules: &str) -> String {
     format!(
         r#"
 version = 1
@@ -33,14 +35,23 @@ name = "crm-db"
 addresses = ["127.0.0.1/32"]
 ports = [{port}]
 protocol = "postgres"
+{tls}
+{rules}"#
+    )
+}
 
+const BLOCK_DESTRUCTIVE: &str = r#"
 [[rule]]
 name = "no-destructive-sql"
 target = "crm-db"
 action = "block"
 [rule.match]
 sql_statement = ["drop", "truncate", "delete_without_where"]
+"#;
 
+fn policy(port: u16) -> String {
+    let rules = format!(
+        r#"{BLOCK_DESTRUCTIVE}
 [[rule]]
 name = "mask-customer-pii"
 target = "crm-db"
@@ -56,7 +67,8 @@ direction = "request"
 action = "mask"
 detectors = ["email"]
 "#
-    )
+    );
+    db_policy(port, "", &rules)
 }
 
 fn psql(gateway: &Gateway, pg: &Postgres, commands: &[&str]) -> Output {
@@ -401,25 +413,7 @@ fn server_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn tls_policy(port: u16, tls: &str) -> String {
-    format!(
-        r#"
-version = 1
-
-[[target]]
-name = "crm-db"
-addresses = ["127.0.0.1/32"]
-ports = [{port}]
-protocol = "postgres"
-{tls}
-
-[[rule]]
-name = "no-destructive-sql"
-target = "crm-db"
-action = "block"
-[rule.match]
-sql_statement = ["drop"]
-"#
-    )
+    db_policy(port, tls, BLOCK_DESTRUCTIVE)
 }
 
 /// What the server says about the connection it got: `t` when it is TLS.
@@ -557,19 +551,7 @@ fn tokenized_values_come_back_to_their_own_session_only() {
     }
     let pg = Postgres::start("pgtok");
     pg.psql("CREATE TABLE notes (body text)");
-    let policy = format!(
-        r#"
-version = 1
-
-[defaults]
-record = "full"
-
-[[target]]
-name = "crm-db"
-addresses = ["127.0.0.1/32"]
-ports = [{port}]
-protocol = "postgres"
-
+    let tokenize = r#"
 [[rule]]
 name = "tokenize-outgoing-email"
 target = "crm-db"
@@ -577,9 +559,8 @@ direction = "request"
 action = "mask"
 detectors = ["email"]
 strategy = "tokenize"
-"#,
-        port = pg.port
-    );
+"#;
+    let policy = db_policy(pg.port, "", tokenize);
     let gateway = Gateway::start_with_policy("pgtok", &[("db.toml", &policy)], &[]);
     // The server stores a placeholder; the session that wrote it reads the original back.
     let out = psql(
