@@ -142,8 +142,82 @@ fn fuzz(seconds: u64) -> Result<()> {
     Ok(())
 }
 
-fn test(filter: &[String]) -> Result<()> {
+/// What `cargo test` printed, counted.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    /// Each failing binary's `failures:` report, printed again above the total: a log's tail
+    /// (all CI keeps) then names what failed and why.
+    failures: Vec<String>,
+    /// (test binary as cargo names it, test name) of each failure.
+    failed_tests: Vec<(String, String)>,
+}
+
+/// Echoes `cargo test`'s output while counting it.
+fn tally(stdout: impl std::io::Read) -> Result<Tally> {
     use std::io::BufRead as _;
+    let mut tally = Tally::default();
+    let (mut in_failures, mut binary) = (false, String::new());
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(running) = line.trim_start().strip_prefix("Running ") {
+            running.clone_into(&mut binary);
+        }
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.strip_suffix(" ... FAILED"))
+        {
+            tally.failed_tests.push((binary.clone(), name.to_owned()));
+        }
+        in_failures |= line == "failures:";
+        if in_failures {
+            tally.failures.push(line.clone());
+        }
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            in_failures = false;
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(word)
+                    })
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            tally.passed += count(" passed");
+            tally.failed += count(" failed");
+        }
+    }
+    Ok(tally)
+}
+
+/// Runs the failed test `name` of the integration test binary `running` (as cargo printed
+/// it: `tls.rs (target/release/deps/tls-…)`) once more, alone; whether it passed. Unit tests
+/// are not run again: they do not depend on timing.
+fn retry(running: &str, name: &str, bin: &std::path::Path) -> Result<bool> {
+    let Some(path) = running
+        .strip_suffix(')')
+        .and_then(|r| r.split_once(" ("))
+        .map(|(_, path)| path)
+        .filter(|_| !running.starts_with("unittests"))
+    else {
+        return Ok(false);
+    };
+    let root = util::workspace_root();
+    println!("xtask test: running {name} of {path} again, alone");
+    let status = std::process::Command::new(root.join(path))
+        .args([name, "--exact", "--test-threads=1"])
+        .current_dir(root.join("tests"))
+        .env("REACT_GATEWAY_BIN", bin)
+        .status()?;
+    Ok(status.success())
+}
+
+fn test(filter: &[String]) -> Result<()> {
     util::build_release()?;
     let bin = util::workspace_root().join("target/release/react-gateway");
     let mut cmd =
@@ -157,6 +231,8 @@ fn test(filter: &[String]) -> Result<()> {
         "--lib",
         "--bins",
         "--tests",
+        // Every test binary runs even after one fails: the total counts the whole suite.
+        "--no-fail-fast",
     ])
     .current_dir(util::workspace_root())
     .env("REACT_GATEWAY_BIN", &bin)
@@ -165,29 +241,29 @@ fn test(filter: &[String]) -> Result<()> {
         cmd.arg("--").args(filter);
     }
     let mut child = cmd.spawn()?;
-    let (mut passed, mut failed) = (0u64, 0u64);
-    if let Some(stdout) = child.stdout.take() {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line?;
-            println!("{line}");
-            if let Some(rest) = line.strip_prefix("test result: ") {
-                let count = |word: &str| {
-                    rest.split(';')
-                        .find_map(|part| {
-                            part.trim()
-                                .trim_start_matches("ok. ")
-                                .trim_start_matches("FAILED. ")
-                                .strip_suffix(word)
-                        })
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
-                passed += count(" passed");
-                failed += count(" failed");
-            }
+    let Tally {
+        mut passed,
+        mut failed,
+        failures,
+        failed_tests,
+    } = match child.stdout.take() {
+        Some(stdout) => tally(stdout)?,
+        None => Tally::default(),
+    };
+    let status = child.wait()?;
+    // An integration test that failed runs once more, alone; one that then passes counts as
+    // passed and is named as flaky on the last line, so it is seen, not hidden.
+    let mut flaky = Vec::new();
+    let mut retried_all = !failed_tests.is_empty() && failed_tests.len() as u64 == failed;
+    for (binary, name) in &failed_tests {
+        if retry(binary, name, &bin)? {
+            flaky.push(name.clone());
+            passed += 1;
+            failed = failed.saturating_sub(1);
+        } else {
+            retried_all = false;
         }
     }
-    let status = child.wait()?;
     // The fuzz targets run for a bounded time as part of the suite (whole-suite runs only).
     if filter.is_empty() {
         match fuzz(FUZZ_SECONDS) {
@@ -198,8 +274,23 @@ fn test(filter: &[String]) -> Result<()> {
             }
         }
     }
-    println!("xtask test: {passed} passed, {failed} failed");
-    if !status.success() || failed > 0 {
+    if !failures.is_empty() {
+        println!("xtask test: what failed, again");
+        for line in &failures {
+            println!("{line}");
+        }
+    }
+    let flaky_note = if flaky.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} passed only when run again, FLAKY: {})",
+            flaky.len(),
+            flaky.join(", ")
+        )
+    };
+    println!("xtask test: {passed} passed, {failed} failed{flaky_note}");
+    if !(status.success() || retried_all) || failed > 0 {
         bail!("tests failed");
     }
     if passed == 0 {
