@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::{
+    approval::{Peer, Verdict},
     cgroup::{self, CgroupNames},
     cli::RunArgs,
     control::{self, Request},
@@ -178,9 +179,35 @@ struct Daemon {
 }
 
 impl control::Handler for Daemon {
-    async fn handle(&self, request: Request) -> Result<serde_json::Value, String> {
+    async fn handle(&self, request: Request, peer: Peer) -> Result<serde_json::Value, String> {
+        let approvals = &self.proxy.approvals;
         match request {
             Request::Status => Ok(self.status()),
+            Request::Approvals => {
+                serde_json::to_value(approvals.list(peer)).map_err(|e| e.to_string())
+            }
+            Request::Approve {
+                id,
+                grant_secs,
+                sudo_uid,
+            } => approvals.decide(
+                &id,
+                Verdict::Approve {
+                    grant: grant_secs.map(Duration::from_secs),
+                },
+                on_behalf(peer, sudo_uid),
+                self.governed(peer),
+            ),
+            Request::Deny {
+                id,
+                reason,
+                sudo_uid,
+            } => approvals.decide(
+                &id,
+                Verdict::Deny { reason },
+                on_behalf(peer, sudo_uid),
+                self.governed(peer),
+            ),
             Request::Attach { path } => {
                 let (_, rel) =
                     cgroup::resolve(&self.host.cgroup2, &path).map_err(|e| e.to_string())?;
@@ -212,7 +239,44 @@ impl control::Handler for Daemon {
     }
 }
 
+/// Whom a decision is taken for: the caller, or for root run through `sudo`, the person
+/// who ran it (`SUDO_UID`, with their primary group): root could forge anything anyway.
+fn on_behalf(peer: Peer, sudo_uid: Option<u32>) -> Peer {
+    match sudo_uid {
+        Some(uid) if peer.uid == 0 => Peer {
+            uid,
+            gid: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map_or(uid, |u| u.gid.as_raw()),
+            pid: peer.pid,
+        },
+        _ => peer,
+    }
+}
+
 impl Daemon {
+    /// Whether `peer` runs in a governed cgroup (where agents run).
+    fn governed(&self, peer: Peer) -> bool {
+        let Some(pid) = peer.pid else {
+            return true; // unknown: assume the worst
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return true;
+        };
+        let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+            return false; // no cgroup2 membership: nothing of ours governs it
+        };
+        let path = path.trim_start_matches('/');
+        let attached = match self.redirector.lock() {
+            Ok(r) => r.attached(),
+            Err(_) => return true,
+        };
+        std::iter::once(self.settings.cgroup.clone())
+            .chain(attached)
+            .any(|root| path == root || path.starts_with(&format!("{root}/")))
+    }
+
     fn status(&self) -> serde_json::Value {
         let (attached, kernel) = match self.redirector.lock() {
             Ok(r) => (r.attached(), Some(r.stats())),
@@ -220,6 +284,7 @@ impl Daemon {
         };
         let p = &self.proxy.stats;
         let r = self.proxy.recorder.stats();
+        let (held, grants) = self.proxy.approvals.counts();
         serde_json::json!({
             "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
@@ -233,6 +298,7 @@ impl Daemon {
             "max_open_sessions": self.capacity,
             "excluded": self.settings.exclude.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "policy": self.policy.status(),
+            "approvals": {"held": held, "grants": grants},
             "proxy": {
                 "accepted": p.accepted.load(Ordering::Relaxed),
                 "active": p.active.load(Ordering::Relaxed),
@@ -345,6 +411,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             crate::http::POOL_TIMEOUT,
         )),
         stats: proxy::ProxyStats::default(),
+        approvals: crate::approval::Approvals::default(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (cut_tx, cut_rx) = watch::channel(false);

@@ -45,6 +45,9 @@ pub enum Command {
     /// Browse recorded sessions.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Decide on operations that `approve` rules hold for a person.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Check, test and explain policies before they go live.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -73,6 +76,28 @@ pub enum AuditCommand {
     },
     /// Print this node's id and Ed25519 public key (hex), to verify its ledger elsewhere.
     PublicKey,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// The held operations you may decide on (oldest first).
+    List,
+    /// Let a held operation go on; its caller may then do the same without asking for the
+    /// rule's `grant` (or `--for`).
+    Approve {
+        /// The held operation's id (a unique prefix is enough).
+        id: String,
+        /// How long the caller passes this rule without asking again (e.g. 30m).
+        #[arg(long = "for", value_name = "DURATION")]
+        grant: Option<humantime::Duration>,
+    },
+    /// Refuse a held operation; the agent gets the reason.
+    Deny {
+        /// The held operation's id (a unique prefix is enough).
+        id: String,
+        #[arg(long, value_name = "R")]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,6 @@
 //! The control socket (`STATE_DIR/control.sock`, mode 0600, root only): one JSON request per
-//! line, one JSON response per line. Serves `status`, `attach`, `detach`.
+//! line, one JSON response per line. Serves `status`, `attach`, `detach` and the
+//! `approvals` commands.
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -13,6 +14,8 @@ use tokio::{
     net::{UnixListener, UnixStream},
     sync::watch,
 };
+
+pub use crate::approval::Peer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -34,8 +37,30 @@ pub enum ControlError {
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    Attach { path: String },
-    Detach { path: String },
+    Attach {
+        path: String,
+    },
+    Detach {
+        path: String,
+    },
+    /// The held operations the caller may decide on.
+    Approvals,
+    /// `grant_secs`: `--for` (else the rule's `grant`); `sudo_uid`: the person behind a root
+    /// caller (`SUDO_UID`), whom the approvers are checked against.
+    Approve {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sudo_uid: Option<u32>,
+    },
+    Deny {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sudo_uid: Option<u32>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,11 +72,12 @@ struct Response {
     error: Option<String>,
 }
 
-/// Handles one request; implemented by the daemon.
+/// Handles one request of `peer`; implemented by the daemon.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
         request: Request,
+        peer: Peer,
     ) -> impl std::future::Future<Output = Result<serde_json::Value, String>> + Send;
 }
 
@@ -74,11 +100,15 @@ pub async fn serve<H: Handler>(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                // Root only, whatever the file mode says.
-                let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
+                let Ok(cred) = stream.peer_cred() else { continue };
+                let peer = Peer {
+                    uid: cred.uid(),
+                    gid: cred.gid(),
+                    pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
+                };
                 let handler = std::sync::Arc::clone(&handler);
                 tokio::spawn(async move {
-                    if let Err(error) = connection(stream, handler, root).await {
+                    if let Err(error) = connection(stream, handler, peer).await {
                         tracing::debug!(%error, "control connection ended");
                     }
                 });
@@ -91,14 +121,15 @@ pub async fn serve<H: Handler>(
 async fn connection<H: Handler>(
     stream: UnixStream,
     handler: std::sync::Arc<H>,
-    root: bool,
+    peer: Peer,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(1 << 20)).lines();
     while let Some(line) = lines.next_line().await? {
-        let response = if root {
+        // Root only, whatever the file mode says.
+        let response = if peer.uid == 0 {
             match serde_json::from_str::<Request>(&line) {
-                Ok(request) => match handler.handle(request).await {
+                Ok(request) => match handler.handle(request, peer).await {
                     Ok(data) => Response {
                         ok: true,
                         data: Some(data),

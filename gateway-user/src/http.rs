@@ -756,6 +756,8 @@ pub type Binder = Box<dyn Fn(Option<&str>) -> Result<Binding, Refused> + Send + 
 pub struct Outcome {
     pub rules: BTreeSet<String>,
     pub blocked: bool,
+    /// A held request was denied (by a person, or by its rule's timeout).
+    pub approval_denied: bool,
     pub denied: bool,
     pub errors: Vec<String>,
     pub host: Option<String>,
@@ -769,6 +771,8 @@ pub struct HttpSession {
     pub policy: Arc<Policy>,
     pub ids: IdSet,
     pub session_id: String,
+    /// Who called, as the kernel attested it (shown with a request held for approval).
+    caller: crate::session::Identity,
     binding: tokio::sync::OnceCell<Binding>,
     binder: Option<Binder>,
     pub outcome: Mutex<Outcome>,
@@ -793,7 +797,7 @@ impl HttpSession {
         ctx: Arc<ProxyContext>,
         policy: Arc<Policy>,
         ids: IdSet,
-        session_id: String,
+        session: &crate::session::Session,
         binding: Option<Binding>,
         binder: Option<Binder>,
     ) -> Self {
@@ -804,7 +808,8 @@ impl HttpSession {
         Self {
             policy,
             ids,
-            session_id,
+            session_id: session.id.clone(),
+            caller: session.identity.clone(),
             binding: cell,
             binder,
             mask: Arc::new(Mutex::new(MaskContext::new(Arc::clone(&ctx.mask_key)))),
@@ -821,6 +826,49 @@ impl HttpSession {
 
     pub fn binding(&self) -> Option<&Binding> {
         self.binding.get()
+    }
+
+    /// Holds the request that `approve` rule `rule` matched until a person decides (or the
+    /// rule's timeout denies it) and records the decision. `Err`: the reason it was denied.
+    async fn approval(
+        &self,
+        rule: usize,
+        target: Option<&str>,
+        method: &str,
+        path: &str,
+    ) -> Result<(), String> {
+        let rule = &self.policy.rules[rule];
+        let started = std::time::Instant::now();
+        let (id, decision) = match &rule.approval {
+            Some(approval) => {
+                self.ctx
+                    .approvals
+                    .hold(crate::approval::Hold {
+                        session: &self.session_id,
+                        rule: &rule.name,
+                        approval,
+                        target,
+                        identity: &self.caller,
+                        operation: format!("{method} {path}"),
+                    })
+                    .await
+            }
+            None => (
+                None,
+                crate::approval::Decision::denied("the rule has no approval settings"),
+            ),
+        };
+        let mut event = decision.event(id.as_deref(), &rule.name, started.elapsed());
+        event["method"] = method.into();
+        event["path"] = path.into();
+        self.event("approval", event).await;
+        match decision {
+            crate::approval::Decision::Denied { reason, .. } => {
+                self.lock().approval_denied = true;
+                Err(reason)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Outcome> {
@@ -1108,18 +1156,17 @@ impl HttpSession {
                 );
             }
             Verdict::Approve(rule) => {
-                // Held operations need the approval service; until it runs, fail closed.
-                let rule = &self.policy.rules[rule].name;
-                self.lock().blocked = true;
-                self.event(
-                    "blocked",
-                    serde_json::json!({"rule": rule, "method": method, "path": recorded_path, "reason": "approval required"}),
-                )
-                .await;
-                return json_response(
-                    StatusCode::FORBIDDEN,
-                    &serde_json::json!({"error": "approval required", "rule": rule, "session": self.session_id}),
-                );
+                let target = target.map(|t| self.policy.targets[t].name.as_str());
+                if let Err(reason) = self
+                    .approval(rule, target, method.as_str(), &recorded_path)
+                    .await
+                {
+                    let rule = &self.policy.rules[rule].name;
+                    return json_response(
+                        StatusCode::FORBIDDEN,
+                        &serde_json::json!({"error": "approval denied", "rule": rule, "reason": reason, "session": self.session_id}),
+                    );
+                }
             }
             Verdict::Allow => {}
         }

@@ -19,12 +19,14 @@
 //! * [`postgres`] — the `PostgreSQL` data path: statements evaluated, rows masked, recorded.
 //! * [`session`] — the session model (`sessions list --json` contract).
 //! * [`store`] / [`record`] — the sqlx store and the batched recorder in front of it.
-//! * [`control`] — the control socket (`status`, `attach`, `detach`).
+//! * [`control`] — the control socket (`status`, `attach`, `detach`, `approvals`).
+//! * [`approval`] — operations held for a person's approval, and the grants they leave.
 //! * [`exec`] — running a command inside a governed cgroup.
 //! * [`app`] — the daemon: wiring, startup order, graceful shutdown.
 //! * [`cli`] — the command line contract.
 
 pub mod app;
+pub mod approval;
 pub mod audit;
 pub mod cgroup;
 pub mod cli;

@@ -7,7 +7,10 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use gateway_user::{
     app::{self, AppError, Settings},
-    cli::{AuditCommand, CaCommand, Cli, Command, ListArgs, PolicyCommand, SessionsCommand},
+    cli::{
+        ApprovalsCommand, AuditCommand, CaCommand, Cli, Command, ListArgs, PolicyCommand,
+        SessionsCommand,
+    },
     control::{self, Request},
     exec,
     policy::{self, Policy, Severity, cases, explain},
@@ -157,6 +160,7 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Approvals(command) => approvals(&state, command, cli.json).await,
         Command::Sessions(SessionsCommand::List(args)) => {
             let store = Store::open_existing(&store_url).await?;
             let filter = list_filter(args, cli.json)?;
@@ -228,6 +232,94 @@ async fn dispatch(cli: Cli, state: StateDir) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `approvals list|approve|deny`: a decision that the daemon refuses (no such id, not an
+/// approver) exits 1 with its reason.
+async fn approvals(
+    state: &StateDir,
+    command: ApprovalsCommand,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    // The person behind `sudo`, whom the daemon checks against the rule's approvers.
+    let sudo_uid = std::env::var("SUDO_UID").ok().and_then(|v| v.parse().ok());
+    let request = match command {
+        ApprovalsCommand::List => Request::Approvals,
+        ApprovalsCommand::Approve { id, grant } => Request::Approve {
+            id,
+            grant_secs: grant.map(|d| std::time::Duration::from(d).as_secs().max(1)),
+            sudo_uid,
+        },
+        ApprovalsCommand::Deny { id, reason } => Request::Deny {
+            id,
+            reason,
+            sudo_uid,
+        },
+    };
+    let data = match control::call(&state.control_socket(), &request).await {
+        Ok(data) => data,
+        Err(control::ControlError::Daemon(reason)) => {
+            eprintln!("react-gateway: {reason}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if json {
+        emit(&serde_json::to_string_pretty(&data)?)?;
+    } else if matches!(request, Request::Approvals) {
+        emit(&held_table(&data))?;
+    } else if let Some(id) = data["approved"].as_str() {
+        let grant = data["grant_until"]
+            .as_str()
+            .map(|t| {
+                format!(
+                    "; rule {} granted to the caller until {t}",
+                    data["rule"].as_str().unwrap_or("?")
+                )
+            })
+            .unwrap_or_default();
+        emit(&format!("approved {id}{grant}"))?;
+    } else {
+        emit(&format!(
+            "denied {} ({})",
+            data["denied"].as_str().unwrap_or("?"),
+            data["reason"].as_str().unwrap_or("")
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `approvals list` as a table: what waits, for whom, until when.
+fn held_table(data: &serde_json::Value) -> String {
+    let held = data.as_array().map(Vec::as_slice).unwrap_or_default();
+    if held.is_empty() {
+        return "nothing is held for approval".into();
+    }
+    let mut out = String::new();
+    for h in held {
+        let s = |key: &str| h[key].as_str().unwrap_or("-").to_owned();
+        let identity = &h["identity"];
+        let _ = writeln!(
+            out,
+            "{}  rule {}  target {}  held {}  expires {}",
+            s("id"),
+            s("rule"),
+            s("target"),
+            s("held_at"),
+            s("expires_at")
+        );
+        let _ = writeln!(
+            out,
+            "    by {} (pid {}, uid {}, {})  session {}",
+            identity["cgroup"].as_str().unwrap_or("-"),
+            identity["pid"],
+            identity["uid"],
+            identity["exe"].as_str().unwrap_or("-"),
+            s("session")
+        );
+        let _ = writeln!(out, "    {}", s("operation"));
+    }
+    out
 }
 
 async fn control_call(state: &StateDir, request: &Request, json: bool) -> anyhow::Result<ExitCode> {
@@ -578,6 +670,12 @@ fn status_text(data: &serde_json::Value) -> String {
         get("/proxy/denied"),
         get("/proxy/upstream_errors"),
         get("/proxy/unattributed")
+    );
+    let _ = writeln!(
+        out,
+        "  approvals   {} held, {} grants",
+        get("/approvals/held"),
+        get("/approvals/grants")
     );
     let _ = writeln!(
         out,

@@ -44,6 +44,7 @@ use tokio::{
 
 use self::wire::{Frame, Malformed};
 use crate::{
+    approval,
     mask::{MaskContext, Masker},
     policy::{Decision, IdSet, Operation, Policy, RecordLevel, TargetProtocol, TlsMode, Verdict},
     proxy::ProxyContext,
@@ -212,6 +213,8 @@ impl Out {
 pub struct Outcome {
     pub rules: BTreeSet<String>,
     pub blocked: bool,
+    /// A held statement was denied (by a person, or by its rule's timeout).
+    pub approval_denied: bool,
     pub error: Option<String>,
     pub masked: BTreeMap<String, u64>,
 }
@@ -251,6 +254,8 @@ pub struct PgSession {
     pub ids: IdSet,
     pub target: Option<usize>,
     pub session_id: String,
+    /// Who called, as the kernel attested it (shown with a statement held for approval).
+    caller: crate::session::Identity,
     record: RecordLevel,
     /// The maskers of the recorded SQL text (every request mask rule of the target).
     sql_masks: Vec<Arc<Masker>>,
@@ -265,7 +270,7 @@ impl PgSession {
         policy: Arc<Policy>,
         ids: IdSet,
         target: Option<usize>,
-        session_id: String,
+        session: &crate::session::Session,
     ) -> Self {
         let rows = policy.evaluate(
             ids,
@@ -298,7 +303,8 @@ impl PgSession {
             policy,
             ids,
             target,
-            session_id,
+            session_id: session.id.clone(),
+            caller: session.identity.clone(),
             state: Mutex::new(state),
         }
     }
@@ -595,10 +601,14 @@ impl PgSession {
             .policy
             .evaluate(self.ids, self.target, &Operation::Sql { text: &sql });
         let names = self.policy.rule_names(&decision.acting);
+        // (rule, reason, whether a `block` rule refused it)
         let refused = match decision.verdict {
-            Verdict::Block(rule) => Some((rule, "blocked by policy")),
-            // Held operations need the approval service; until it runs, fail closed.
-            Verdict::Approve(rule) => Some((rule, "approval required")),
+            Verdict::Block(rule) => Some((rule, "blocked by policy".to_owned(), true)),
+            Verdict::Approve(rule) => self
+                .approval(rule, &sql)
+                .await
+                .err()
+                .map(|reason| (rule, format!("approval denied: {reason}"), false)),
             Verdict::Allow => None,
         };
         let (sent, recorded) = {
@@ -619,8 +629,9 @@ impl PgSession {
                     recorded = m;
                 }
             }
-            if refused.is_some() {
-                state.outcome.blocked = true;
+            if let Some((_, _, blocked)) = &refused {
+                state.outcome.blocked |= blocked;
+                state.outcome.approval_denied |= !blocked;
             } else if let Some(name) = name {
                 // Only what a `Bind` to it must mask is kept.
                 if decision.masks.is_empty() {
@@ -633,13 +644,15 @@ impl PgSession {
         };
         let statement = name.map(|n| String::from_utf8_lossy(n).into_owned());
         match refused {
-            Some((rule, reason)) => {
+            Some((rule, reason, blocked)) => {
                 let rule = &self.policy.rules[rule].name;
-                self.event(
-                    "blocked",
-                    serde_json::json!({"rule": rule, "sql": recorded, "reason": reason}),
-                )
-                .await;
+                if blocked {
+                    self.event(
+                        "blocked",
+                        serde_json::json!({"rule": rule, "sql": recorded, "reason": reason}),
+                    )
+                    .await;
+                }
                 let message = format!("react-gateway: {reason} (rule {rule})");
                 let detail = format!("session {}", self.session_id);
                 (
@@ -656,6 +669,47 @@ impl PgSession {
                 self.record("sql", data).await;
                 (sent, None)
             }
+        }
+    }
+
+    /// Holds a statement that `approve` rule `rule` matched until a person decides (or the
+    /// rule's timeout denies it) and records the decision. `Err`: the reason it was denied.
+    async fn approval(&self, rule: usize, sql: &str) -> Result<(), String> {
+        let rule = &self.policy.rules[rule];
+        // Shown to the approver and recorded as every request mask rule of the target masks it.
+        let mut shown = sql.to_owned();
+        for masker in &self.sql_masks {
+            let mut scratch = MaskContext::new(Arc::clone(&self.ctx.mask_key));
+            if let std::borrow::Cow::Owned(m) = masker.mask_text(&shown, &mut scratch) {
+                shown = m;
+            }
+        }
+        let started = std::time::Instant::now();
+        let (id, decision) = match &rule.approval {
+            Some(approval) => {
+                self.ctx
+                    .approvals
+                    .hold(approval::Hold {
+                        session: &self.session_id,
+                        rule: &rule.name,
+                        approval,
+                        target: self.target.map(|t| self.policy.targets[t].name.as_str()),
+                        identity: &self.caller,
+                        operation: shown.clone(),
+                    })
+                    .await
+            }
+            None => (
+                None,
+                approval::Decision::denied("the rule has no approval settings"),
+            ),
+        };
+        let mut event = decision.event(id.as_deref(), &rule.name, started.elapsed());
+        event["sql"] = shown.into();
+        self.event("approval", event).await;
+        match decision {
+            approval::Decision::Denied { reason, .. } => Err(reason),
+            _ => Ok(()),
         }
     }
 

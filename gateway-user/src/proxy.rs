@@ -61,6 +61,8 @@ pub struct ProxyContext {
     /// Idle upstream connections, shared by the sessions to the same upstream.
     pub upstreams: Arc<http::UpstreamPool>,
     pub stats: ProxyStats,
+    /// Operations held for a person's approval, and the grants approvals left.
+    pub approvals: crate::approval::Approvals,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -710,13 +712,15 @@ impl Conn<'_> {
             Arc::clone(self.policy),
             self.ids,
             target,
-            session.id.clone(),
+            &session,
         );
         let outcome = pg.serve(client, upstream, &packet, &params, cut).await;
         session.rules = outcome.rules.into_iter().collect();
         session.masked = outcome.masked;
         let (result, error) = if outcome.blocked {
             (Outcome::Blocked, None)
+        } else if outcome.approval_denied {
+            (Outcome::ApprovalDenied, None)
         } else if let Some(error) = outcome.error {
             (Outcome::Error, Some(error))
         } else {
@@ -1005,7 +1009,7 @@ impl Conn<'_> {
             Arc::clone(self.ctx),
             Arc::clone(self.policy),
             self.ids,
-            session.id.clone(),
+            session,
             binding,
             binder,
         ));
@@ -1056,6 +1060,8 @@ impl Conn<'_> {
         session.rules = http.rules.into_iter().collect();
         let (outcome, error) = if http.blocked {
             (Outcome::Blocked, None)
+        } else if http.approval_denied {
+            (Outcome::ApprovalDenied, None)
         } else if http.denied {
             self.ctx.stats.denied.fetch_add(1, Ordering::Relaxed);
             (Outcome::Denied, http.errors.into_iter().next())

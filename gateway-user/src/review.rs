@@ -213,6 +213,7 @@ pub fn replay(session: &Session, events: &[Event], raw: bool) -> String {
             "sql_result" => sql_result(d),
             "sql_error" => format!("< sql error {} {}", s("code"), s("message")),
             "denied" => format!("! denied: {}", s("reason")),
+            "approval" => approval(d),
             "sql" => format!("> sql {}", s("text")),
             "masking" => {
                 let mut line = format!(
@@ -254,6 +255,28 @@ pub fn replay(session: &Session, events: &[Event], raw: bool) -> String {
         session.bytes_down
     );
     out
+}
+
+/// `! approved by uid 0 after 2.1 s (rule …): POST /refunds` and the like.
+fn approval(d: &serde_json::Map<String, Value>) -> String {
+    let s = |key: &str| d.get(key).and_then(Value::as_str).unwrap_or("");
+    let what = match d.get("sql").and_then(Value::as_str) {
+        Some(sql) => format!("sql {sql}"),
+        None => format!("{} {}", s("method"), s("path")),
+    };
+    let waited =
+        std::time::Duration::from_millis(d.get("waited_ms").and_then(Value::as_u64).unwrap_or(0))
+            .as_secs_f64();
+    let by = d
+        .get("by_uid")
+        .and_then(Value::as_u64)
+        .map_or_else(String::new, |uid| format!(" by uid {uid}"));
+    let how = match s("decision") {
+        "approved" => format!("approved{by} after {waited:.1} s"),
+        "granted" => format!("passed on a grant until {}", s("grant_until")),
+        other => format!("{other}{by} after {waited:.1} s: {}", s("reason")),
+    };
+    format!("! {how} (rule {}): {what}", s("rule"))
 }
 
 /// A `PostgreSQL` result: its command tag, and the rows as the agent got them (`record =
@@ -378,7 +401,7 @@ pub struct LeakScanner {
 /// events without payload (summaries, TLS offers).
 fn direction_of(kind: &str) -> Option<usize> {
     match kind {
-        "http_request" | "request_body" | "sql" | "blocked" | "denied" => Some(0),
+        "http_request" | "request_body" | "sql" | "blocked" | "denied" | "approval" => Some(0),
         "http_response" | "response_body" | "sql_result" | "sql_error" => Some(1),
         _ => None,
     }

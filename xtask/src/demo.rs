@@ -327,6 +327,15 @@ action = "block"
 sql_statement = ["drop", "truncate", "delete_without_where", "update_without_where"]
 
 [[rule]]
+name = "updates-need-approval"
+target = "crm-db"
+action = "approve"
+[rule.match]
+sql_statement = ["update"]
+[rule.approval]
+timeout = "30s"
+
+[[rule]]
 name = "record-db-results"
 target = "crm-db"
 action = "record"
@@ -343,7 +352,7 @@ detectors = ["email", "credit_card"]
     );
     std::fs::write(demo.policy_dir().join("crm-db.toml"), policy)?;
     println!(
-        "$ cat <policy dir>/crm-db.toml   (target crm-db: DROP/TRUNCATE blocked, ssn column and e-mails/cards masked)"
+        "$ cat <policy dir>/crm-db.toml   (target crm-db: DROP/TRUNCATE blocked, UPDATE held for approval, ssn column and e-mails/cards masked)"
     );
     demo.wait_for_policy_with("crm-db")?;
     let psql = pg.bin("psql");
@@ -385,13 +394,20 @@ detectors = ["email", "credit_card"]
     {
         bail!("the DROP was not refused");
     }
+    db_approval(demo, pg)?;
     thread::sleep(Duration::from_millis(300));
     let json = demo
         .cli()
         .args(["--json", "sessions", "list", "--target", "crm-db"])
         .output()?;
     let sessions: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout)?;
-    let Some(id) = sessions.last().and_then(|s| s["id"].as_str()) else {
+    // The session whose DROP was refused.
+    let Some(id) = sessions
+        .iter()
+        .rev()
+        .find(|s| s["outcome"] == "blocked")
+        .and_then(|s| s["id"].as_str())
+    else {
         bail!("no recorded session of the crm-db target");
     };
     println!("$ react-gateway sessions replay {id}");
@@ -401,6 +417,67 @@ detectors = ["email", "credit_card"]
     if !out.status.success() || !replay.contains("! blocked by no-destructive-sql") {
         bail!(
             "the database session's replay failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// An `UPDATE` held for a person: `approvals list` shows it, `approvals approve` lets it run.
+fn db_approval(demo: &Demo, pg: &Postgres) -> Result<()> {
+    let psql = pg.bin("psql");
+    let port = pg.port.to_string();
+    let update = "UPDATE customers SET note = 'called back' WHERE id = 2";
+    println!(
+        "$ react-gateway exec --cgroup agent-4 -- psql -h 127.0.0.5 -p {port} -U gateway -c \"{update}\" &"
+    );
+    let agent = demo
+        .cli()
+        .args(["exec", "--cgroup", "agent-4", "--"])
+        .arg(&psql)
+        .args([
+            "-h",
+            "127.0.0.5",
+            "-p",
+            &port,
+            "-U",
+            "gateway",
+            "-d",
+            "postgres",
+            "-c",
+            update,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let out = demo.cli().args(["--json", "approvals", "list"]).output()?;
+        let held: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(id) = held.first().and_then(|h| h["id"].as_str()) {
+            break id.to_owned();
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the UPDATE was not held for approval");
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    println!("$ react-gateway approvals list   (the UPDATE waits, unsent)");
+    let out = demo.cli().args(["approvals", "list"]).output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if pg.psql("SELECT note FROM customers WHERE id = 2")? != "prefers phone\n" {
+        bail!("a held UPDATE reached the server");
+    }
+    println!("$ react-gateway approvals approve {id}");
+    let out = demo.cli().args(["approvals", "approve", &id]).output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    let out = agent.wait_with_output()?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("  {line}");
+    }
+    if pg.psql("SELECT note FROM customers WHERE id = 2")? != "called back\n" {
+        bail!(
+            "the approved UPDATE did not run: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
