@@ -18,7 +18,10 @@ use std::{
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::{policy::Approval, session::Identity};
+use crate::{
+    policy::{Approval, Rule},
+    session::Identity,
+};
 
 /// The caller of the control socket, as the kernel attests it (`SO_PEERCRED`).
 #[derive(Debug, Clone, Copy)]
@@ -309,6 +312,40 @@ impl Approvals {
             ));
         }
         Ok(answer)
+    }
+}
+
+/// Holds `operation`, which the `approve` rule `rule` matched, until a person decides (or the
+/// rule's timeout denies it). Returns the session's `approval` event (the caller adds what was
+/// held) and `Err(reason)` when it was denied.
+pub async fn ask(
+    approvals: &Approvals,
+    rule: &Rule,
+    session: &str,
+    target: Option<&str>,
+    identity: &Identity,
+    operation: String,
+) -> (serde_json::Value, Result<(), String>) {
+    let started = Instant::now();
+    let (id, decision) = match &rule.approval {
+        Some(approval) => {
+            approvals
+                .hold(Hold {
+                    session,
+                    rule: &rule.name,
+                    approval,
+                    target,
+                    identity,
+                    operation,
+                })
+                .await
+        }
+        None => (None, Decision::denied("the rule has no approval settings")),
+    };
+    let event = decision.event(id.as_deref(), &rule.name, started.elapsed());
+    match decision {
+        Decision::Denied { reason, .. } => (event, Err(reason)),
+        Decision::Approved { .. } | Decision::Granted { .. } => (event, Ok(())),
     }
 }
 

@@ -837,38 +837,22 @@ impl HttpSession {
         method: &str,
         path: &str,
     ) -> Result<(), String> {
-        let rule = &self.policy.rules[rule];
-        let started = std::time::Instant::now();
-        let (id, decision) = match &rule.approval {
-            Some(approval) => {
-                self.ctx
-                    .approvals
-                    .hold(crate::approval::Hold {
-                        session: &self.session_id,
-                        rule: &rule.name,
-                        approval,
-                        target,
-                        identity: &self.caller,
-                        operation: format!("{method} {path}"),
-                    })
-                    .await
-            }
-            None => (
-                None,
-                crate::approval::Decision::denied("the rule has no approval settings"),
-            ),
-        };
-        let mut event = decision.event(id.as_deref(), &rule.name, started.elapsed());
+        let (mut event, decided) = crate::approval::ask(
+            &self.ctx.approvals,
+            &self.policy.rules[rule],
+            &self.session_id,
+            target,
+            &self.caller,
+            format!("{method} {path}"),
+        )
+        .await;
         event["method"] = method.into();
         event["path"] = path.into();
         self.event("approval", event).await;
-        match decision {
-            crate::approval::Decision::Denied { reason, .. } => {
-                self.lock().approval_denied = true;
-                Err(reason)
-            }
-            _ => Ok(()),
+        if decided.is_err() {
+            self.lock().approval_denied = true;
         }
+        decided
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Outcome> {

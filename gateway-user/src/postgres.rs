@@ -620,15 +620,8 @@ impl PgSession {
             } else {
                 None
             };
-            // The record never holds what a request rule of this target masks.
-            let shown = String::from_utf8_lossy(sent.as_deref().unwrap_or(text)).into_owned();
-            let mut recorded = shown;
-            for masker in &self.sql_masks {
-                let mut scratch = MaskContext::new(Arc::clone(&self.ctx.mask_key));
-                if let std::borrow::Cow::Owned(m) = masker.mask_text(&recorded, &mut scratch) {
-                    recorded = m;
-                }
-            }
+            let recorded =
+                self.recorded_sql(String::from_utf8_lossy(sent.as_deref().unwrap_or(text)));
             if let Some((_, _, blocked)) = &refused {
                 state.outcome.blocked |= blocked;
                 state.outcome.approval_denied |= !blocked;
@@ -672,45 +665,35 @@ impl PgSession {
         }
     }
 
+    /// SQL text as the record (and an approver) sees it: masked by every request mask rule
+    /// of the target, whatever rule acted on the statement.
+    fn recorded_sql(&self, text: std::borrow::Cow<'_, str>) -> String {
+        let mut recorded = text.into_owned();
+        for masker in &self.sql_masks {
+            let mut scratch = MaskContext::new(Arc::clone(&self.ctx.mask_key));
+            if let std::borrow::Cow::Owned(m) = masker.mask_text(&recorded, &mut scratch) {
+                recorded = m;
+            }
+        }
+        recorded
+    }
+
     /// Holds a statement that `approve` rule `rule` matched until a person decides (or the
     /// rule's timeout denies it) and records the decision. `Err`: the reason it was denied.
     async fn approval(&self, rule: usize, sql: &str) -> Result<(), String> {
-        let rule = &self.policy.rules[rule];
-        // Shown to the approver and recorded as every request mask rule of the target masks it.
-        let mut shown = sql.to_owned();
-        for masker in &self.sql_masks {
-            let mut scratch = MaskContext::new(Arc::clone(&self.ctx.mask_key));
-            if let std::borrow::Cow::Owned(m) = masker.mask_text(&shown, &mut scratch) {
-                shown = m;
-            }
-        }
-        let started = std::time::Instant::now();
-        let (id, decision) = match &rule.approval {
-            Some(approval) => {
-                self.ctx
-                    .approvals
-                    .hold(approval::Hold {
-                        session: &self.session_id,
-                        rule: &rule.name,
-                        approval,
-                        target: self.target.map(|t| self.policy.targets[t].name.as_str()),
-                        identity: &self.caller,
-                        operation: shown.clone(),
-                    })
-                    .await
-            }
-            None => (
-                None,
-                approval::Decision::denied("the rule has no approval settings"),
-            ),
-        };
-        let mut event = decision.event(id.as_deref(), &rule.name, started.elapsed());
+        let shown = self.recorded_sql(sql.into());
+        let (mut event, decided) = approval::ask(
+            &self.ctx.approvals,
+            &self.policy.rules[rule],
+            &self.session_id,
+            self.target.map(|t| self.policy.targets[t].name.as_str()),
+            &self.caller,
+            shown.clone(),
+        )
+        .await;
         event["sql"] = shown.into();
         self.event("approval", event).await;
-        match decision {
-            approval::Decision::Denied { reason, .. } => Err(reason),
-            _ => Ok(()),
-        }
+        decided
     }
 
     /// Masks the text parameters of a `Bind` as its statement's request rules say; `None`
