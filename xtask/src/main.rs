@@ -195,16 +195,21 @@ fn tally(stdout: impl std::io::Read) -> Result<Tally> {
     Ok(tally)
 }
 
-/// Runs the failed test `name` of the integration test binary `running` (as cargo printed
-/// it: `tls.rs (target/release/deps/tls-…)`) once more, alone; whether it passed. Unit tests
-/// are not run again: they do not depend on timing.
-fn retry(running: &str, name: &str, bin: &std::path::Path) -> Result<bool> {
-    let Some(path) = running
+/// The path of an integration test binary from cargo's `Running tls.rs (target/…/tls-…)`;
+/// `None` for unit tests (`Running unittests src/lib.rs (…)`).
+fn integration_binary(running: &str) -> Option<&str> {
+    running
         .strip_suffix(')')
         .and_then(|r| r.split_once(" ("))
         .map(|(_, path)| path)
         .filter(|_| !running.starts_with("unittests"))
-    else {
+}
+
+/// Runs the failed test `name` of the integration test binary `running` (as cargo printed
+/// it: `tls.rs (target/release/deps/tls-…)`) once more, alone; whether it passed. Unit tests
+/// are not run again: they do not depend on timing.
+fn retry(running: &str, name: &str, bin: &std::path::Path) -> Result<bool> {
+    let Some(path) = integration_binary(running) else {
         return Ok(false);
     };
     let root = util::workspace_root();
@@ -297,4 +302,60 @@ fn test(filter: &[String]) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_test_output_is_counted_and_failures_named() {
+        let output = "\
+     Running unittests src/lib.rs (target/release/deps/gateway_user-11268e31c4340fe2)
+test a ... ok
+test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s
+     Running tls.rs (target/release/deps/tls-ee0a12a28c7b01c1)
+test bad_clients_do_not_disturb_others ... FAILED
+test pooled ... ok
+
+failures:
+
+---- bad_clients_do_not_disturb_others stdout ----
+thread 'bad_clients_do_not_disturb_others' panicked at tls.rs:801:5
+
+failures:
+    bad_clients_do_not_disturb_others
+
+test result: FAILED. 6 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 7.05s
+";
+        let tally = tally(output.as_bytes()).unwrap();
+        assert_eq!((tally.passed, tally.failed), (7, 1));
+        assert_eq!(
+            tally.failed_tests,
+            [(
+                "tls.rs (target/release/deps/tls-ee0a12a28c7b01c1)".to_owned(),
+                "bad_clients_do_not_disturb_others".to_owned()
+            )]
+        );
+        assert!(
+            tally
+                .failures
+                .iter()
+                .any(|l| l.contains("panicked at tls.rs:801"))
+        );
+        assert_eq!(
+            tally.failures.last().map(String::as_str),
+            Some(
+                "test result: FAILED. 6 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 7.05s"
+            )
+        );
+        assert_eq!(
+            integration_binary(&tally.failed_tests[0].0),
+            Some("target/release/deps/tls-ee0a12a28c7b01c1")
+        );
+        assert_eq!(
+            integration_binary("unittests src/lib.rs (target/release/deps/gateway_user-1)"),
+            None
+        );
+    }
 }
