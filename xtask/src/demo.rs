@@ -355,31 +355,21 @@ detectors = ["email", "credit_card"]
         "$ cat <policy dir>/crm-db.toml   (target crm-db: DROP/TRUNCATE blocked, UPDATE held for approval, ssn column and e-mails/cards masked)"
     );
     demo.wait_for_policy_with("crm-db")?;
-    let psql = pg.bin("psql");
-    let port = pg.port.to_string();
+    let port = pg.port;
     println!(
         "$ react-gateway exec --cgroup agent-4 -- psql -h 127.0.0.5 -p {port} -U gateway -c 'SELECT * FROM customers' -c 'DROP TABLE customers' -c 'SELECT count(*) FROM customers'"
     );
-    let out = demo.exec(
-        "agent-4",
-        &[
-            psql.to_str().unwrap_or_default(),
-            "-h",
-            "127.0.0.5",
-            "-p",
-            &port,
-            "-U",
-            "gateway",
-            "-d",
-            "postgres",
-            "-c",
-            "SELECT * FROM customers ORDER BY id",
-            "-c",
-            "DROP TABLE customers",
-            "-c",
-            "SELECT count(*) FROM customers",
-        ],
-    )?;
+    let psql = psql_command(pg);
+    let mut command: Vec<&str> = psql.iter().map(String::as_str).collect();
+    command.extend([
+        "-c",
+        "SELECT * FROM customers ORDER BY id",
+        "-c",
+        "DROP TABLE customers",
+        "-c",
+        "SELECT count(*) FROM customers",
+    ]);
+    let out = demo.exec("agent-4", &command)?;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -423,10 +413,28 @@ detectors = ["email", "credit_card"]
     Ok(())
 }
 
+/// `psql` connecting to the demo's server on 127.0.0.5 (the agent's view of the database).
+fn psql_command(pg: &Postgres) -> Vec<String> {
+    let psql = pg.bin("psql").to_string_lossy().into_owned();
+    let port = pg.port.to_string();
+    [
+        &psql,
+        "-h",
+        "127.0.0.5",
+        "-p",
+        &port,
+        "-U",
+        "gateway",
+        "-d",
+        "postgres",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// An `UPDATE` held for a person: `approvals list` shows it, `approvals approve` lets it run.
 fn db_approval(demo: &Demo, pg: &Postgres) -> Result<()> {
-    let psql = pg.bin("psql");
-    let port = pg.port.to_string();
+    let port = pg.port;
     let update = "UPDATE customers SET note = 'called back' WHERE id = 2";
     println!(
         "$ react-gateway exec --cgroup agent-4 -- psql -h 127.0.0.5 -p {port} -U gateway -c \"{update}\" &"
@@ -434,19 +442,8 @@ fn db_approval(demo: &Demo, pg: &Postgres) -> Result<()> {
     let agent = demo
         .cli()
         .args(["exec", "--cgroup", "agent-4", "--"])
-        .arg(&psql)
-        .args([
-            "-h",
-            "127.0.0.5",
-            "-p",
-            &port,
-            "-U",
-            "gateway",
-            "-d",
-            "postgres",
-            "-c",
-            update,
-        ])
+        .args(psql_command(pg))
+        .args(["-c", update])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
