@@ -280,6 +280,31 @@ with psycopg.connect(host="127.0.0.1", port=port, user="gateway", dbname="audit"
         .expect("verify");
     assert!(verify.status.success(), "{}", text(&verify.stdout));
     gateway.assert_not_in_store(&[EMAIL, SSN, CARD, AGENT_EMAIL]);
+
+    // A refusal inside a transaction fails it as a server error would: its COMMIT rolls back,
+    // so the INSERT before the refused DROP is not kept.
+    let out = psql(
+        &gateway,
+        &pg,
+        &[
+            "BEGIN",
+            "INSERT INTO notes VALUES ('in the refused transaction')",
+            "DROP TABLE customers",
+            "SELECT 1",
+            "COMMIT",
+        ],
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(stdout, "BEGIN\nINSERT 0 1\nROLLBACK\n", "{stderr}");
+    assert!(
+        stderr.contains("blocked by policy (rule no-destructive-sql)")
+            && stderr.contains("current transaction is aborted"),
+        "{stderr}"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM notes WHERE body LIKE 'in the refused%'"),
+        "0\n"
+    );
 }
 
 #[test]

@@ -2,10 +2,10 @@
 //! message by message in both directions instead of being relayed as bytes.
 //!
 //! * Every statement (`Query`, and `Parse` of the extended protocol) is evaluated against the
-//!   rules of its target (`sql_statement`, `sql`): a `block` (or, until approvals run,
-//!   `approve`) rule refuses it with an `ErrorResponse` (SQLSTATE `42501`) in the place the
-//!   server's answer would have taken, the connection stays usable, and the statement never
-//!   reaches the server. Request `mask` rules mask the SQL text and the text parameters bound
+//!   rules of its target (`sql_statement`, `sql`): an `approve` rule holds it until a person
+//!   decides ([`crate::approval`]); a `block` rule (or a denied approval) refuses it with an
+//!   `ErrorResponse` (SQLSTATE `42501`) in the place the server's answer would have taken,
+//!   the connection stays usable, and the statement never reaches the server. Request `mask` rules mask the SQL text and the text parameters bound
 //!   to it before they leave.
 //! * Result rows (`DataRow`) are masked by response `mask` rules: `columns` named whole,
 //!   detectors in every text value (text format, or text-like types in binary format);
@@ -15,12 +15,13 @@
 //!   the agent got them, up to `record_body_limit` bytes), server errors (`sql_error`) and
 //!   refusals (`blocked`).
 //!
-//! Refusals keep the connection usable and in order: a refused `Query` is sent to the server
-//! as an empty query, and its `EmptyQueryResponse` is replaced by the refusal; a refused
-//! `Parse` is sent as a statement the server fails to parse (an unterminated identifier
-//! holding a per-session marker), so the server answers where the agent expects an answer
-//! (also in pipeline mode, after a `Flush` without `Sync`), skips the rest up to `Sync` as
-//! after any error, and its error is replaced by the refusal on the way back.
+//! Refusals keep the connection usable, in order, and with the server's transaction state
+//! what a real error would leave: a refused `Query` or `Parse` is sent as a statement the
+//! server fails to parse (an unterminated identifier holding a per-session marker), so the
+//! server errs where the agent expects an answer (also in pipeline mode, after a `Flush`
+//! without `Sync`), aborts the agent's open transaction as any failed statement does (its
+//! `COMMIT` then rolls back), skips the rest up to `Sync` after a `Parse`, and its error is
+//! replaced by the refusal on the way back.
 //!
 //! TLS ([`UpstreamTls`]): the upstream leg asks the server for TLS (`SSLRequest`, then rustls
 //! under the target's TLS policy, the server's certificate verified), required or preferred
@@ -180,14 +181,6 @@ pub async fn request_tls<S: AsyncRead + AsyncWrite + Unpin>(server: &mut S) -> i
     }
 }
 
-/// What the server's next `ReadyForQuery` (or the `EmptyQueryResponse` before it) carries.
-enum Expect {
-    /// As the server says.
-    Plain,
-    /// A refused `Query`, sent as an empty one: its `EmptyQueryResponse` becomes this error.
-    Refused(Vec<u8>),
-}
-
 /// What a message becomes on its way.
 enum Out {
     /// Relayed as it came.
@@ -220,10 +213,7 @@ pub struct Outcome {
 }
 
 struct State {
-    expect: VecDeque<Expect>,
-    /// The server's first `ReadyForQuery` (after authentication) answers the startup.
-    ready: bool,
-    /// Refused `Parse`s sent as statements the server fails to parse: the marker in the
+    /// Refused statements sent as statements the server fails to parse: the marker in the
     /// server's error, and the refusal that replaces that error (in order; at most
     /// [`MAX_REFUSALS`] pending).
     refusals: VecDeque<(String, Vec<u8>)>,
@@ -281,8 +271,6 @@ impl PgSession {
             },
         );
         let state = State {
-            expect: VecDeque::new(),
-            ready: false,
             refusals: VecDeque::new(),
             refused: 0,
             statements: HashMap::new(),
@@ -473,7 +461,22 @@ impl PgSession {
         &id[id.len().saturating_sub(10)..]
     }
 
-    /// The refusal that replaces this server error, if it is the error of a refused `Parse`
+    /// The statement a refused one is sent as: text the server fails to parse (an
+    /// unterminated quoted identifier holding a marker of this refusal). Its own error comes
+    /// where the agent waits for one (also after a `Flush`), aborts an open transaction as
+    /// any failed statement does, and is replaced by `error` on the way back.
+    fn poison(&self, error: Vec<u8>) -> String {
+        let mut state = self.lock();
+        state.refused += 1;
+        let marker = format!("rg_refused_{}_{}", state.refused, self.nonce());
+        if state.refusals.len() == MAX_REFUSALS {
+            state.refusals.pop_front();
+        }
+        state.refusals.push_back((marker.clone(), error));
+        format!("\"{marker}")
+    }
+
+    /// The refusal that replaces this server error, if it is the error of a refused statement
     /// (refusals before it were skipped by the server after an earlier error, and go).
     fn refusal(&self, fields: &[(u8, &[u8])]) -> Option<Vec<u8>> {
         let mut state = self.lock();
@@ -505,19 +508,15 @@ impl PgSession {
             b'Q' => {
                 let text = wire::query(body)?;
                 let (sent, refusal) = self.statement(text, "simple", None).await;
-                let mut state = self.lock();
-                match refusal {
-                    Some(error) => {
-                        state.expect.push_back(Expect::Refused(error));
-                        wire::put(&mut out, b'Q', &wire::encode_query(b""));
+                match (refusal, sent) {
+                    (Some(error), _) => {
+                        let poison = self.poison(error);
+                        wire::put(&mut out, b'Q', &wire::encode_query(poison.as_bytes()));
                     }
-                    None => {
-                        state.expect.push_back(Expect::Plain);
-                        match sent {
-                            Some(masked) => wire::put(&mut out, b'Q', &wire::encode_query(&masked)),
-                            None => return Ok(Out::Same),
-                        }
+                    (None, Some(masked)) => {
+                        wire::put(&mut out, b'Q', &wire::encode_query(&masked));
                     }
+                    (None, None) => return Ok(Out::Same),
                 }
             }
             b'P' => {
@@ -526,23 +525,13 @@ impl PgSession {
                     .statement(parse.query, "extended", Some(parse.name))
                     .await;
                 if let Some(error) = refusal {
-                    // The server gets a statement it fails to parse, named as the refused one:
-                    // its own error comes where the agent waits for it (also after a `Flush`),
-                    // it skips the rest up to `Sync` as after any error, and that error is
-                    // replaced by the refusal on the way back.
-                    let mut state = self.lock();
-                    state.refused += 1;
-                    let marker = format!("rg_refused_{}_{}", state.refused, self.nonce());
-                    if state.refusals.len() == MAX_REFUSALS {
-                        state.refusals.pop_front();
-                    }
-                    state.refusals.push_back((marker.clone(), error));
+                    // Named as the refused statement: its `Bind`s fail as they would.
                     let poison = wire::Parse {
                         name: parse.name,
                         query: b"",
                         types: &0i16.to_be_bytes(),
                     }
-                    .encode(format!("\"{marker}").as_bytes());
+                    .encode(self.poison(error).as_bytes());
                     wire::put(&mut out, b'P', &poison);
                     return Ok(Out::Bytes(out));
                 }
@@ -565,16 +554,9 @@ impl PgSession {
                     None => return Ok(Out::Same),
                 }
             }
-            b'S' => {
-                self.lock().expect.push_back(Expect::Plain);
-                return Ok(Out::Same);
-            }
             b'X' => return Ok(Out::Same),
             _ => {
                 let mut state = self.lock();
-                if tag == b'F' {
-                    state.expect.push_back(Expect::Plain);
-                }
                 // `Close` of a prepared statement: its decision goes with it.
                 if tag == b'C'
                     && let Some((b'S', name)) = body.split_first()
@@ -882,33 +864,6 @@ impl PgSession {
                     return Ok(Out::Same);
                 };
                 wire::put(&mut out, tag, &masked);
-            }
-            b'I' => {
-                let mut state = self.lock();
-                match state.expect.front_mut() {
-                    Some(expect @ Expect::Refused(_)) => {
-                        let Expect::Refused(error) = std::mem::replace(expect, Expect::Plain)
-                        else {
-                            unreachable!()
-                        };
-                        out = error;
-                    }
-                    _ => return Ok(Out::Same),
-                }
-            }
-            b'Z' => {
-                let mut state = self.lock();
-                if state.ready {
-                    if let Some(Expect::Refused(error)) = state.expect.pop_front() {
-                        out.extend_from_slice(&error);
-                    }
-                } else {
-                    state.ready = true;
-                }
-                if out.is_empty() {
-                    return Ok(Out::Same);
-                }
-                wire::put(&mut out, tag, body);
             }
             _ => return Ok(Out::Same),
         }
