@@ -146,6 +146,9 @@ pub struct Approvals {
     state: Mutex<State>,
 }
 
+/// The longest reason of a denial passed on to the agent (characters).
+const MAX_REASON: usize = 500;
+
 /// Removes a held operation whose session went away (the agent hung up, the daemon stopped).
 struct Forget<'a> {
     approvals: &'a Approvals,
@@ -294,7 +297,14 @@ impl Approvals {
                 )
             }
             Verdict::Deny { reason } => {
-                let reason = reason.unwrap_or_else(|| "denied by an approver".into());
+                // It reaches the agent in a SQL error or a JSON body: one line, no NUL, bounded.
+                let reason: String = reason
+                    .as_deref()
+                    .unwrap_or("denied by an approver")
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .take(MAX_REASON)
+                    .collect();
                 let answer = serde_json::json!({"denied": id, "rule": held.rule, "reason": reason});
                 (
                     Decision::Denied {
@@ -504,7 +514,7 @@ mod tests {
             .decide(
                 &id,
                 Verdict::Deny {
-                    reason: Some("not today".into()),
+                    reason: Some("not\0today\n".into()),
                 },
                 ROOT,
                 false,
@@ -515,7 +525,7 @@ mod tests {
             decision,
             Decision::Denied {
                 by: Some(0),
-                reason: "not today".into()
+                reason: "not today ".into()
             }
         );
         let err = approvals
