@@ -247,6 +247,19 @@ fn held_http_requests_go_on_when_approved_and_are_refused_when_denied_or_late() 
         text(&out.stderr)
     );
 
+    // An agent that gives up (curl's own 1 s limit) withdraws its request: nobody is asked
+    // to approve what no one waits for any more.
+    let mut args = curl_args("POST", &refunds);
+    args[3] = "1";
+    let out = gateway.exec("other", &args);
+    assert_eq!(
+        out.status.code(),
+        Some(28),
+        "curl timed out: {}",
+        text(&out.stderr)
+    );
+    held(&gateway, 0);
+
     // Nobody decides: the rule's timeout (2 s) denies it.
     let started = Instant::now();
     let out = gateway.exec(
@@ -266,28 +279,37 @@ fn held_http_requests_go_on_when_approved_and_are_refused_when_denied_or_late() 
     );
     held(&gateway, 0);
 
-    // Recorded: the decision in each session, the outcome of the denied ones.
-    let sessions = gateway.ended_sessions(4, Duration::from_secs(10));
+    // Recorded: the decision in each session, the outcome of the denied ones; the withdrawn
+    // request's session ends without a decision.
+    let sessions = gateway.ended_sessions(5, Duration::from_secs(10));
     let outcomes: Vec<&str> = sessions
         .iter()
         .map(|s| s["outcome"].as_str().unwrap_or("?"))
         .collect();
     assert_eq!(
         outcomes,
-        ["ok", "ok", "approval_denied", "approval_denied"],
+        ["ok", "ok", "approval_denied", "ok", "approval_denied"],
         "{sessions:?}"
     );
-    let decisions: Vec<Value> = sessions
+    let decision = |s: &Value| {
+        let shown = session_show(&gateway, s["id"].as_str().expect("id"));
+        shown["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .find(|e| e["kind"] == "approval")
+            .cloned()
+    };
+    assert!(
+        sessions[3]["identity"]["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("/other"))
+    );
+    assert_eq!(decision(&sessions[3]), None, "withdrawn, nobody decided");
+    let decisions: Vec<Value> = [0, 1, 2, 4]
         .iter()
-        .map(|s| {
-            let shown = session_show(&gateway, s["id"].as_str().expect("id"));
-            shown["events"]
-                .as_array()
-                .expect("events")
-                .iter()
-                .find(|e| e["kind"] == "approval")
-                .cloned()
-                .unwrap_or_else(|| panic!("no approval event in {shown}"))
+        .map(|&i| {
+            decision(&sessions[i]).unwrap_or_else(|| panic!("no approval event: {}", sessions[i]))
         })
         .collect();
     assert_eq!(decisions[0]["decision"], "approved");
@@ -424,12 +446,20 @@ detectors = ["email"]
     );
     assert_eq!(pg.psql("SELECT count(*) FROM orders"), "2\n");
 
-    let sessions = gateway.ended_sessions(2, Duration::from_secs(10));
+    // An agent that hangs up while its statement is held withdraws it: it never runs.
+    let mut agent = psql("DELETE FROM orders WHERE id = 2");
+    held(&gateway, 1);
+    agent.kill().expect("kill psql");
+    let _ = agent.wait();
+    held(&gateway, 0);
+    assert_eq!(pg.psql("SELECT count(*) FROM orders"), "2\n");
+
+    let sessions = gateway.ended_sessions(3, Duration::from_secs(10));
     let outcomes: Vec<&str> = sessions
         .iter()
         .map(|s| s["outcome"].as_str().unwrap_or("?"))
         .collect();
-    assert_eq!(outcomes, ["ok", "approval_denied"], "{sessions:?}");
+    assert_eq!(outcomes, ["ok", "approval_denied", "ok"], "{sessions:?}");
     let replay = gateway
         .cli()
         .args([

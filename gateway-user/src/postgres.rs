@@ -39,7 +39,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader, BufWriter},
+    io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader, BufWriter},
     sync::watch,
 };
 
@@ -436,10 +436,22 @@ impl PgSession {
                         .map_err(|e| format!("relaying to the server: {e}"))?;
                 }
                 Frame::Whole { tag } => {
-                    let out = self
-                        .agent_message(tag, &body)
-                        .await
-                        .map_err(|e| self.fatal(&e.to_string()))?;
+                    let handled = self.agent_message(tag, &body);
+                    // A statement held for approval waits for a person; an agent that hangs
+                    // up meanwhile withdraws it, as an HTTP agent's request is withdrawn.
+                    let out = if matches!(tag, b'Q' | b'P') && cr.buffer().is_empty() {
+                        tokio::select! {
+                            biased;
+                            out = handled => out,
+                            () = hung_up(cr) => {
+                                let _ = uw.shutdown().await;
+                                return Ok(());
+                            }
+                        }
+                    } else {
+                        handled.await
+                    }
+                    .map_err(|e| self.fatal(&e.to_string()))?;
                     out.write(uw, tag, &body).await.map_err(server)?;
                     if tag == b'X' {
                         let _ = uw.flush().await;
@@ -868,6 +880,15 @@ impl PgSession {
             _ => return Ok(Out::Same),
         }
         Ok(Out::Bytes(out))
+    }
+}
+
+/// Returns when the agent has closed its side (or its connection failed) with nothing more
+/// to read; pends for as long as it has sent more (a pipeline) or is silent.
+async fn hung_up<R: AsyncRead + Unpin>(cr: &mut BufReader<R>) {
+    match cr.fill_buf().await {
+        Ok([]) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 
