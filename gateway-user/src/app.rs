@@ -256,25 +256,9 @@ fn on_behalf(peer: Peer, sudo_uid: Option<u32>) -> Peer {
 }
 
 impl Daemon {
-    /// Whether `peer` runs in a governed cgroup (where agents run).
+    /// Whether `peer` runs in a governed cgroup (where agents run); unknown counts as yes.
     fn governed(&self, peer: Peer) -> bool {
-        let Some(pid) = peer.pid else {
-            return true; // unknown: assume the worst
-        };
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-            return true;
-        };
-        let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
-            return false; // no cgroup2 membership: nothing of ours governs it
-        };
-        let path = path.trim_start_matches('/');
-        let attached = match self.redirector.lock() {
-            Ok(r) => r.attached(),
-            Err(_) => return true,
-        };
-        std::iter::once(self.settings.cgroup.clone())
-            .chain(attached)
-            .any(|root| path == root || path.starts_with(&format!("{root}/")))
+        peer.pid.is_none_or(|pid| self.proxy.names.governs(pid))
     }
 
     fn status(&self) -> serde_json::Value {

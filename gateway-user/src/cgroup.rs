@@ -63,6 +63,13 @@ pub fn id_of(dir: &Path) -> Option<u64> {
 
 /// Maps cgroup ids to paths (`/react-gateway/agent-1`), with a cache. Lookups try the
 /// process's own `/proc/PID/cgroup` first (cheap, exact), then walk the governed trees.
+/// The cgroup2 path of process `pid` relative to the mount (`/proc/PID/cgroup`'s `0::` line).
+fn proc_cgroup(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(rel.trim_start_matches('/').to_owned())
+}
+
 #[derive(Debug)]
 pub struct CgroupNames {
     mount: PathBuf,
@@ -112,10 +119,24 @@ impl CgroupNames {
         found
     }
 
+    /// Whether process `pid` runs in a governed cgroup or below one (where agents run). A
+    /// process whose cgroup cannot be read counts as governed.
+    pub fn governs(&self, pid: u32) -> bool {
+        let Some(rel) = proc_cgroup(pid) else {
+            return true;
+        };
+        self.roots.read().map_or(true, |roots| {
+            roots.iter().any(|root| {
+                rel == *root
+                    || rel
+                        .strip_prefix(root.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+            })
+        })
+    }
+
     fn from_proc(&self, id: u64, pid: u32) -> Option<String> {
-        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-        let dir = self.mount.join(rel.trim_start_matches('/'));
+        let dir = self.mount.join(proc_cgroup(pid)?);
         (id_of(&dir) == Some(id)).then(|| self.display(&dir))
     }
 
@@ -139,6 +160,26 @@ impl CgroupNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_is_governed_in_or_below_a_root_only() {
+        let own = proc_cgroup(std::process::id()).expect("own cgroup");
+        let names = |roots: &[&str]| {
+            CgroupNames::new(
+                PathBuf::from("/sys/fs/cgroup"),
+                roots.iter().map(|r| (*r).to_owned()).collect(),
+            )
+        };
+        assert!(names(&[&own]).governs(std::process::id()));
+        if let Some((parent, _)) = own.rsplit_once('/') {
+            assert!(names(&[parent]).governs(std::process::id()));
+            // A sibling whose name the own cgroup's only starts with does not count.
+            assert!(!names(&[&format!("{own}x")]).governs(std::process::id()));
+        }
+        assert!(!names(&["react-gateway-no-such"]).governs(std::process::id()));
+        // A process that is gone cannot be told apart from an agent: governed.
+        assert!(names(&[]).governs(u32::MAX));
+    }
 
     #[test]
     fn names_are_relative_and_safe() {
