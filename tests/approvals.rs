@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use react_gateway_tests::{Gateway, Postgres, Upstream, privileged, session_show};
+use react_gateway_tests::{Gateway, Postgres, Upstream, db_policy, privileged, session_show};
 use serde_json::Value;
 
 fn http_policy(port: u16) -> String {
@@ -344,35 +344,22 @@ fn held_sql_statements_run_only_when_approved() {
     }
     let pg = Postgres::start("approvals");
     pg.psql("CREATE TABLE orders (id int, customer text); INSERT INTO orders VALUES (1, 'a'), (2, 'b'), (3, 'c');");
-    let policy = format!(
-        r#"
-version = 1
-
-[defaults]
-record = "full"
-
-[[target]]
-name = "orders-db"
-addresses = ["127.0.0.1/32"]
-ports = [{}]
-protocol = "postgres"
-
+    let rules = r#"
 [[rule]]
 name = "deletes-need-approval"
-target = "orders-db"
+target = "crm-db"
 action = "approve"
 [rule.match]
 sql_statement = ["delete"]
 
 [[rule]]
 name = "mask-emails"
-target = "orders-db"
+target = "crm-db"
 direction = "request"
 action = "mask"
 detectors = ["email"]
-"#,
-        pg.port
-    );
+"#;
+    let policy = db_policy(pg.port, "", rules);
     let gateway = Gateway::start_with_policy("pgapprovals", &[("db.toml", &policy)], &[]);
     let port = pg.port.to_string();
     let psql = |sql: &str| -> Child {

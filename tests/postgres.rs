@@ -11,7 +11,7 @@ use std::{
     process::{Command, Output},
 };
 
-use react_gateway_tests::{Gateway, Postgres, privileged, session_show};
+use react_gateway_tests::{Gateway, Postgres, db_policy, privileged, session_show};
 use serde_json::Value;
 
 const EMAIL: &str = "ada.lovelace@analytical-engines.co.uk";
@@ -19,26 +19,6 @@ const SSN: &str = "219-09-9999";
 const CARD: &str = "4111 1111 1111 1111";
 /// Sent by the agent in an INSERT: masked before the server stores it.
 const AGENT_EMAIL: &str = "bob.agent@northwind-traders.com";
-
-/// A policy for the test's server as target `crm-db` (with `tls`, a `[target.tls]` table or
-/// nothing), recorded in full, and `rules`.
-fn db_policy(port: u16, tls: &str, rules: &str) -> String {
-    format!(
-        r#"
-version = 1
-
-[defaults]
-record = "full"
-
-[[target]]
-name = "crm-db"
-addresses = ["127.0.0.1/32"]
-ports = [{port}]
-protocol = "postgres"
-{tls}
-{rules}"#
-    )
-}
 
 const BLOCK_DESTRUCTIVE: &str = r#"
 [[rule]]

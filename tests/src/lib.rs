@@ -594,6 +594,26 @@ pub fn session_show(gateway: &Gateway, id: &str) -> Value {
     serde_json::from_slice(&out.stdout).expect("sessions show json")
 }
 
+/// A policy for the test's server as target `crm-db` (with `tls`, a `[target.tls]` table or
+/// nothing), recorded in full, and `rules`.
+pub fn db_policy(port: u16, tls: &str, rules: &str) -> String {
+    format!(
+        r#"
+version = 1
+
+[defaults]
+record = "full"
+
+[[target]]
+name = "crm-db"
+addresses = ["127.0.0.1/32"]
+ports = [{port}]
+protocol = "postgres"
+{tls}
+{rules}"#
+    )
+}
+
 /// A PostgreSQL server of the test's own (Debian `postgresql` package), in a temporary data
 /// directory, listening on 127.0.0.1 only, run as the `postgres` user; stopped and removed on
 /// drop.
